@@ -1,0 +1,77 @@
+"""DVC stage `fetch`: MoNuSeg into data/raw/monuseg, every image checked against its labels.
+
+Source, first found wins: --source, the MONUSEG_DIR variable, `data.source` in params.yaml;
+with none, the official zips are downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from patchunet.cli import run_stage
+from patchunet.config import DataConfig, load_params, parse_section
+from patchunet.io import atomic_directory
+from patchunet.monuseg import SPLITS, ImageRecord, copy_to_raw, official_dirs, pair_files
+from patchunet.sources import download, unpack_source
+
+RAW_DIR = Path("data/raw/monuseg")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--source", help="unzipped MoNuSeg folder, or a folder holding the official zips")
+    parser.add_argument("--out", type=Path, default=RAW_DIR)
+    args = parser.parse_args()
+    cfg = parse_section(DataConfig, load_params(args.params), "data")
+    source = args.source or os.environ.get("MONUSEG_DIR") or cfg.source
+
+    with tempfile.TemporaryDirectory(prefix="monuseg-") as scratch:
+        if source:
+            print(f"fetch: source {source}")
+            root = unpack_source(Path(source), Path(scratch))
+        else:
+            root = download_official(cfg, Path(scratch))
+        dirs = official_dirs(root)
+        records = [r for split in SPLITS for r in pair_files(dirs, split)]
+        with atomic_directory(args.out) as staging:
+            copy_to_raw(tqdm(records, desc="copy", unit="image"), staging)
+    report(records)
+    print(f"fetch: wrote {args.out}")
+
+
+def download_official(cfg: DataConfig, scratch: Path) -> Path:
+    """Download and unzip both official archives into `scratch`."""
+    for name, url, sha256 in (
+        ("train", cfg.train_zip_url, cfg.train_zip_sha256),
+        ("test", cfg.test_zip_url, cfg.test_zip_sha256),
+    ):
+        archive = scratch / f"{name}.zip"
+        with tqdm(desc=f"download {name}", unit="B", unit_scale=True, delay=1) as bar:
+            download(url, archive, sha256, on_bytes=bar.update)
+        unpack_source(archive, scratch)
+        archive.unlink()
+    return scratch
+
+
+def report(records: list[ImageRecord]) -> None:
+    for split in SPLITS:
+        rows = [r for r in records if r.split == split]
+        xml = sum(r.xml is not None for r in rows)
+        maps = sum(r.instance_map is not None for r in rows)
+        print(f"fetch: {split}: {len(rows)} images, {xml} with XML, {maps} with an instance map")
+        no_xml = [r.image_id for r in rows if r.xml is None]
+        if no_xml:
+            print(
+                f"fetch: {split}: no XML for {len(no_xml)} images; their instance map is the label: "
+                + ", ".join(no_xml)
+            )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,48 @@
+"""DVC stage `split`: data/interim/split.json, an image-level train/val split of the training set.
+
+Val comes from the official training images only, stratified by organ (from the TCGA site code)
+where the groups allow; test is the official test set, used for final evaluation alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from patchunet.cli import run_stage
+from patchunet.config import SplitConfig, load_params, parse_section
+from patchunet.io import atomic_file
+from patchunet.monuseg import organ_of, pair_files, raw_dirs
+from patchunet.split import split_train_val
+
+RAW_DIR = Path("data/raw/monuseg")
+SPLIT_FILE = Path("data/interim/split.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    cfg = parse_section(SplitConfig, load_params(args.params), "split")
+
+    dirs = raw_dirs(RAW_DIR)
+    train_ids = [r.image_id for r in pair_files(dirs, "train")]
+    test_ids = [r.image_id for r in pair_files(dirs, "test")]
+    organs = {i: organ_of(i) for i in train_ids} if cfg.stratify_by_organ else None
+    train, val = split_train_val(train_ids, organs, cfg.val_fraction, cfg.seed)
+    split = {"train": train, "val": val, "test": sorted(test_ids), "seed": cfg.seed}
+    with atomic_file(SPLIT_FILE) as tmp:
+        tmp.write_text(json.dumps(split, indent=2) + "\n")
+
+    for name in ("train", "val", "test"):
+        by_organ = Counter(organ_of(i) for i in split[name])
+        print(
+            f"split: {name}: {len(split[name])} images ({', '.join(f'{o} {n}' for o, n in sorted(by_organ.items()))})"
+        )
+    print(f"split: wrote {SPLIT_FILE}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,71 @@
+"""The `patchunet` command: one subcommand per DVC stage.
+
+Stage subcommands run the project's own `pipelines/<stage>.py` (the same script `dvc repro`
+runs) from the checkout they are called in, so a stage has exactly one implementation. This
+module imports nothing heavy, so `patchunet --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from patchunet.errors import PatchUNetError
+
+STAGES = {
+    "fetch": "copy MoNuSeg (folder, zips or download) into data/raw/monuseg and check every pair",
+    "masks": "rasterise XML polygons (or take instance maps) into data/interim/*/labels",
+    "split": "split the training images by image, stratified by organ, into data/interim/split.json",
+    "patches": "tile train/val images into patches plus augmented copies in data/processed/patches",
+}
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run an entry point; a user error becomes one line on stderr and exit status 1."""
+    try:
+        main()
+    except PatchUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def find_project_root(start: Path) -> Path:
+    """The nearest folder at or above `start` holding dvc.yaml and pipelines/."""
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file() and (folder / "pipelines").is_dir():
+            return folder
+    raise PatchUNetError(f"{start}: not inside a PatchUNet checkout (no dvc.yaml with pipelines/ found above)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patchunet",
+        description="PatchUNet: nuclei segmentation on MoNuSeg, tracked with DVC and MLflow. "
+        "Stage commands run pipelines/<stage>.py in this checkout; `dvc repro` runs them all.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in STAGES.items():
+        # add_help=False: `patchunet fetch -h` reaches the stage script, which knows its options
+        sub.add_parser(name, help=summary, description=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, stage_args = build_parser().parse_known_args(argv)
+    root = _project_root_or_exit()
+    script = root / "pipelines" / f"{args.command}.py"
+    raise SystemExit(subprocess.call([sys.executable, str(script), *stage_args], cwd=root))
+
+
+def _project_root_or_exit() -> Path:
+    try:
+        return find_project_root(Path.cwd())
+    except PatchUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

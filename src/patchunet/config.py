@@ -1,0 +1,148 @@
+"""Typed, validated views of the sections of params.yaml.
+
+params.yaml is the single source of every value: these dataclasses have no defaults, so a
+setting cannot silently come from code. Each stage parses only the sections it declares in
+dvc.yaml, and a bad value fails here, before any work, with the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+from patchunet.errors import ConfigError, PatchUNetError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the raw MoNuSeg data comes from. `source` may be overridden by MONUSEG_DIR."""
+
+    source: str | None
+    train_zip_url: str
+    train_zip_sha256: str
+    test_zip_url: str
+    test_zip_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MasksConfig:
+    """How label maps are made when an image has both an XML and an instance map."""
+
+    prefer: Literal["xml", "instance_map"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Image-level train/val split of the official training images."""
+
+    seed: int
+    val_fraction: float
+    stratify_by_organ: bool
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("split.val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchConfig:
+    """Square patches of `size` pixels, taken every `stride` pixels."""
+
+    size: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ConfigError("patch.size", f"must be positive, got {self.size}")
+        if self.stride <= 0:
+            raise ConfigError("patch.stride", f"must be positive, got {self.stride}")
+        if self.stride > self.size:
+            raise ConfigError(
+                "patch.stride", f"{self.stride} is larger than patch.size {self.size}: pixels would be skipped"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Offline augmentation of training images; limits are albumentations' ranges."""
+
+    copies: int
+    seed: int
+    rotate_limit: float
+    scale_limit: float
+    shift_limit: float
+    stain_jitter: float
+
+    def __post_init__(self) -> None:
+        if self.copies < 0:
+            raise ConfigError("augment.copies", f"must be 0 or more, got {self.copies}")
+        for name in ("rotate_limit", "scale_limit", "shift_limit", "stain_jitter"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"augment.{name}", f"must be 0 or more, got {getattr(self, name)}")
+        if self.scale_limit >= 1:
+            raise ConfigError("augment.scale_limit", f"must be below 1, got {self.scale_limit}")
+
+
+def parse_section(cls: type[T], params: dict[str, Any], section: str) -> T:
+    """Build `cls` from `params[section]`, naming the exact key that is missing or wrong."""
+    raw = params.get(section)
+    if not isinstance(raw, dict):
+        raise ConfigError(section, "section is missing or not a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"{section}.{unknown[0]}", f"unknown key (expected one of {sorted(fields)})")
+    values = {}
+    for name in fields:
+        key = f"{section}.{name}"
+        if name not in raw:
+            raise ConfigError(key, "is missing")
+        values[name] = _checked(raw[name], hints[name], key)
+    return cls(**values)
+
+
+def _checked(value: Any, hint: Any, key: str) -> Any:
+    """Check one YAML value against a type hint; ints are accepted where floats are expected."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(key, f"must be one of {list(get_args(hint))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in get_args(hint):
+            try:
+                return _checked(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(key, f"has the wrong type: {value!r}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(key, f"must be empty, got {value!r}")
+        return None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
+        raise ConfigError(key, f"must be a {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_params(path: Path) -> dict[str, Any]:
+    """Read a params.yaml given explicitly by an entry point; the library never looks for one."""
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PatchUNetError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        problem = str(exc).replace("\n", " ")
+        raise PatchUNetError(f"{path}: not valid YAML ({problem})") from None
+    if not isinstance(params, dict):
+        raise PatchUNetError(f"{path}: must be a mapping of sections")
+    return params

@@ -1,0 +1,104 @@
+"""Fixtures the tests build themselves: synthetic MoNuSeg tiles and XML, and the real data's path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_DIR = "MoNuSeg 2018 Training Data"
+TEST_DIR = "MoNuSegTestData"
+
+
+def write_monuseg_xml(path: Path, polygons: list[list[tuple[float, float]]]) -> Path:
+    """Write polygons of 1-based (X, Y) vertices as an Aperio XML, as MoNuSeg ships them."""
+    regions = []
+    for number, vertices in enumerate(polygons, start=1):
+        rows = "\n".join(f'\t\t\t\t\t<Vertex X="{x}" Y="{y}"/>' for x, y in vertices)
+        regions.append(
+            f'\t\t\t<Region Id="{number}" Type="0" Zoom="5" Text="" NegativeROA="0" DisplayId="{number}">\n'
+            f"\t\t\t\t<Attributes/>\n\t\t\t\t<Vertices>\n{rows}\n\t\t\t\t</Vertices>\n\t\t\t</Region>"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        '<Annotations MicronsPerPixel="0.252700">\n\t<Annotation Id="1" Type="4">\n\t\t<Regions>\n'
+        "\t\t\t<RegionAttributeHeaders/>\n" + "\n".join(regions) + "\n\t\t</Regions>\n\t</Annotation>\n</Annotations>\n"
+    )
+    return path
+
+
+def write_rgb_tiff(path: Path, shape: tuple[int, int] = (100, 100), seed: int = 0) -> Path:
+    """A random (H, W, 3) uint8 tile, LZW-compressed like the MoNuSeg training TIFFs."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, rng.integers(0, 256, (*shape, 3), dtype=np.uint8), photometric="rgb", compression="lzw")
+    return path
+
+
+def square(x0: float, y0: float, side: float) -> list[tuple[float, float]]:
+    """A square polygon with 1-based (X, Y) corners, counter-clockwise from (x0, y0)."""
+    return [(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)]
+
+
+def nuclei_polygons(seed: int, count: int = 6, side: int = 100) -> list[list[tuple[float, float]]]:
+    """Non-overlapping square 'nuclei' scattered over a side x side tile."""
+    rng = np.random.default_rng(seed)
+    cells = rng.choice(16, size=count, replace=False)
+    step = side // 4
+    return [square(1 + (c % 4) * step + 3, 1 + (c // 4) * step + 3, step - 8) for c in cells]
+
+
+@pytest.fixture
+def synthetic_source(tmp_path: Path) -> Path:
+    """A tiny source in the official layout: 4 training images (2 XML, 2 instance-map only), 2 test.
+
+    Ids carry real TCGA site codes so that organ stratification has something to work on.
+    """
+    root = tmp_path / "monuseg"
+    train_ids = ["TCGA-A7-0001-01Z", "TCGA-A7-0002-01Z", "TCGA-B0-0003-01Z", "TCGA-B0-0004-01Z"]
+    for n, image_id in enumerate(train_ids):
+        write_rgb_tiff(root / TRAIN_DIR / "Tissue Images" / f"{image_id}.tif", seed=n)
+        polygons = nuclei_polygons(seed=n)
+        if n % 2 == 0:
+            write_monuseg_xml(root / TRAIN_DIR / "Annotations" / f"{image_id}.xml", polygons)
+        else:
+            write_instance_map_png(root / TRAIN_DIR / "Instance Maps" / f"{image_id}.png", polygons)
+    for n, image_id in enumerate(["TCGA-AC-0005-01Z", "TCGA-FG-0006-01Z"], start=10):
+        write_rgb_tiff(root / TEST_DIR / f"{image_id}.tif", seed=n)
+        write_monuseg_xml(root / TEST_DIR / f"{image_id}.xml", nuclei_polygons(seed=n))
+    return root
+
+
+def write_instance_map_png(path: Path, polygons: list[list[tuple[float, float]]], shape=(100, 100)) -> Path:
+    """A uint16 PNG instance map of the polygons, made with the library's own rasteriser."""
+    import imagecodecs
+
+    from patchunet.masks import rasterize_polygons
+
+    labels, _ = rasterize_polygons([np.asarray(p, float) for p in polygons], shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(imagecodecs.png_encode(labels.astype(np.uint16)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_monuseg() -> Path:
+    """The real MoNuSeg copy: MONUSEG_DIR, else ../shared/monuseg beside the repo."""
+    root = Path(os.environ.get("MONUSEG_DIR") or REPO_ROOT.parent / "shared" / "monuseg")
+    if not (root / TRAIN_DIR).is_dir():
+        pytest.skip(f"real MoNuSeg data not found at {root}: set MONUSEG_DIR to run the real-data tests")
+    return root
+
+
+@pytest.fixture
+def stage_project(tmp_path: Path) -> Path:
+    """An empty working folder with the repo's params.yaml, where pipelines/*.py can run."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+    return project

@@ -1,0 +1,43 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+from patchunet.cli import STAGES, build_parser
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "patchunet", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_help_lists_one_subcommand_per_stage() -> None:
+    help_text = build_parser().format_help()
+    for stage in ("fetch", "masks", "split", "patches"):
+        assert stage in help_text and stage in STAGES
+
+
+def test_help_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from patchunet.cli import main\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['--help'])\n"
+        "heavy = {'torch', 'mlflow', 'numpy', 'albumentations', 'cv2', 'skimage'} & set(sys.modules)\n"
+        "print(sorted(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_stage_subcommand_runs_the_pipeline_script() -> None:
+    result = run_cli("fetch", "--help", cwd=REPO_ROOT)
+    assert result.returncode == 0 and "--source" in result.stdout
+
+
+def test_stage_outside_a_checkout_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("split", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "not inside a PatchUNet checkout" in result.stderr

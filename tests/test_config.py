@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from patchunet.config import (
+    AugmentConfig,
+    DataConfig,
+    MasksConfig,
+    PatchConfig,
+    SplitConfig,
+    load_params,
+    parse_section,
+)
+from patchunet.errors import ConfigError, PatchUNetError
+
+PARAMS = load_params(REPO_ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("cls", "section"),
+    [
+        (DataConfig, "data"),
+        (MasksConfig, "masks"),
+        (SplitConfig, "split"),
+        (PatchConfig, "patch"),
+        (AugmentConfig, "augment"),
+    ],
+)
+def test_repo_params_parse(cls, section: str) -> None:
+    assert isinstance(parse_section(cls, PARAMS, section), cls)
+
+
+def with_value(section: str, key: str, value) -> dict:
+    return {**PARAMS, section: {**PARAMS[section], key: value}}
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "key", "value", "message"),
+    [
+        (PatchConfig, "patch", "stride", 0, "patch.stride: must be positive"),
+        (PatchConfig, "patch", "size", -4, "patch.size: must be positive"),
+        (PatchConfig, "patch", "stride", 512, "larger than patch.size"),
+        (AugmentConfig, "augment", "copies", -1, "augment.copies: must be 0 or more"),
+        (AugmentConfig, "augment", "scale_limit", 1.5, "augment.scale_limit: must be below 1"),
+        (SplitConfig, "split", "val_fraction", 1.0, "split.val_fraction: must be between 0 and 1"),
+        (PatchConfig, "patch", "size", "big", "patch.size: must be a int"),
+        (PatchConfig, "patch", "size", True, "patch.size: must be a int"),
+        (MasksConfig, "masks", "prefer", "png", "masks.prefer: must be one of"),
+    ],
+)
+def test_bad_values_name_their_key(cls, section, key, value, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_section(cls, with_value(section, key, value), section)
+
+
+def test_unknown_and_missing_keys_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"patch\.sise: unknown key"):
+        parse_section(PatchConfig, with_value("patch", "sise", 3), "patch")
+    with pytest.raises(ConfigError, match=r"patch\.stride: is missing"):
+        parse_section(PatchConfig, {"patch": {"size": 3}}, "patch")
+    with pytest.raises(ConfigError, match="patch: section is missing"):
+        parse_section(PatchConfig, {}, "patch")
+
+
+def test_ints_are_accepted_where_floats_are_expected() -> None:
+    assert parse_section(AugmentConfig, with_value("augment", "rotate_limit", 15), "augment").rotate_limit == 15.0
+
+
+def test_broken_yaml_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("patch: [unclosed\n")
+    with pytest.raises(PatchUNetError, match=r"params\.yaml: not valid YAML"):
+        load_params(tmp_path / "params.yaml")

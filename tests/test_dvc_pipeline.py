@@ -1,0 +1,108 @@
+"""A real `dvc repro` of the data stages in a temporary git repo, on a subset of the real data."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO_ROOT, TEST_DIR, TRAIN_DIR
+
+from patchunet.patches import PatchSet
+
+pytestmark = pytest.mark.slow
+
+TRAIN_IDS = [  # two with XML and map, two with a map only; two organs
+    "TCGA-A7-A13E-01Z-00-DX1",
+    "TCGA-AR-A1AK-01Z-00-DX1",
+    "TCGA-A7-A13F-01Z-00-DX1",
+    "TCGA-HE-7128-01Z-00-DX1",
+    "TCGA-B0-5710-01Z-00-DX1",
+]
+TEST_IDS = ["TCGA-2Z-A9J9-01A-01-TS1", "TCGA-AC-A2FO-01A-01-TS1"]
+
+
+def link_subset(real: Path, dest: Path) -> Path:
+    """The official layout with a few of the real files, symlinked."""
+    for image_id in TRAIN_IDS:
+        for folder, suffix in (("Tissue Images", ".tif"), ("Annotations", ".xml"), ("Instance Maps", ".png")):
+            source = real / TRAIN_DIR / folder / f"{image_id}{suffix}"
+            if source.exists():
+                (dest / TRAIN_DIR / folder).mkdir(parents=True, exist_ok=True)
+                (dest / TRAIN_DIR / folder / source.name).symlink_to(source)
+    (dest / TEST_DIR).mkdir(parents=True)
+    for image_id in TEST_IDS:
+        for suffix in (".tif", ".xml"):
+            (dest / TEST_DIR / f"{image_id}{suffix}").symlink_to(real / TEST_DIR / f"{image_id}{suffix}")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(real_monuseg: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    base = tmp_path_factory.mktemp("dvc")
+    repo = base / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO_ROOT / name, repo / name)
+    shutil.copytree(REPO_ROOT / "pipelines", repo / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO_ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    run(repo, "git", "init", "-q")
+    run(repo, sys.executable, "-m", "dvc", "init", "-q")
+    run(repo, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MONUSEG_DIR", str(link_subset(real_monuseg, base / "monuseg")))
+        yield repo
+
+
+def run(repo: Path, *command: str) -> str:
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def dvc_repro(repo: Path, *targets: str) -> str:
+    return run(repo, sys.executable, "-m", "dvc", "repro", *targets)
+
+
+def test_repro_patches_runs_every_data_stage(dvc_repo: Path) -> None:
+    out = dvc_repro(dvc_repo, "patches")
+    for stage in ("fetch", "masks", "split", "patches"):
+        assert f"Running stage '{stage}'" in out
+    assert (dvc_repo / "dvc.lock").is_file()
+
+
+def test_second_repro_changes_nothing(dvc_repo: Path) -> None:
+    out = dvc_repro(dvc_repo)
+    assert "Running stage" not in out
+    assert "Data and pipelines are up to date" in out
+
+
+def test_train_and_val_images_never_overlap(dvc_repo: Path) -> None:
+    split = yaml.safe_load((dvc_repo / "data/interim/split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["val"])
+    assert sorted(split["train"] + split["val"]) == sorted(TRAIN_IDS)
+    assert split["test"] == sorted(TEST_IDS)
+
+
+def test_no_val_patch_appears_among_train_patches(dvc_repo: Path) -> None:
+    train = PatchSet.load(dvc_repo / "data/processed/patches/train")
+    val = PatchSet.load(dvc_repo / "data/processed/patches/val")
+    assert {r["image_id"] for r in train.index}.isdisjoint(r["image_id"] for r in val.index)
+    train_hashes = {hashlib.sha1(p.tobytes()).hexdigest() for p in train.images}
+    assert not any(hashlib.sha1(p.tobytes()).hexdigest() in train_hashes for p in val.images)
+
+
+def test_changing_patch_size_reruns_only_patches(dvc_repo: Path) -> None:
+    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    params["patch"].update(size=200, stride=200)
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = dvc_repro(dvc_repo)
+    assert "Running stage 'patches'" in out
+    for stage in ("fetch", "masks", "split"):
+        assert f"Running stage '{stage}'" not in out
+    assert PatchSet.load(dvc_repo / "data/processed/patches/val").images.shape[1:3] == (200, 200)

@@ -1,0 +1,85 @@
+import hashlib
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from patchunet.errors import SourceError
+from patchunet.monuseg import official_dirs, pair_files
+from patchunet.sources import download, unpack_source
+
+
+def zip_official_folders(source: Path, dest: Path) -> Path:
+    """Make the two official zips, each holding its top folder, as the organisers ship them."""
+    dest.mkdir()
+    for name in ("MoNuSeg 2018 Training Data", "MoNuSegTestData"):
+        shutil.make_archive(str(dest / name), "zip", root_dir=source, base_dir=name)
+    return dest
+
+
+def test_unzipped_folder_is_used_as_it_is(synthetic_source: Path, tmp_path: Path) -> None:
+    assert unpack_source(synthetic_source, tmp_path / "scratch") == synthetic_source
+
+
+def test_folder_of_official_zips_is_unpacked(synthetic_source: Path, tmp_path: Path) -> None:
+    zips = zip_official_folders(synthetic_source, tmp_path / "zips")
+    root = unpack_source(zips, tmp_path / "scratch")
+    assert len(pair_files(official_dirs(root), "train")) == 4
+
+
+def test_empty_source_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="empty: MoNuSeg source folder is empty"):
+        unpack_source(tmp_path / "empty", tmp_path / "scratch")
+
+
+def test_missing_source_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        unpack_source(tmp_path / "nowhere", tmp_path / "scratch")
+
+
+def test_corrupt_zip_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "zips").mkdir()
+    (tmp_path / "zips" / "MoNuSegTestData.zip").write_bytes(b"PK not really")
+    with pytest.raises(SourceError, match=r"MoNuSegTestData\.zip: cannot unzip"):
+        unpack_source(tmp_path / "zips", tmp_path / "scratch")
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on loopback serving `served/`."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_the_sha256(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, served = file_server
+    (served / "a.zip").write_bytes(b"payload")
+    good = hashlib.sha256(b"payload").hexdigest()
+    seen: list[int] = []
+    download(f"{url}/a.zip", tmp_path / "a.zip", good, on_bytes=seen.append)
+    assert (tmp_path / "a.zip").read_bytes() == b"payload" and sum(seen) == 7
+    with pytest.raises(SourceError, match="expected 00"):
+        download(f"{url}/a.zip", tmp_path / "b.zip", "00" * 32)
+
+
+def test_download_failure_says_what_to_set(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = file_server
+    with pytest.raises(SourceError, match=r"set MONUSEG_DIR, or data\.source in params\.yaml"):
+        download(f"{url}/missing.zip", tmp_path / "x.zip", "")
