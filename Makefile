@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# dvc.yaml's `python pipelines/...` commands must find the venv's python
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup pipeline test
 

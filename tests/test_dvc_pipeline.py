@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,8 @@ def dvc_repo(real_monuseg: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     run(repo, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MONUSEG_DIR", str(link_subset(real_monuseg, base / "monuseg")))
+        # dvc.yaml runs `python pipelines/...`: that must be this interpreter, venv or not
+        env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         yield repo
 
 
