@@ -37,8 +37,10 @@ def fresh_repo(base: Path) -> Path:
 
 
 def timed(command: list[str], cwd: Path) -> float:
+    # dvc.yaml runs `python pipelines/...`: make that this interpreter, venv or not
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
