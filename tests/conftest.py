@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DIR = "MoNuSeg 2018 Training Data"
@@ -95,10 +96,49 @@ def real_monuseg() -> Path:
     return root
 
 
-@pytest.fixture
-def stage_project(tmp_path: Path) -> Path:
+def make_stage_project(project: Path) -> Path:
     """An empty working folder with the repo's params.yaml, where pipelines/*.py can run."""
-    project = tmp_path / "project"
-    project.mkdir()
+    project.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
     return project
+
+
+@pytest.fixture
+def stage_project(tmp_path: Path) -> Path:
+    return make_stage_project(tmp_path / "project")
+
+
+def disc_patches(count: int, size: int = 32, seed: int = 0):
+    """A PatchSet of light tiles with dark 'nuclei' discs: easy enough to learn in two epochs."""
+    from skimage.draw import disk
+
+    from patchunet.patches import PatchSet
+
+    rng = np.random.default_rng(seed)
+    images = np.full((count, size, size, 3), 220, np.uint8)
+    labels = np.zeros((count, size, size), np.uint16)
+    for n in range(count):
+        for nucleus in range(1, 4):
+            rows, cols = disk(rng.integers(4, size - 4, 2), rng.integers(3, 6), shape=(size, size))
+            images[n, rows, cols] = (70, 40, 120)
+            labels[n, rows, cols] = nucleus
+    images = np.clip(images + rng.normal(0, 8, images.shape), 0, 255).astype(np.uint8)
+    index = [{"patch": n, "image_id": f"synthetic-{n // 4}", "copy": 0, "y": 0, "x": 0} for n in range(count)]
+    return PatchSet(images, labels, index)
+
+
+def make_train_project(project: Path) -> Path:
+    """A project with a tiny synthetic patch store and params for a 2-epoch, 2-level PatchUNet."""
+    make_stage_project(project)
+    disc_patches(16, seed=1).save(project / "data/processed/patches/train")
+    disc_patches(8, seed=2).save(project / "data/processed/patches/val")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"].update(base_channels=8, depth=2)
+    params["train"].update(epochs=2, batch_size=4, lr=0.01, num_workers=0)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return project
+
+
+@pytest.fixture
+def train_project(tmp_path: Path) -> Path:
+    return make_train_project(tmp_path / "project")

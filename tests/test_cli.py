@@ -15,7 +15,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_help_lists_one_subcommand_per_stage() -> None:
     help_text = build_parser().format_help()
-    for stage in ("fetch", "masks", "split", "patches"):
+    for stage in ("fetch", "masks", "split", "patches", "train"):
         assert stage in help_text and stage in STAGES
 
 

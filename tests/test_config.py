@@ -7,8 +7,11 @@ from patchunet.config import (
     AugmentConfig,
     DataConfig,
     MasksConfig,
+    MlflowConfig,
+    ModelConfig,
     PatchConfig,
     SplitConfig,
+    TrainConfig,
     load_params,
     parse_section,
 )
@@ -25,6 +28,9 @@ PARAMS = load_params(REPO_ROOT / "params.yaml")
         (SplitConfig, "split"),
         (PatchConfig, "patch"),
         (AugmentConfig, "augment"),
+        (ModelConfig, "model"),
+        (TrainConfig, "train"),
+        (MlflowConfig, "mlflow"),
     ],
 )
 def test_repo_params_parse(cls, section: str) -> None:
@@ -47,6 +53,11 @@ def with_value(section: str, key: str, value) -> dict:
         (PatchConfig, "patch", "size", "big", "patch.size: must be a int"),
         (PatchConfig, "patch", "size", True, "patch.size: must be a int"),
         (MasksConfig, "masks", "prefer", "png", "masks.prefer: must be one of"),
+        (TrainConfig, "train", "batch_size", 0, "train.batch_size: must be positive"),
+        (TrainConfig, "train", "early_stopping_patience", 0, "train.early_stopping_patience: must be 1 or more"),
+        (TrainConfig, "train", "lr_factor", 1.5, "train.lr_factor"),
+        (ModelConfig, "model", "depth", 0, "model.depth: must be between 1 and 6"),
+        (ModelConfig, "model", "norm", "layer", "model.norm: must be one of"),
     ],
 )
 def test_bad_values_name_their_key(cls, section, key, value, message) -> None:

@@ -80,7 +80,7 @@ def test_repro_patches_runs_every_data_stage(dvc_repo: Path) -> None:
 
 
 def test_second_repro_changes_nothing(dvc_repo: Path) -> None:
-    out = dvc_repro(dvc_repo)
+    out = dvc_repro(dvc_repo, "patches")
     assert "Running stage" not in out
     assert "Data and pipelines are up to date" in out
 
@@ -104,7 +104,7 @@ def test_changing_patch_size_reruns_only_patches(dvc_repo: Path) -> None:
     params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
     params["patch"].update(size=200, stride=200)
     (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    out = dvc_repro(dvc_repo)
+    out = dvc_repro(dvc_repo, "patches")
     assert "Running stage 'patches'" in out
     for stage in ("fetch", "masks", "split"):
         assert f"Running stage '{stage}'" not in out

@@ -20,6 +20,7 @@ STAGES = {
     "masks": "rasterise XML polygons (or take instance maps) into data/interim/*/labels",
     "split": "split the training images by image, stratified by organ, into data/interim/split.json",
     "patches": "tile train/val images into patches plus augmented copies in data/processed/patches",
+    "train": "train PatchUNet on the patches, log the run to MLflow and register the model (--resume)",
 }
 
 

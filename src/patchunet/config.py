@@ -90,6 +90,78 @@ class AugmentConfig:
             raise ConfigError("augment.scale_limit", f"must be below 1, got {self.scale_limit}")
 
 
+GROUPS = 8
+"""Channel groups for GroupNorm; model.base_channels must be a multiple of it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """PatchUNet's shape: width of the first stage, number of pooling stages, regularisation."""
+
+    base_channels: int
+    depth: int
+    norm: Literal["batch", "group"]
+    dropout: float
+
+    def __post_init__(self) -> None:
+        if self.base_channels < 1:
+            raise ConfigError("model.base_channels", f"must be positive, got {self.base_channels}")
+        if self.norm == "group" and self.base_channels % GROUPS:
+            raise ConfigError("model.base_channels", f"must be a multiple of {GROUPS} for group norm")
+        if not 1 <= self.depth <= 6:
+            raise ConfigError("model.depth", f"must be between 1 and 6, got {self.depth}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("model.dropout", f"must be in [0, 1), got {self.dropout}")
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be divisible by this: each encoder stage halves them."""
+        return 2**self.depth
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training loop: optimiser, loss weights, callbacks and data loading."""
+
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    bce_weight: float
+    dice_weight: float
+    online_augment: bool
+    early_stopping_patience: int
+    early_stopping_min_delta: float
+    lr_patience: int
+    lr_factor: float
+    min_lr: float
+    num_workers: int
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"train.{name}", f"must be positive, got {value}")
+        if self.bce_weight < 0 or self.dice_weight < 0 or self.bce_weight + self.dice_weight == 0:
+            raise ConfigError("train.bce_weight", "bce_weight and dice_weight must be >= 0 and not both 0")
+        if not 0 < self.lr_factor < 1:
+            raise ConfigError("train.lr_factor", f"must be between 0 and 1, got {self.lr_factor}")
+        if self.early_stopping_patience < 1:
+            raise ConfigError("train.early_stopping_patience", f"must be 1 or more, got {self.early_stopping_patience}")
+        for name in ("lr_patience", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}", f"must be 0 or more, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowConfig:
+    """Where runs go; MLFLOW_TRACKING_URI overrides `tracking_uri`."""
+
+    tracking_uri: str | None
+    experiment: str
+    registered_model: str
+
+
 def parse_section(cls: type[T], params: dict[str, Any], section: str) -> T:
     """Build `cls` from `params[section]`, naming the exact key that is missing or wrong."""
     raw = params.get(section)

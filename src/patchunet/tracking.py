@@ -1,0 +1,150 @@
+"""Every MLflow call of the project: tracking URI, experiments, runs, models, registry and aliases.
+
+The URI is the MLFLOW_TRACKING_URI variable, else `mlflow.tracking_uri` in params.yaml, else
+the embedded `sqlite:///mlflow.db` (the registry needs a database). Local stores keep their
+artifacts under `mlartifacts/`; a tracking server keeps them where it was told to.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+
+from patchunet.errors import PatchUNetError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+ARTIFACT_DIR = Path("mlartifacts")
+MODEL_ARTIFACT = "model"
+HEALTH_TIMEOUT_S = 5
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+
+
+def connect(uri: str) -> None:
+    """Point MLflow at `uri`, failing at once, with one line, if a server there does not answer.
+
+    MLflow's own client retries for minutes; a run must never train for an hour and then find
+    that it cannot be logged.
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as response:
+                response.read()
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise PatchUNetError(
+                f"MLflow tracking server {uri} is unreachable ({reason}): start it, or set MLFLOW_TRACKING_URI"
+            ) from None
+    mlflow.set_tracking_uri(uri)
+
+
+def ensure_experiment(name: str) -> str:
+    """Id of experiment `name`, created with artifacts under mlartifacts/ for a local store."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    is_server = mlflow.get_tracking_uri().startswith(("http://", "https://"))
+    location = None if is_server else ARTIFACT_DIR.resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def run(
+    experiment: str,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[Run]:
+    """Start (or, with `run_id`, reopen) a run; it ends FAILED if the block raises, KILLED on Ctrl-C."""
+    experiment_id = ensure_experiment(experiment)
+    with mlflow.start_run(
+        run_id=run_id, experiment_id=experiment_id, run_name=run_name, nested=nested, tags=dict(tags or {})
+    ) as active:
+        yield active
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}, as MLflow params are flat."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    mlflow.log_params(flatten(params))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics(dict(metrics), step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def image_signature() -> ModelSignature:
+    """(N, 3, H, W) float32 images in [0, 1] -> (N, 1, H, W) float32 logits, any N, H, W."""
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
+    )
+
+
+def log_pytorch_model(model, input_example: np.ndarray) -> str:
+    """Log `model` as an MLflow PyTorch model of the active run; returns its model URI.
+
+    Pickled, not torch.export'ed: an exported program fixes the batch size of its example and
+    cannot switch to eval mode, while sliding-window inference batches any number of windows.
+    """
+    import mlflow.pytorch
+
+    info = mlflow.pytorch.log_model(
+        model,
+        name=MODEL_ARTIFACT,
+        signature=image_signature(),
+        input_example=input_example,
+        serialization_format="pickle",
+    )
+    return info.model_uri
+
+
+def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
+    """Register `model_uri` as a new version of `name`, tagged with `tags`."""
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return version
+
+
+def load_pytorch_model(model_uri: str):
+    """Load a logged or registered PyTorch model (e.g. 'models:/patchunet/1') onto the CPU."""
+    import mlflow.pytorch
+
+    try:
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except mlflow.exceptions.MlflowException as exc:
+        raise PatchUNetError(f"{model_uri}: cannot load the model ({exc.message})") from None

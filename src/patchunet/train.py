@@ -1,0 +1,195 @@
+"""The training loop and its callbacks: early stopping, reduce-LR-on-plateau, checkpointing.
+
+Nothing here prints or touches MLflow: the caller passes `progress` (for a bar) and
+`on_epoch_end` (for logging), so the same loop serves `dvc repro train`, the tuner and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from patchunet.config import TrainConfig
+from patchunet.data import PatchDataset
+from patchunet.errors import PatchUNetError
+from patchunet.io import atomic_file
+from patchunet.losses import bce_dice_loss
+from patchunet.metrics import PixelCounts
+from patchunet.resources import worker_count
+
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+THRESHOLD = 0.5
+"""Probability above which a pixel counts as nucleus for val Dice and IoU."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    val_iou: float
+    lr: float
+    seconds: float
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stop once val loss has not improved by `min_delta` for `patience` epochs in a row."""
+
+    patience: int
+    min_delta: float
+    best: float = float("inf")
+    bad_epochs: int = 0
+
+    def step(self, val_loss: float) -> bool:
+        """Record one epoch's val loss; True when training should stop."""
+        if val_loss < self.best - self.min_delta:
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
+@dataclasses.dataclass
+class FitResult:
+    history: list[EpochResult]
+    best_epoch: int
+    stopped_early: bool
+
+    @property
+    def best(self) -> EpochResult:
+        return next(r for r in self.history if r.epoch == self.best_epoch)
+
+
+def pick_device() -> torch.device:
+    """CUDA where present, else the CPU with one thread per available core."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(worker_count())
+    return torch.device("cpu")
+
+
+def fit(
+    model: torch.nn.Module,
+    train_set: PatchDataset,
+    val_set: PatchDataset,
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    resume: bool = False,
+    on_epoch_end: Callable[[EpochResult], None] | None = None,
+    progress: Callable[[Iterable, int, str], Iterable] | None = None,
+    extra_state: dict | None = None,
+) -> FitResult:
+    """Train `model` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
+
+    `resume` continues from `last.pt` exactly: weights, optimiser, scheduler, early stopping,
+    history and RNG state. `extra_state` is stored in every checkpoint (e.g. the MLflow run id).
+    `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
+    """
+    device = pick_device()
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+    )
+    stopper = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    history: list[EpochResult] = []
+    if resume:
+        state = load_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        stopper.best, stopper.bad_epochs = state["early_stopping"]["best"], state["early_stopping"]["bad_epochs"]
+        history = [EpochResult(**row) for row in state["history"]]
+        torch.set_rng_state(state["rng"]["torch"])
+        shuffle.set_state(state["rng"]["shuffle"])
+    wrap = progress or (lambda batches, total, description: batches)
+    stopped = stopper.bad_epochs >= stopper.patience
+
+    for epoch in range(len(history), cfg.epochs):
+        if stopped:
+            break
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        loader = DataLoader(
+            train_set, batch_size=cfg.batch_size, shuffle=True, generator=shuffle, num_workers=cfg.num_workers
+        )
+        train_loss = train_one_epoch(model, wrap(loader, len(loader), f"epoch {epoch + 1}"), optimizer, cfg, device)
+        val_loss, counts = evaluate(model, DataLoader(val_set, batch_size=cfg.batch_size), cfg, device)
+        scheduler.step(val_loss)
+        stopped = stopper.step(val_loss)
+        lr = optimizer.param_groups[0]["lr"]
+        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, time.perf_counter() - started)
+        is_best = not history or result.val_dice > max(r.val_dice for r in history)
+        history.append(result)
+        state = {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "early_stopping": dataclasses.asdict(stopper),
+            "history": [dataclasses.asdict(r) for r in history],
+            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+            **(extra_state or {}),
+        }
+        save_checkpoint(state, checkpoint_dir / LAST_CHECKPOINT)
+        if is_best:
+            save_checkpoint(state, checkpoint_dir / BEST_CHECKPOINT)
+        if on_epoch_end:
+            on_epoch_end(result)
+
+    best_epoch = max(history, key=lambda r: r.val_dice).epoch
+    return FitResult(history, best_epoch, stopped)
+
+
+def train_one_epoch(model, batches: Iterable, optimizer, cfg: TrainConfig, device: torch.device) -> float:
+    """One pass over the training batches; returns the mean loss per patch."""
+    model.train()
+    total, seen = 0.0, 0
+    for images, masks in batches:
+        images, masks = images.to(device), masks.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = bce_dice_loss(model(images), masks, cfg.bce_weight, cfg.dice_weight)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(images)
+        seen += len(images)
+    return total / seen
+
+
+@torch.inference_mode()
+def evaluate(model, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> tuple[float, PixelCounts]:
+    """Mean loss per patch, and pixel counts at THRESHOLD pooled over every val patch."""
+    model.eval()
+    counts = PixelCounts()
+    total, seen = 0.0, 0
+    for images, masks in loader:
+        images, masks = images.to(device), masks.to(device)
+        logits = model(images)
+        total += bce_dice_loss(logits, masks, cfg.bce_weight, cfg.dice_weight).item() * len(images)
+        seen += len(images)
+        counts.add(torch.sigmoid(logits) > THRESHOLD, masks > 0.5)
+    return total / seen, counts
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise PatchUNetError(f"{path}: no checkpoint to resume from; train without --resume first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise PatchUNetError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None

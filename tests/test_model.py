@@ -1,0 +1,39 @@
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from patchunet.config import ModelConfig, load_params, parse_section
+from patchunet.errors import ConfigError, PatchUNetError
+from patchunet.model import PatchUNet, parameter_count
+
+DEFAULT = parse_section(ModelConfig, load_params(REPO_ROOT / "params.yaml"), "model")
+
+
+def test_output_is_one_logit_per_pixel() -> None:
+    model = PatchUNet(DEFAULT).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 96)).shape == (2, 1, 64, 96)
+
+
+@pytest.mark.parametrize("cfg", [DEFAULT, ModelConfig(base_channels=16, depth=4, norm="batch", dropout=0.1)])
+def test_model_stays_under_two_million_parameters(cfg: ModelConfig) -> None:
+    assert parameter_count(PatchUNet(cfg)) < 2_000_000
+
+
+def test_group_norm_variant_works() -> None:
+    model = PatchUNet(ModelConfig(base_channels=8, depth=2, norm="group", dropout=0.0)).eval()
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_sides_not_divisible_by_two_to_the_depth_are_refused() -> None:
+    model = PatchUNet(ModelConfig(base_channels=8, depth=4, norm="batch", dropout=0.0))
+    with pytest.raises(PatchUNetError, match="100x96 pixels: both sides must be divisible by 16"):
+        model(torch.rand(1, 3, 100, 96))
+
+
+def test_bad_model_params_name_their_key() -> None:
+    with pytest.raises(ConfigError, match=r"model\.base_channels: must be a multiple of 8"):
+        ModelConfig(base_channels=12, depth=3, norm="group", dropout=0.0)
+    with pytest.raises(ConfigError, match=r"model\.dropout"):
+        ModelConfig(base_channels=8, depth=3, norm="batch", dropout=1.0)

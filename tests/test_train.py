@@ -1,0 +1,89 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, disc_patches
+
+from patchunet.config import ModelConfig, TrainConfig, load_params, parse_section
+from patchunet.data import PatchDataset
+from patchunet.model import PatchUNet
+from patchunet.train import BEST_CHECKPOINT, LAST_CHECKPOINT, EarlyStopping, fit
+
+TINY_MODEL = ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.1)
+TINY_TRAIN = dataclasses.replace(
+    parse_section(TrainConfig, load_params(REPO_ROOT / "params.yaml"), "train"),
+    epochs=2,
+    batch_size=4,
+    lr=0.01,
+    num_workers=0,
+)
+
+
+def datasets() -> tuple[PatchDataset, PatchDataset]:
+    return PatchDataset(disc_patches(16, seed=1)), PatchDataset(disc_patches(8, seed=2))
+
+
+def tiny_model(seed: int = 0) -> PatchUNet:
+    torch.manual_seed(seed)
+    return PatchUNet(TINY_MODEL)
+
+
+def test_early_stopping_stops_at_the_expected_epoch() -> None:
+    stopper = EarlyStopping(patience=3, min_delta=0.01)
+    scripted = [1.0, 0.9, 0.95, 0.895, 0.92, 0.5]
+    stops = [stopper.step(loss) for loss in scripted]
+    # 0.9 is the last real improvement; 0.895 is within min_delta, so epochs 2, 3, 4 are bad
+    assert stops == [False, False, False, False, True, False]
+
+
+def test_fit_stops_early_when_val_loss_never_improves_enough(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=10, early_stopping_patience=2, early_stopping_min_delta=100.0)
+    train_set, val_set = datasets()
+    result = fit(tiny_model(), train_set, val_set, cfg, tmp_path)
+    assert result.stopped_early and [r.epoch for r in result.history] == [0, 1, 2]
+
+
+def test_training_lowers_the_loss_and_leaves_checkpoints(tmp_path: Path) -> None:
+    train_set, val_set = datasets()
+    seen = []
+    result = fit(tiny_model(), train_set, val_set, TINY_TRAIN, tmp_path, on_epoch_end=seen.append)
+    assert [r.epoch for r in seen] == [0, 1]
+    assert result.history[1].train_loss < result.history[0].train_loss
+    assert (tmp_path / BEST_CHECKPOINT).is_file() and (tmp_path / LAST_CHECKPOINT).is_file()
+    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)
+    assert {"epoch", "model", "optimizer", "scheduler", "rng", "early_stopping"} <= set(state)
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_first_epoch(result) -> None:
+    if result.epoch == 0:
+        raise Killed
+
+
+@pytest.mark.parametrize("online_augment", [False, True])
+def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: bool) -> None:
+    from patchunet.augment import build_augmentation
+    from patchunet.config import AugmentConfig
+
+    augment = AugmentConfig(copies=0, seed=0, rotate_limit=20, scale_limit=0.2, shift_limit=0.1, stain_jitter=0.1)
+
+    def fresh_datasets():
+        train, val = datasets()
+        train.augmentation = build_augmentation(augment) if online_augment else None
+        return train, val
+
+    straight = tiny_model()
+    fit(straight, *fresh_datasets(), TINY_TRAIN, tmp_path / "straight")
+
+    with pytest.raises(Killed):
+        fit(tiny_model(), *fresh_datasets(), TINY_TRAIN, tmp_path / "killed", on_epoch_end=kill_after_first_epoch)
+    resumed = tiny_model(seed=123)  # different initial weights: everything must come from the checkpoint
+    result = fit(resumed, *fresh_datasets(), TINY_TRAIN, tmp_path / "killed", resume=True)
+
+    assert [r.epoch for r in result.history] == [0, 1]
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name

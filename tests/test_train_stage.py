@@ -1,0 +1,190 @@
+"""The `train` stage script end to end: real MLflow stores (SQLite, and a real `mlflow server`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO_ROOT, make_train_project
+
+from patchunet.config import ModelConfig
+
+
+def run_train(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def train_in(project: Path) -> tuple[Path, str]:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    result = run_train(project, uri)
+    assert result.returncode == 0, result.stderr
+    return project, uri
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One 2-epoch training in a SQLite store, shared by the read-only checks below."""
+    return train_in(make_train_project(tmp_path_factory.mktemp("trained") / "project"))
+
+
+def test_run_holds_params_per_epoch_metrics_and_tags(trained) -> None:
+    project, uri = trained
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    run = client(uri).get_run(run_id)
+    assert run.data.params["train.lr"] == "0.01" and run.data.params["model.depth"] == "2"
+    assert run.data.params["data.patch_size"] == "32"
+    for name in ("train/loss", "val/loss", "val/dice", "val/iou", "lr", "time/epoch_seconds"):
+        assert [m.step for m in client(uri).get_metric_history(run_id, name)] == [0, 1], name
+    losses = [m.value for m in client(uri).get_metric_history(run_id, "train/loss")]
+    assert losses[1] < losses[0]
+    assert run.data.metrics["model/parameters"] > 0
+    assert {"git_commit", "dvc_data_hash"} <= set(run.data.tags)
+
+
+def test_checkpoints_are_run_artifacts_under_mlartifacts(trained) -> None:
+    project, uri = trained
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    names = {a.path for a in client(uri).list_artifacts(run_id, "checkpoints")}
+    assert names == {"checkpoints/best.pt", "checkpoints/last.pt"}
+    assert list((project / "mlartifacts").rglob("best.pt"))
+
+
+def test_registered_version_loads_back_and_predicts_like_the_saved_model(trained) -> None:
+    import mlflow.pytorch
+
+    project, uri = trained
+    run = json.loads((project / "models/run.json").read_text())
+    version = client(uri).get_model_version("patchunet", run["version"])
+    assert version.run_id == run["run_id"]
+    assert {"lr", "patch_size", "base_channels", "depth", "val_dice", "val_iou"} <= set(version.tags)
+
+    mlflow.set_tracking_uri(uri)
+    registered = mlflow.pytorch.load_model(f"models:/patchunet/{run['version']}", map_location="cpu").eval()
+    saved = torch.load(project / "models/patchunet.pt", weights_only=False)
+    from patchunet.model import PatchUNet
+
+    local = PatchUNet(ModelConfig(**saved["model_config"]))
+    local.load_state_dict(saved["state_dict"])
+    local.eval()
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
+    with torch.no_grad():
+        assert torch.equal(registered(x), local(x))
+
+
+def test_stage_outputs_feed_dvc_metrics_and_plots(trained) -> None:
+    project, _ = trained
+    summary = json.loads((project / "metrics/train.json").read_text())
+    assert summary["epochs_run"] == 2 and 0 <= summary["val_dice"] <= 1
+    rows = (project / "plots/train.csv").read_text().splitlines()
+    assert rows[0] == "epoch,train_loss,val_loss,val_dice,val_iou,lr" and len(rows) == 3
+
+
+def test_resume_continues_the_same_run(train_project: Path) -> None:
+    project, uri = train_in(train_project)
+    first = json.loads((project / "models/run.json").read_text())
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_train(project, uri, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "epoch   3/3" in result.stdout and "epoch   1/3" not in result.stdout
+    second = json.loads((project / "models/run.json").read_text())
+    assert second["run_id"] == first["run_id"] and second["version"] == 2
+    assert [m.step for m in client(uri).get_metric_history(first["run_id"], "val/dice")] == [0, 1, 2]
+
+
+def test_unreachable_tracking_server_fails_before_training(train_project: Path) -> None:
+    result = run_train(train_project, "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert "error: MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
+    assert "epoch" not in result.stdout and "Traceback" not in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port, with a temporary SQLite backend."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((tmp_path / "server.log").read_text()) from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.e2e
+def test_training_against_a_real_mlflow_server(train_project: Path, mlflow_server: str) -> None:
+    result = run_train(train_project, mlflow_server)
+    assert result.returncode == 0, result.stderr
+    run_info = json.loads((train_project / "models/run.json").read_text())
+    server = client(mlflow_server)
+    run = server.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
+    version = server.get_model_version("patchunet", run_info["version"])
+    assert version.run_id == run_info["run_id"]
+    assert {a.path for a in server.list_artifacts(run_info["run_id"], "checkpoints")} == {
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    }
