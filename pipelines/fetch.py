@@ -16,10 +16,9 @@ from tqdm import tqdm
 from patchunet.cli import run_stage
 from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.io import atomic_directory
+from patchunet.layout import RAW_DIR
 from patchunet.monuseg import SPLITS, ImageRecord, copy_to_raw, official_dirs, pair_files
 from patchunet.sources import download, unpack_source
-
-RAW_DIR = Path("data/raw/monuseg")
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -18,13 +17,11 @@ from tqdm import tqdm
 
 from patchunet.cli import run_stage
 from patchunet.config import MasksConfig, load_params, parse_section
-from patchunet.io import atomic_directory, atomic_file, write_label_tiff
+from patchunet.io import atomic_directory, write_json, write_label_tiff
+from patchunet.layout import INTERIM_DIR, MASKS_REPORT, RAW_DIR, labels_dir
 from patchunet.masks import LabelResult, make_label_map
 from patchunet.monuseg import SPLITS, pair_files, raw_dirs
 from patchunet.resources import worker_count
-
-RAW_DIR = Path("data/raw/monuseg")
-INTERIM_DIR = Path("data/interim")
 
 
 def main() -> None:
@@ -38,14 +35,13 @@ def main() -> None:
         for split in SPLITS:
             records = pair_files(raw_dirs(RAW_DIR), split)
             results = pool.map(partial(make_label_map, prefer=cfg.prefer), records)
-            with atomic_directory(INTERIM_DIR / split / "labels") as staging:
+            with atomic_directory(labels_dir(split)) as staging:
                 for record, result in tqdm(
                     zip(records, results, strict=True), total=len(records), desc=f"masks {split}", unit="image"
                 ):
                     write_label_tiff(staging / f"{record.image_id}.tif", result.labels)
                     report[record.image_id] = {"split": split, **summarise(result)}
-    with atomic_file(INTERIM_DIR / "masks_report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(MASKS_REPORT, report)
     print_summary(report)
 
 
@@ -76,7 +72,7 @@ def print_summary(report: dict[str, dict]) -> None:
             f"masks: {sum(overlapping.values())} pixels claimed by overlapping polygons in {len(overlapping)} "
             "images; the later polygon keeps them (per image in masks_report.json)"
         )
-    print(f"masks: wrote {INTERIM_DIR}/{{{','.join(SPLITS)}}}/labels and {INTERIM_DIR}/masks_report.json")
+    print(f"masks: wrote {INTERIM_DIR}/{{{','.join(SPLITS)}}}/labels and {MASKS_REPORT}")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,13 @@ from patchunet.augment import augment_pair, build_augmentation
 from patchunet.cli import run_stage
 from patchunet.config import AugmentConfig, PatchConfig, load_params, parse_section
 from patchunet.errors import ConfigError, DataError
-from patchunet.io import atomic_directory, atomic_file, read_label_image, read_rgb_image
+from patchunet.io import atomic_directory, read_label_image, read_rgb_image, write_json
+from patchunet.layout import PATCH_DIR, PATCH_SUMMARY, RAW_DIR, SPLIT_FILE, labels_dir
+from patchunet.monuseg import raw_dirs
 from patchunet.patches import PatchSet, copy_seed
 
-RAW_IMAGES = Path("data/raw/monuseg/train/images")
-LABELS = Path("data/interim/train/labels")
-SPLIT_FILE = Path("data/interim/split.json")
-PATCH_DIR = Path("data/processed/patches")
-SUMMARY_FILE = Path("metrics/patches.json")
+RAW_IMAGES = raw_dirs(RAW_DIR).images["train"]
+LABELS = labels_dir("train")
 
 Tile = tuple[str, int, np.ndarray, np.ndarray]
 
@@ -56,11 +55,10 @@ def main() -> None:
         "train_images": len(split["train"]),
         "val_images": len(split["val"]),
     }
-    with atomic_file(SUMMARY_FILE) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(PATCH_SUMMARY, summary)
     print(f"patches: {patch.size}x{patch.stride} (size x stride), {augment.copies} augmented copies per train image")
     print("patches: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
-    print(f"patches: wrote {PATCH_DIR}/{{train,val}} and {SUMMARY_FILE}")
+    print(f"patches: wrote {PATCH_DIR}/{{train,val}} and {PATCH_SUMMARY}")
 
 
 def read_split(path: Path) -> dict[str, list[str]]:

@@ -7,18 +7,15 @@ where the groups allow; test is the official test set, used for final evaluation
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
 from patchunet.cli import run_stage
 from patchunet.config import SplitConfig, load_params, parse_section
-from patchunet.io import atomic_file
+from patchunet.io import write_json
+from patchunet.layout import RAW_DIR, SPLIT_FILE
 from patchunet.monuseg import organ_of, pair_files, raw_dirs
 from patchunet.split import split_train_val
-
-RAW_DIR = Path("data/raw/monuseg")
-SPLIT_FILE = Path("data/interim/split.json")
 
 
 def main() -> None:
@@ -33,8 +30,7 @@ def main() -> None:
     organs = {i: organ_of(i) for i in train_ids} if cfg.stratify_by_organ else None
     train, val = split_train_val(train_ids, organs, cfg.val_fraction, cfg.seed)
     split = {"train": train, "val": val, "test": sorted(test_ids), "seed": cfg.seed}
-    with atomic_file(SPLIT_FILE) as tmp:
-        tmp.write_text(json.dumps(split, indent=2) + "\n")
+    write_json(SPLIT_FILE, split)
 
     for name in ("train", "val", "test"):
         by_organ = Counter(organ_of(i) for i in split[name])

@@ -2,7 +2,8 @@
 
 Writes models/patchunet.pt (best epoch by val Dice), models/run.json (the MLflow run and model
 version, for the evaluate stage), metrics/train.json and plots/train.csv. Checkpoints go to
-models/checkpoints/; `--resume` continues a killed run from the last one, in the same MLflow run.
+models/checkpoints/ and to the run's artifacts after every epoch; `--resume` continues a killed
+run from the last one, in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +20,33 @@ from tqdm import tqdm
 from patchunet import tracking
 from patchunet.augment import build_augmentation
 from patchunet.cli import run_stage
-from patchunet.config import AugmentConfig, MlflowConfig, ModelConfig, TrainConfig, load_params, parse_section
+from patchunet.config import (
+    AugmentConfig,
+    MlflowConfig,
+    ModelConfig,
+    PatchConfig,
+    SplitConfig,
+    TrainConfig,
+    load_params,
+    parse_section,
+)
 from patchunet.data import PatchDataset
-from patchunet.io import atomic_file
-from patchunet.model import PatchUNet, check_input_size, parameter_count
+from patchunet.errors import PatchUNetError
+from patchunet.io import atomic_file, write_json
+from patchunet.layout import CHECKPOINT_DIR, MODEL_FILE, PATCH_DIR, RUN_FILE, TRAIN_METRICS, TRAIN_PLOTS
+from patchunet.model import PatchUNet, check_input_size, parameter_count, save_model
 from patchunet.patches import PatchSet
 from patchunet.provenance import dvc_output_hash, git_commit
-from patchunet.train import BEST_CHECKPOINT, LAST_CHECKPOINT, EpochResult, FitResult, fit, load_checkpoint
+from patchunet.train import BEST_CHECKPOINT, HISTORY_COLUMNS, LAST_CHECKPOINT, EpochResult, fit, load_checkpoint
 
-PATCH_DIR = Path("data/processed/patches")
-MODEL_FILE = Path("models/patchunet.pt")
-RUN_FILE = Path("models/run.json")
-CHECKPOINT_DIR = Path("models/checkpoints")
-METRICS_FILE = Path("metrics/train.json")
-PLOTS_FILE = Path("plots/train.csv")
+SECTIONS = {
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "augment": AugmentConfig,
+    "patch": PatchConfig,
+    "split": SplitConfig,
+}
+"""Every params.yaml section this run depends on: logged to MLflow, declared in dvc.yaml."""
 
 
 def main() -> None:
@@ -42,9 +55,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue from models/checkpoints/last.pt")
     args = parser.parse_args()
     params = load_params(args.params)
-    model_cfg = parse_section(ModelConfig, params, "model")
-    train_cfg = parse_section(TrainConfig, params, "train")
-    augment_cfg = parse_section(AugmentConfig, params, "augment")
+    cfgs = {name: parse_section(cls, params, name) for name, cls in SECTIONS.items()}
+    model_cfg, train_cfg = cfgs["model"], cfgs["train"]
     mlflow_cfg = parse_section(MlflowConfig, params, "mlflow")
 
     uri = tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri)
@@ -52,11 +64,10 @@ def main() -> None:
     train_store, val_store = PatchSet.load(PATCH_DIR / "train"), PatchSet.load(PATCH_DIR / "val")
     patch_size = train_store.images.shape[1]
     check_input_size((patch_size, patch_size), model_cfg.size_multiple)
-    augmentation = build_augmentation(augment_cfg) if train_cfg.online_augment else None
+    augmentation = build_augmentation(cfgs["augment"]) if train_cfg.online_augment else None
     train_set = PatchDataset(train_store, augmentation, seed=train_cfg.seed)
     val_set = PatchDataset(val_store)
-
-    run_id = load_checkpoint(CHECKPOINT_DIR / LAST_CHECKPOINT)["mlflow_run_id"] if args.resume else None
+    run_id = resumable_run_id(model_cfg) if args.resume else None
     torch.manual_seed(train_cfg.seed)
     model = PatchUNet(model_cfg)
     print(
@@ -66,18 +77,16 @@ def main() -> None:
 
     with tracking.run(mlflow_cfg.experiment, run_id=run_id) as active:
         if not args.resume:
+            tracking.log_params({name: dataclasses.asdict(cfg) for name, cfg in cfgs.items()})
             tracking.log_params(
-                {
-                    "model": dataclasses.asdict(model_cfg),
-                    "train": dataclasses.asdict(train_cfg),
-                    "augment": dataclasses.asdict(augment_cfg),
-                    "data": {"patch_size": patch_size, "train_patches": len(train_set), "val_patches": len(val_set)},
-                }
+                {"dataset": {"patch_size": patch_size, "train_patches": len(train_set), "val_patches": len(val_set)}}
             )
             tracking.log_metrics({"model/parameters": parameter_count(model)})
+            commit = git_commit(Path.cwd())
             tracking.set_tags(
                 {
-                    "git_commit": git_commit(Path.cwd()),
+                    "git_commit": commit,
+                    "mlflow.source.git.commit": commit,
                     "dvc_data_hash": dvc_output_hash(Path("dvc.lock"), str(PATCH_DIR)),
                 }
             )
@@ -88,114 +97,104 @@ def main() -> None:
             train_cfg,
             CHECKPOINT_DIR,
             resume=args.resume,
-            on_epoch_end=lambda r: log_epoch(r, train_cfg.epochs),
+            on_epoch_end=EpochLogger(train_cfg.epochs),
             progress=lambda batches, total, desc: tqdm(
                 batches, total=total, desc=desc, unit="batch", leave=False, mininterval=1
             ),
-            extra_state={"mlflow_run_id": active.info.run_id},
+            extra_state={"mlflow_run_id": active.info.run_id, "model_config": dataclasses.asdict(model_cfg)},
         )
         model.load_state_dict(load_checkpoint(CHECKPOINT_DIR / BEST_CHECKPOINT)["model"])
         model.cpu().eval()
-        publish(model, model_cfg, train_cfg, mlflow_cfg, result, patch_size, active.info.run_id, uri)
-
-
-def log_epoch(result: EpochResult, epochs: int) -> None:
-    tracking.log_metrics(
-        {
-            "train/loss": result.train_loss,
-            "val/loss": result.val_loss,
-            "val/dice": result.val_dice,
-            "val/iou": result.val_iou,
-            "lr": result.lr,
-            "time/epoch_seconds": result.seconds,
-        },
-        step=result.epoch,
-    )
-    print(
-        f"epoch {result.epoch + 1:3d}/{epochs}  train loss {result.train_loss:.4f}  val loss {result.val_loss:.4f}  "
-        f"val dice {result.val_dice:.4f}  val iou {result.val_iou:.4f}  lr {result.lr:.1e}  {result.seconds:.0f} s",
-        flush=True,
-    )
-
-
-def publish(
-    model,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    mlflow_cfg: MlflowConfig,
-    result: FitResult,
-    patch_size: int,
-    run_id: str,
-    uri: str,
-) -> None:
-    """Write the stage's outs, log checkpoints and the model to MLflow, and register a version."""
-    best = result.best
-    summary = {
-        "best_epoch": best.epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "val_dice": best.val_dice,
-        "val_iou": best.val_iou,
-        "val_loss": best.val_loss,
-        "train_loss": best.train_loss,
-        "parameters": parameter_count(model),
-    }
-    tracking.log_metrics({"best/val_dice": best.val_dice, "best/val_iou": best.val_iou, "best/epoch": best.epoch})
-    for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
-        tracking.log_artifact(CHECKPOINT_DIR / name, artifact_path="checkpoints")
-    example = np.zeros((1, 3, model_cfg.size_multiple * 2, model_cfg.size_multiple * 2), np.float32)
-    model_uri = tracking.log_pytorch_model(model, example)
-    version = tracking.register_model(
-        model_uri,
-        mlflow_cfg.registered_model,
-        tags={
-            "lr": train_cfg.lr,
-            "batch_size": train_cfg.batch_size,
-            "patch_size": patch_size,
-            "base_channels": model_cfg.base_channels,
-            "depth": model_cfg.depth,
-            "val_dice": round(best.val_dice, 4),
-            "val_iou": round(best.val_iou, 4),
-            "best_epoch": best.epoch,
-        },
-    )
-
-    with atomic_file(MODEL_FILE) as tmp:
-        torch.save(
+        summary = {**result.summary(), "parameters": parameter_count(model)}
+        tracking.log_metrics(
             {
-                "model_config": dataclasses.asdict(model_cfg),
-                "state_dict": model.state_dict(),
-                "patch_size": patch_size,
-                "mlflow_run_id": run_id,
-            },
-            tmp,
+                "best/val_dice": summary["val_dice"],
+                "best/val_iou": summary["val_iou"],
+                "best/epoch": summary["best_epoch"],
+            }
         )
+        example = np.zeros((1, 3, 2 * model_cfg.size_multiple, 2 * model_cfg.size_multiple), np.float32)
+        model_uri = tracking.log_pytorch_model(model, example)
+        version = tracking.register_model(
+            model_uri,
+            mlflow_cfg.registered_model,
+            tags={
+                "lr": train_cfg.lr,
+                "batch_size": train_cfg.batch_size,
+                "patch_size": patch_size,
+                "base_channels": model_cfg.base_channels,
+                "depth": model_cfg.depth,
+                "val_dice": round(summary["val_dice"], 4),
+                "val_iou": round(summary["val_iou"], 4),
+                "best_epoch": summary["best_epoch"],
+            },
+        )
+
+    save_model(model, MODEL_FILE, patch_size=patch_size, mlflow_run_id=active.info.run_id)
     write_json(
         RUN_FILE,
         {
-            "run_id": run_id,
+            "run_id": active.info.run_id,
             "tracking_uri": uri,
+            "model_uri": model_uri,
             "registered_model": mlflow_cfg.registered_model,
             "version": int(version.version),
-            "model_uri": model_uri,
         },
     )
-    write_json(METRICS_FILE, summary)
-    with atomic_file(PLOTS_FILE) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"])
+    write_json(TRAIN_METRICS, summary)
+    with atomic_file(TRAIN_PLOTS) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
-        for row in result.history:
-            writer.writerow({k: v for k, v in dataclasses.asdict(row).items() if k != "seconds"})
+        writer.writerows(result.history_rows())
     print(
-        f"train: best epoch {best.epoch + 1} of {len(result.history)}: val dice {best.val_dice:.4f}, "
-        f"val iou {best.val_iou:.4f} (val patches); registered {mlflow_cfg.registered_model} "
-        f"version {version.version}, run {run_id}"
+        f"train: best epoch {summary['best_epoch']} (counting from 0) of {summary['epochs_run']}: val dice "
+        f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches; registered "
+        f"{mlflow_cfg.registered_model} version {version.version}, run {active.info.run_id}"
     )
 
 
-def write_json(path: Path, content: dict) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(content, indent=2) + "\n")
+def resumable_run_id(model_cfg: ModelConfig) -> str:
+    """The MLflow run of models/checkpoints/last.pt, refusing a checkpoint of another model shape."""
+    checkpoint = load_checkpoint(CHECKPOINT_DIR / LAST_CHECKPOINT)
+    if checkpoint.get("model_config") != dataclasses.asdict(model_cfg):
+        raise PatchUNetError(
+            f"{CHECKPOINT_DIR / LAST_CHECKPOINT}: was trained with model params {checkpoint.get('model_config')}, "
+            f"params.yaml now has {dataclasses.asdict(model_cfg)}: restore them, or train without --resume"
+        )
+    if not checkpoint.get("mlflow_run_id"):
+        raise PatchUNetError(f"{CHECKPOINT_DIR / LAST_CHECKPOINT}: names no MLflow run; train without --resume")
+    return checkpoint["mlflow_run_id"]
+
+
+class EpochLogger:
+    """After each epoch: metrics to MLflow (step = epoch), checkpoints as artifacts, one line out."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.best_dice = -1.0
+
+    def __call__(self, result: EpochResult) -> None:
+        tracking.log_metrics(
+            {
+                "train/loss": result.train_loss,
+                "val/loss": result.val_loss,
+                "val/dice": result.val_dice,
+                "val/iou": result.val_iou,
+                "lr": result.lr,
+                "time/epoch_seconds": result.seconds,
+            },
+            step=result.epoch,
+        )
+        tracking.log_artifact(CHECKPOINT_DIR / LAST_CHECKPOINT, artifact_path="checkpoints")
+        if result.val_dice > self.best_dice:
+            self.best_dice = result.val_dice
+            tracking.log_artifact(CHECKPOINT_DIR / BEST_CHECKPOINT, artifact_path="checkpoints")
+        print(
+            f"epoch {result.epoch + 1:3d}/{self.epochs}  train loss {result.train_loss:.4f}  "
+            f"val loss {result.val_loss:.4f}  val dice {result.val_dice:.4f}  val iou {result.val_iou:.4f}  "
+            f"lr {result.lr:.1e}  {result.seconds:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

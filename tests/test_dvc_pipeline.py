@@ -44,7 +44,8 @@ def link_subset(real: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dvc_repo(real_monuseg: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def dvc_repo(real_monuseg: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A temporary git + DVC repo after its first `dvc repro patches`, and that repro's output."""
     base = tmp_path_factory.mktemp("dvc")
     repo = base / "repo"
     repo.mkdir()
@@ -59,7 +60,7 @@ def dvc_repo(real_monuseg: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         env.setenv("MONUSEG_DIR", str(link_subset(real_monuseg, base / "monuseg")))
         # dvc.yaml runs `python pipelines/...`: that must be this interpreter, venv or not
         env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        yield repo
+        yield repo, dvc_repro(repo, "patches")
 
 
 def run(repo: Path, *command: str) -> str:
@@ -72,40 +73,44 @@ def dvc_repro(repo: Path, *targets: str) -> str:
     return run(repo, sys.executable, "-m", "dvc", "repro", *targets)
 
 
-def test_repro_patches_runs_every_data_stage(dvc_repo: Path) -> None:
-    out = dvc_repro(dvc_repo, "patches")
+def test_repro_patches_runs_every_data_stage(dvc_repo: tuple[Path, str]) -> None:
+    repo, first_output = dvc_repo
     for stage in ("fetch", "masks", "split", "patches"):
-        assert f"Running stage '{stage}'" in out
-    assert (dvc_repo / "dvc.lock").is_file()
+        assert f"Running stage '{stage}'" in first_output
+    assert (repo / "dvc.lock").is_file()
 
 
-def test_second_repro_changes_nothing(dvc_repo: Path) -> None:
-    out = dvc_repro(dvc_repo, "patches")
+def test_second_repro_changes_nothing(dvc_repo: tuple[Path, str]) -> None:
+    # `dvc repro patches`, not a bare `dvc repro`: that would also train a model
+    out = dvc_repro(dvc_repo[0], "patches")
     assert "Running stage" not in out
     assert "Data and pipelines are up to date" in out
 
 
-def test_train_and_val_images_never_overlap(dvc_repo: Path) -> None:
-    split = yaml.safe_load((dvc_repo / "data/interim/split.json").read_text())
+def test_train_and_val_images_never_overlap(dvc_repo: tuple[Path, str]) -> None:
+    repo, _ = dvc_repo
+    split = yaml.safe_load((repo / "data/interim/split.json").read_text())
     assert set(split["train"]).isdisjoint(split["val"])
     assert sorted(split["train"] + split["val"]) == sorted(TRAIN_IDS)
     assert split["test"] == sorted(TEST_IDS)
 
 
-def test_no_val_patch_appears_among_train_patches(dvc_repo: Path) -> None:
-    train = PatchSet.load(dvc_repo / "data/processed/patches/train")
-    val = PatchSet.load(dvc_repo / "data/processed/patches/val")
+def test_no_val_patch_appears_among_train_patches(dvc_repo: tuple[Path, str]) -> None:
+    repo, _ = dvc_repo
+    train = PatchSet.load(repo / "data/processed/patches/train")
+    val = PatchSet.load(repo / "data/processed/patches/val")
     assert {r["image_id"] for r in train.index}.isdisjoint(r["image_id"] for r in val.index)
     train_hashes = {hashlib.sha1(p.tobytes()).hexdigest() for p in train.images}
     assert not any(hashlib.sha1(p.tobytes()).hexdigest() in train_hashes for p in val.images)
 
 
-def test_changing_patch_size_reruns_only_patches(dvc_repo: Path) -> None:
-    params = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+def test_changing_patch_size_reruns_only_patches(dvc_repo: tuple[Path, str]) -> None:
+    repo, _ = dvc_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["patch"].update(size=200, stride=200)
-    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    out = dvc_repro(dvc_repo, "patches")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = dvc_repro(repo, "patches")
     assert "Running stage 'patches'" in out
     for stage in ("fetch", "masks", "split"):
         assert f"Running stage '{stage}'" not in out
-    assert PatchSet.load(dvc_repo / "data/processed/patches/val").images.shape[1:3] == (200, 200)
+    assert PatchSet.load(repo / "data/processed/patches/val").images.shape[1:3] == (200, 200)

@@ -32,6 +32,20 @@ def test_sides_not_divisible_by_two_to_the_depth_are_refused() -> None:
         model(torch.rand(1, 3, 100, 96))
 
 
+def test_saved_model_loads_back_identical(tmp_path) -> None:
+    from patchunet.model import load_model, save_model
+
+    model = PatchUNet(ModelConfig(base_channels=8, depth=2, norm="group", dropout=0.0)).eval()
+    save_model(model, tmp_path / "m.pt", patch_size=32)
+    loaded = load_model(tmp_path / "m.pt")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(PatchUNetError, match=r"bad\.pt: not a PatchUNet model file"):
+        load_model(tmp_path / "bad.pt")
+
+
 def test_bad_model_params_name_their_key() -> None:
     with pytest.raises(ConfigError, match=r"model\.base_channels: must be a multiple of 8"):
         ModelConfig(base_channels=12, depth=3, norm="group", dropout=0.0)

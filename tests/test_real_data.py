@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from patchunet.io import read_label_image, read_rgb_image
-from patchunet.masks import count_nuclei, make_label_map
-from patchunet.metrics import foreground_iou
+from patchunet.masks import count_nuclei, foreground_iou, make_label_map
 from patchunet.monuseg import official_dirs, pair_files
 
 COARSE_REDRAWING = "TCGA-B0-5710-01Z-00-DX1"  # its XML is a coarser redrawing of the map

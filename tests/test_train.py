@@ -37,11 +37,32 @@ def test_early_stopping_stops_at_the_expected_epoch() -> None:
     assert stops == [False, False, False, False, True, False]
 
 
-def test_fit_stops_early_when_val_loss_never_improves_enough(tmp_path: Path) -> None:
-    cfg = dataclasses.replace(TINY_TRAIN, epochs=10, early_stopping_patience=2, early_stopping_min_delta=100.0)
-    train_set, val_set = datasets()
-    result = fit(tiny_model(), train_set, val_set, cfg, tmp_path)
-    assert result.stopped_early and [r.epoch for r in result.history] == [0, 1, 2]
+def test_fit_stops_at_the_expected_epoch_on_a_scripted_val_loss(tmp_path: Path, monkeypatch) -> None:
+    import patchunet.train
+
+    scripted = iter([1.0, 0.9, 0.95, 0.895, 0.92, 0.5, 0.4])
+    real_evaluate = patchunet.train.evaluate
+
+    def scripted_evaluate(*args, **kwargs):
+        _, counts = real_evaluate(*args, **kwargs)
+        return next(scripted), counts
+
+    monkeypatch.setattr(patchunet.train, "evaluate", scripted_evaluate)
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=7, early_stopping_patience=3, early_stopping_min_delta=0.01)
+    result = fit(tiny_model(), *datasets(), cfg, tmp_path)
+    assert result.stopped_early
+    assert [r.val_loss for r in result.history] == [1.0, 0.9, 0.95, 0.895, 0.92]
+
+
+def test_learning_rate_drops_on_a_plateau_and_is_logged_for_the_epoch_it_trained(tmp_path: Path, monkeypatch) -> None:
+    import patchunet.train
+
+    real_evaluate = patchunet.train.evaluate
+    monkeypatch.setattr(patchunet.train, "evaluate", lambda *a, **k: (1.0, real_evaluate(*a, **k)[1]))
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=4, lr_patience=1, lr_factor=0.5, early_stopping_patience=10)
+    result = fit(tiny_model(), *datasets(), cfg, tmp_path)
+    # epoch 0 sets the best; epochs 1 and 2 do not improve, so the rate halves after epoch 2
+    assert [r.lr for r in result.history] == [0.01, 0.01, 0.01, 0.005]
 
 
 def test_training_lowers_the_loss_and_leaves_checkpoints(tmp_path: Path) -> None:
@@ -64,8 +85,8 @@ def kill_after_first_epoch(result) -> None:
         raise Killed
 
 
-@pytest.mark.parametrize("online_augment", [False, True])
-def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: bool) -> None:
+@pytest.mark.parametrize(("online_augment", "num_workers"), [(False, 0), (True, 0), (True, 1)])
+def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: bool, num_workers: int) -> None:
     from patchunet.augment import build_augmentation
     from patchunet.config import AugmentConfig
 
@@ -76,13 +97,14 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: 
         train.augmentation = build_augmentation(augment) if online_augment else None
         return train, val
 
+    cfg = dataclasses.replace(TINY_TRAIN, num_workers=num_workers)
     straight = tiny_model()
-    fit(straight, *fresh_datasets(), TINY_TRAIN, tmp_path / "straight")
+    fit(straight, *fresh_datasets(), cfg, tmp_path / "straight")
 
     with pytest.raises(Killed):
-        fit(tiny_model(), *fresh_datasets(), TINY_TRAIN, tmp_path / "killed", on_epoch_end=kill_after_first_epoch)
+        fit(tiny_model(), *fresh_datasets(), cfg, tmp_path / "killed", on_epoch_end=kill_after_first_epoch)
     resumed = tiny_model(seed=123)  # different initial weights: everything must come from the checkpoint
-    result = fit(resumed, *fresh_datasets(), TINY_TRAIN, tmp_path / "killed", resume=True)
+    result = fit(resumed, *fresh_datasets(), cfg, tmp_path / "killed", resume=True)
 
     assert [r.epoch for r in result.history] == [0, 1]
     for name, tensor in straight.state_dict().items():

@@ -18,7 +18,7 @@ import torch
 import yaml
 from conftest import REPO_ROOT, make_train_project
 
-from patchunet.config import ModelConfig
+from patchunet.model import load_model
 
 
 def run_train(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
@@ -57,7 +57,7 @@ def test_run_holds_params_per_epoch_metrics_and_tags(trained) -> None:
     run_id = json.loads((project / "models/run.json").read_text())["run_id"]
     run = client(uri).get_run(run_id)
     assert run.data.params["train.lr"] == "0.01" and run.data.params["model.depth"] == "2"
-    assert run.data.params["data.patch_size"] == "32"
+    assert run.data.params["dataset.patch_size"] == "32" and run.data.params["patch.size"] == "256"
     for name in ("train/loss", "val/loss", "val/dice", "val/iou", "lr", "time/epoch_seconds"):
         assert [m.step for m in client(uri).get_metric_history(run_id, name)] == [0, 1], name
     losses = [m.value for m in client(uri).get_metric_history(run_id, "train/loss")]
@@ -85,12 +85,7 @@ def test_registered_version_loads_back_and_predicts_like_the_saved_model(trained
 
     mlflow.set_tracking_uri(uri)
     registered = mlflow.pytorch.load_model(f"models:/patchunet/{run['version']}", map_location="cpu").eval()
-    saved = torch.load(project / "models/patchunet.pt", weights_only=False)
-    from patchunet.model import PatchUNet
-
-    local = PatchUNet(ModelConfig(**saved["model_config"]))
-    local.load_state_dict(saved["state_dict"])
-    local.eval()
+    local = load_model(project / "models/patchunet.pt")
     x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
     with torch.no_grad():
         assert torch.equal(registered(x), local(x))
@@ -116,6 +111,20 @@ def test_resume_continues_the_same_run(train_project: Path) -> None:
     second = json.loads((project / "models/run.json").read_text())
     assert second["run_id"] == first["run_id"] and second["version"] == 2
     assert [m.step for m in client(uri).get_metric_history(first["run_id"], "val/dice")] == [0, 1, 2]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_shape(trained) -> None:
+    project, uri = trained
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"]["base_channels"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        result = run_train(project, uri, "--resume")
+    finally:
+        params["model"]["base_channels"] = 8
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "last.pt: was trained with model params" in result.stderr
 
 
 def test_unreachable_tracking_server_fails_before_training(train_project: Path) -> None:

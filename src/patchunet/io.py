@@ -8,6 +8,7 @@ half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -87,6 +88,12 @@ def read_polygons(path: Path) -> list[Polygon]:
             raise DataError(path, f"malformed XML: Region {region_id} has a bad vertex ({exc})") from None
         polygons.append(np.asarray(xy, dtype=np.float64).reshape(-1, 2))
     return polygons
+
+
+def write_json(path: Path, content: object) -> None:
+    """Write `content` as indented JSON, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=2) + "\n")
 
 
 def write_label_tiff(path: Path, labels: np.ndarray) -> None:

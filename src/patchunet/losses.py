@@ -20,9 +20,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - (2.0 * intersection + DICE_SMOOTHING) / (total + DICE_SMOOTHING)
 
 
-def bce_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0, dice_weight: float = 1.0
-) -> torch.Tensor:
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, bce_weight: float, dice_weight: float) -> torch.Tensor:
     """Weighted BCE-with-logits plus soft Dice; logits and target are (N, 1, H, W)."""
     bce = F.binary_cross_entropy_with_logits(logits, target)
     return bce_weight * bce + dice_weight * soft_dice_loss(logits, target)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 @dataclasses.dataclass
@@ -15,8 +18,8 @@ class PixelCounts:
     fp: int = 0
     fn: int = 0
 
-    def add(self, predicted, target) -> None:
-        """Accumulate from boolean arrays or tensors of the same shape."""
+    def add(self, predicted: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> None:
+        """Accumulate from boolean arrays (or tensors) of the same shape."""
         self.tp += int((predicted & target).sum())
         self.fp += int((predicted & ~target).sum())
         self.fn += int((~predicted & target).sum())
@@ -32,10 +35,3 @@ class PixelCounts:
         """TP / (TP + FP + FN); 1.0 when both prediction and truth are empty."""
         denominator = self.tp + self.fp + self.fn
         return 1.0 if denominator == 0 else self.tp / denominator
-
-
-def foreground_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of the nucleus (non-zero) pixels of two label maps; 1.0 when both are empty."""
-    counts = PixelCounts()
-    counts.add(a > 0, b > 0)
-    return counts.iou

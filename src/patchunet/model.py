@@ -7,11 +7,15 @@ take the matching encoder output as a skip connection. A 1x1 head gives one logi
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from patchunet.config import GROUPS, ModelConfig
 from patchunet.errors import PatchUNetError
+from patchunet.io import atomic_file
 
 
 def conv_block(in_channels: int, out_channels: int, norm: str, dropout: float) -> nn.Sequential:
@@ -73,3 +77,20 @@ def check_input_size(shape: torch.Size | tuple[int, ...], multiple: int) -> None
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: PatchUNet, path: Path, **metadata: object) -> None:
+    """Save weights with the config that rebuilds them (and `metadata`), atomically."""
+    with atomic_file(path) as tmp:
+        torch.save({"model_config": dataclasses.asdict(model.cfg), "state_dict": model.state_dict(), **metadata}, tmp)
+
+
+def load_model(path: Path) -> PatchUNet:
+    """Rebuild a PatchUNet saved by `save_model`, on the CPU, in eval mode."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        model = PatchUNet(ModelConfig(**saved["model_config"]))
+        model.load_state_dict(saved["state_dict"])
+    except Exception as exc:  # torch.load and load_state_dict raise many types for a bad file
+        raise PatchUNetError(f"{path}: not a PatchUNet model file ({type(exc).__name__}: {exc})") from None
+    return model.eval()

@@ -10,6 +10,8 @@ Two layouts are known. The official one, once unzipped:
 and the project's raw layout, which `copy_to_raw` writes and every later stage reads:
 
     data/raw/monuseg/{train,test}/{images,annotations,instance_maps}/<id>.*
+
+where every image is `<id>.tif`, whatever its suffix in the source.
 """
 
 from __future__ import annotations
@@ -128,12 +130,12 @@ def copy_to_raw(records: list[ImageRecord], raw_root: Path) -> None:
     dirs = raw_dirs(raw_root)
     for record in records:
         targets = [
-            (record.image, dirs.images[record.split]),
-            (record.xml, dirs.annotations[record.split]),
-            (record.instance_map, dirs.instance_maps[record.split]),
+            (record.image, dirs.images[record.split], ".tif"),
+            (record.xml, dirs.annotations[record.split], ".xml"),
+            (record.instance_map, dirs.instance_maps[record.split], None),
         ]
-        for source, folder in targets:
+        for source, folder, suffix in targets:
             if source is not None:
                 assert folder is not None
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, folder / f"{record.image_id}{source.suffix.lower()}")
+                shutil.copyfile(source, folder / f"{record.image_id}{suffix or source.suffix.lower()}")

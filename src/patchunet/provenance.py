@@ -11,10 +11,13 @@ UNKNOWN = "unknown"
 
 
 def git_commit(repo: Path) -> str:
-    """HEAD's commit, with '-dirty' when tracked files have uncommitted changes."""
+    """HEAD's commit, with '-dirty' when tracked files other than dvc.lock have uncommitted changes.
+
+    dvc.lock is left out: `dvc repro` rewrites it for the stages before `train` in the same run.
+    """
     try:
         commit = _git(repo, "rev-parse", "HEAD")
-        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no")
+        dirty = _git(repo, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
     except (OSError, subprocess.CalledProcessError):
         return UNKNOWN
     return f"{commit}-dirty" if dirty else commit

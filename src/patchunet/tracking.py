@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -24,6 +24,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
 from patchunet.errors import PatchUNetError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = Path("mlartifacts")
@@ -65,19 +68,15 @@ def ensure_experiment(name: str) -> str:
 
 
 @contextmanager
-def run(
-    experiment: str,
-    run_id: str | None = None,
-    run_name: str | None = None,
-    nested: bool = False,
-    tags: Mapping[str, str] | None = None,
-) -> Iterator[Run]:
+def run(experiment: str, run_id: str | None = None) -> Iterator[Run]:
     """Start (or, with `run_id`, reopen) a run; it ends FAILED if the block raises, KILLED on Ctrl-C."""
     experiment_id = ensure_experiment(experiment)
-    with mlflow.start_run(
-        run_id=run_id, experiment_id=experiment_id, run_name=run_name, nested=nested, tags=dict(tags or {})
-    ) as active:
-        yield active
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id) as active:
+        try:
+            yield active
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -116,13 +115,16 @@ def image_signature() -> ModelSignature:
     )
 
 
-def log_pytorch_model(model, input_example: np.ndarray) -> str:
+def log_pytorch_model(model: torch.nn.Module, input_example: np.ndarray) -> str:
     """Log `model` as an MLflow PyTorch model of the active run; returns its model URI.
 
     Pickled, not torch.export'ed: an exported program fixes the batch size of its example and
     cannot switch to eval mode, while sliding-window inference batches any number of windows.
+    The patchunet package goes along as code, so the model loads where patchunet is not installed.
     """
     import mlflow.pytorch
+
+    import patchunet
 
     info = mlflow.pytorch.log_model(
         model,
@@ -130,21 +132,11 @@ def log_pytorch_model(model, input_example: np.ndarray) -> str:
         signature=image_signature(),
         input_example=input_example,
         serialization_format="pickle",
+        code_paths=[str(Path(patchunet.__file__).parent)],
     )
     return info.model_uri
 
 
 def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
     """Register `model_uri` as a new version of `name`, tagged with `tags`."""
-    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    return version
-
-
-def load_pytorch_model(model_uri: str):
-    """Load a logged or registered PyTorch model (e.g. 'models:/patchunet/1') onto the CPU."""
-    import mlflow.pytorch
-
-    try:
-        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    except mlflow.exceptions.MlflowException as exc:
-        raise PatchUNetError(f"{model_uri}: cannot load the model ({exc.message})") from None
+    return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})

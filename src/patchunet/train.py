@@ -57,6 +57,9 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
 
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr")
+
+
 @dataclasses.dataclass
 class FitResult:
     history: list[EpochResult]
@@ -66,6 +69,23 @@ class FitResult:
     @property
     def best(self) -> EpochResult:
         return next(r for r in self.history if r.epoch == self.best_epoch)
+
+    def summary(self) -> dict[str, float | int | bool]:
+        """The best epoch's scores and how the run ended (epochs count from 0, as MLflow steps)."""
+        best = self.best
+        return {
+            "best_epoch": best.epoch,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+            "val_dice": best.val_dice,
+            "val_iou": best.val_iou,
+            "val_loss": best.val_loss,
+            "train_loss": best.train_loss,
+        }
+
+    def history_rows(self) -> list[dict[str, float | int]]:
+        """One row per epoch with HISTORY_COLUMNS, for plots/train.csv."""
+        return [{k: getattr(r, k) for k in HISTORY_COLUMNS} for r in self.history]
 
 
 def pick_device() -> torch.device:
@@ -95,6 +115,9 @@ def fit(
     """
     device = pick_device()
     model.to(device)
+    if not resume:  # a stale last.pt from an earlier run must never be resumed by mistake
+        for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
+            (checkpoint_dir / name).unlink(missing_ok=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
@@ -112,6 +135,8 @@ def fit(
         history = [EpochResult(**row) for row in state["history"]]
         torch.set_rng_state(state["rng"]["torch"])
         shuffle.set_state(state["rng"]["shuffle"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     wrap = progress or (lambda batches, total, description: batches)
     stopped = stopper.bad_epochs >= stopper.patience
 
@@ -119,15 +144,21 @@ def fit(
         if stopped:
             break
         started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
         train_set.set_epoch(epoch)
+        # drop_last: a final batch of one patch would break BatchNorm at a 1x1 bottleneck
         loader = DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=True, generator=shuffle, num_workers=cfg.num_workers
+            train_set,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(train_set) > cfg.batch_size,
+            generator=shuffle,
+            num_workers=cfg.num_workers,
         )
         train_loss = train_one_epoch(model, wrap(loader, len(loader), f"epoch {epoch + 1}"), optimizer, cfg, device)
         val_loss, counts = evaluate(model, DataLoader(val_set, batch_size=cfg.batch_size), cfg, device)
         scheduler.step(val_loss)
         stopped = stopper.step(val_loss)
-        lr = optimizer.param_groups[0]["lr"]
         result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, time.perf_counter() - started)
         is_best = not history or result.val_dice > max(r.val_dice for r in history)
         history.append(result)
@@ -138,7 +169,11 @@ def fit(
             "scheduler": scheduler.state_dict(),
             "early_stopping": dataclasses.asdict(stopper),
             "history": [dataclasses.asdict(r) for r in history],
-            "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "shuffle": shuffle.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             **(extra_state or {}),
         }
         save_checkpoint(state, checkpoint_dir / LAST_CHECKPOINT)
@@ -151,14 +186,20 @@ def fit(
     return FitResult(history, best_epoch, stopped)
 
 
-def train_one_epoch(model, batches: Iterable, optimizer, cfg: TrainConfig, device: torch.device) -> float:
+def train_one_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> float:
     """One pass over the training batches; returns the mean loss per patch."""
     model.train()
     total, seen = 0.0, 0
     for images, masks in batches:
         images, masks = images.to(device), masks.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = bce_dice_loss(model(images), masks, cfg.bce_weight, cfg.dice_weight)
+        loss = bce_dice_loss(model(images), masks, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(images)
@@ -167,7 +208,9 @@ def train_one_epoch(model, batches: Iterable, optimizer, cfg: TrainConfig, devic
 
 
 @torch.inference_mode()
-def evaluate(model, loader: DataLoader, cfg: TrainConfig, device: torch.device) -> tuple[float, PixelCounts]:
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device
+) -> tuple[float, PixelCounts]:
     """Mean loss per patch, and pixel counts at THRESHOLD pooled over every val patch."""
     model.eval()
     counts = PixelCounts()
@@ -175,7 +218,8 @@ def evaluate(model, loader: DataLoader, cfg: TrainConfig, device: torch.device) 
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
         logits = model(images)
-        total += bce_dice_loss(logits, masks, cfg.bce_weight, cfg.dice_weight).item() * len(images)
+        loss = bce_dice_loss(logits, masks, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
+        total += loss.item() * len(images)
         seen += len(images)
         counts.add(torch.sigmoid(logits) > THRESHOLD, masks > 0.5)
     return total / seen, counts
