@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +144,29 @@ def make_train_project(project: Path) -> Path:
 @pytest.fixture
 def train_project(tmp_path: Path) -> Path:
     return make_train_project(tmp_path / "project")
+
+
+def run_pipeline(project: Path, stage: str, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
+    """Run pipelines/<stage>.py in `project`, as `dvc repro` would, against `tracking_uri`."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "pipelines" / f"{stage}.py"), *args],
+        cwd=project,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def mlflow_client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def train_in(project: Path) -> tuple[Path, str]:
+    """Run the train stage in `project` with a SQLite store beside it; returns (project, uri)."""
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    result = run_pipeline(project, "train", uri)
+    assert result.returncode == 0, result.stderr
+    return project, uri

@@ -6,6 +6,7 @@ from conftest import REPO_ROOT
 from patchunet.config import (
     AugmentConfig,
     DataConfig,
+    EvalConfig,
     MasksConfig,
     MlflowConfig,
     ModelConfig,
@@ -31,6 +32,7 @@ PARAMS = load_params(REPO_ROOT / "params.yaml")
         (ModelConfig, "model"),
         (TrainConfig, "train"),
         (MlflowConfig, "mlflow"),
+        (EvalConfig, "eval"),
     ],
 )
 def test_repo_params_parse(cls, section: str) -> None:
@@ -57,6 +59,10 @@ def with_value(section: str, key: str, value) -> dict:
         (TrainConfig, "train", "early_stopping_patience", 0, "train.early_stopping_patience: must be 1 or more"),
         (TrainConfig, "train", "lr_factor", 1.5, "train.lr_factor"),
         (ModelConfig, "model", "depth", 0, "model.depth: must be between 1 and 6"),
+        (EvalConfig, "eval", "overlap", -1, "eval.overlap: must be at least 0"),
+        (EvalConfig, "eval", "threshold", 1.0, "eval.threshold: must be between 0 and 1"),
+        (EvalConfig, "eval", "blend", "cosine", "eval.blend: must be one of"),
+        (EvalConfig, "eval", "batch_size", 0, "eval.batch_size: must be positive"),
         (ModelConfig, "model", "norm", "layer", "model.norm: must be one of"),
     ],
 )
@@ -82,3 +88,14 @@ def test_broken_yaml_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("patch: [unclosed\n")
     with pytest.raises(PatchUNetError, match=r"params\.yaml: not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_eval_window_defaults_to_the_patch_size_and_must_suit_the_model() -> None:
+    cfg = parse_section(EvalConfig, PARAMS, "eval")
+    assert cfg.window is None and cfg.window_for(256, 16) == 256
+    with pytest.raises(ConfigError, match=r"eval.window: 200 must be divisible by 16"):
+        cfg.window_for(200, 16)
+    with pytest.raises(ConfigError, match=r"eval.overlap: 64 must be smaller than the window 48"):
+        cfg.window_for(48, 16)  # a patch size of 48 as the window
+    with pytest.raises(ConfigError, match=r"eval.overlap: must be at least 0 and smaller than eval.window"):
+        parse_section(EvalConfig, with_value("eval", "window", 48), "eval")

@@ -114,3 +114,27 @@ def test_changing_patch_size_reruns_only_patches(dvc_repo: tuple[Path, str]) -> 
     for stage in ("fetch", "masks", "split"):
         assert f"Running stage '{stage}'" not in out
     assert PatchSet.load(repo / "data/processed/patches/val").images.shape[1:3] == (200, 200)
+
+
+def test_full_repro_trains_evaluates_and_registers(dvc_repo: tuple[Path, str]) -> None:
+    """The whole default chain on a tiny configuration: a bare `dvc repro`, then `dvc metrics show`."""
+    repo, _ = dvc_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["patch"].update(size=128, stride=128)
+    params["augment"]["copies"] = 0
+    params["model"].update(depth=2)
+    params["train"].update(epochs=1, num_workers=0)
+    params["eval"].update(window=None, samples=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = dvc_repro(repo)
+    for stage in ("train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out
+    test_metrics = yaml.safe_load((repo / "metrics/test.json").read_text())
+    assert test_metrics["images"] == len(TEST_IDS) and test_metrics["window"] == 128
+    registry = yaml.safe_load((repo / "models/registry.json").read_text())
+    assert registry["champion"] == registry["challenger"] == 1 and registry["promoted"]
+    assert len(list((repo / "reports/samples").glob("*.png"))) == 1
+
+    shown = run(repo, sys.executable, "-m", "dvc", "metrics", "show")
+    assert "metrics/test.json" in shown and "per_image_mean.aji" in shown
+    assert "Running stage" not in dvc_repro(repo)  # and nothing is left to do

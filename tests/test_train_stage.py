@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,34 +15,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, make_train_project
+from conftest import make_train_project, run_pipeline, train_in
+from conftest import mlflow_client as client
 
 from patchunet.model import load_model
 
 
 def run_train(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "pipelines" / "train.py"), *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def train_in(project: Path) -> tuple[Path, str]:
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    result = run_train(project, uri)
-    assert result.returncode == 0, result.stderr
-    return project, uri
+    return run_pipeline(project, "train", tracking_uri, *args)
 
 
 @pytest.fixture(scope="module")

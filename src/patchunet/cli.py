@@ -21,6 +21,8 @@ STAGES = {
     "split": "split the training images by image, stratified by organ, into data/interim/split.json",
     "patches": "tile train/val images into patches plus augmented copies in data/processed/patches",
     "train": "train PatchUNet on the patches, log the run to MLflow and register the model (--resume)",
+    "evaluate": "segment every test image whole, score Dice/IoU/AJI/PQ/F1, log them to the training run",
+    "register": "make the new model version challenger, and champion if its test AJI beats the champion's",
 }
 
 
@@ -54,11 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in STAGES.items():
         # add_help=False: `patchunet fetch -h` reaches the stage script, which knows its options
         sub.add_parser(name, help=summary, description=summary, add_help=False)
+    from patchunet import predict
+
+    predict_parser = sub.add_parser(
+        "predict", help="segment your own images: instance-label TIFF, overlay PNG and nucleus CSV per image"
+    )
+    predict_parser.description = predict.__doc__
+    predict_parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    predict.add_arguments(predict_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args, stage_args = build_parser().parse_known_args(argv)
+    if args.command == "predict":
+        from patchunet import predict
+
+        if stage_args:
+            build_parser().error(f"unrecognized arguments: {' '.join(stage_args)}")
+        run_stage(lambda: predict.run(args))
+        return
     root = _project_root_or_exit()
     script = root / "pipelines" / f"{args.command}.py"
     raise SystemExit(subprocess.call([sys.executable, str(script), *stage_args], cwd=root))

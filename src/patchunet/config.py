@@ -154,6 +154,47 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Whole-image inference and post-processing, for evaluation and `patchunet predict`."""
+
+    window: int | None  # None: patch.size
+    overlap: int
+    blend: Literal["gaussian", "linear"]
+    batch_size: int
+    tta: bool
+    threshold: float
+    min_nucleus_area: int
+    max_hole_area: int
+    distance_sigma: float
+    watershed_h: float
+    samples: int
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window <= 0:
+            raise ConfigError("eval.window", f"must be positive, got {self.window}")
+        if self.overlap < 0 or (self.window is not None and self.overlap >= self.window):
+            raise ConfigError("eval.overlap", f"must be at least 0 and smaller than eval.window, got {self.overlap}")
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size", f"must be positive, got {self.batch_size}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError("eval.threshold", f"must be between 0 and 1, got {self.threshold}")
+        for name in ("min_nucleus_area", "max_hole_area", "distance_sigma", "samples"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name}", f"must be 0 or more, got {getattr(self, name)}")
+        if self.watershed_h <= 0:
+            raise ConfigError("eval.watershed_h", f"must be above 0, got {self.watershed_h}")
+
+    def window_for(self, patch_size: int, size_multiple: int) -> int:
+        """The sliding window: `window`, or else `patch.size`; the model must accept it."""
+        window = self.window or patch_size
+        if window % size_multiple:
+            raise ConfigError("eval.window", f"{window} must be divisible by {size_multiple} (2**model.depth)")
+        if self.overlap >= window:
+            raise ConfigError("eval.overlap", f"{self.overlap} must be smaller than the window {window}")
+        return window
+
+
+@dataclasses.dataclass(frozen=True)
 class MlflowConfig:
     """Where runs go; MLFLOW_TRACKING_URI overrides `tracking_uri`."""
 

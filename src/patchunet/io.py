@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -55,14 +57,23 @@ def read_label_image(path: Path) -> np.ndarray:
 def _read_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(path, "file not found")
+    tifffile_log = logging.getLogger("tifffile")
+    level = tifffile_log.level
+    tifffile_log.setLevel(logging.ERROR)  # a broken file gets our one line, not tifffile's warnings too
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return tifffile.imread(path)
-        import imagecodecs
+            array = tifffile.imread(path)
+        else:
+            import imagecodecs
 
-        return imagecodecs.imread(path)
+            array = imagecodecs.imread(path)
     except Exception as exc:  # tifffile and imagecodecs raise many types for a broken file
         raise DataError(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
+    finally:
+        tifffile_log.setLevel(level)
+    if array.size == 0:  # tifffile returns an empty array for a file whose first page is unreadable
+        raise DataError(path, "corrupt or truncated image (no readable pixels)")
+    return array
 
 
 def read_polygons(path: Path) -> list[Polygon]:
@@ -90,6 +101,21 @@ def read_polygons(path: Path) -> list[Polygon]:
     return polygons
 
 
+def read_json_value(path: Path, *keys: str) -> Any:
+    """The value at `keys` in a JSON file another stage wrote, or one line saying what is wrong."""
+    if not path.is_file():
+        raise DataError(path, "file not found: run the stage that writes it first (dvc repro)")
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc})") from None
+    for depth, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            raise DataError(path, f"has no '{'.'.join(keys[: depth + 1])}'")
+        value = value[key]
+    return value
+
+
 def write_json(path: Path, content: object) -> None:
     """Write `content` as indented JSON, atomically."""
     with atomic_file(path) as tmp:
@@ -100,6 +126,14 @@ def write_label_tiff(path: Path, labels: np.ndarray) -> None:
     """Write (H, W) labels as a zlib-compressed TIFF, atomically."""
     with atomic_file(path) as tmp:
         tifffile.imwrite(tmp, labels, compression="zlib")
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 image as PNG, atomically."""
+    import imagecodecs
+
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(imagecodecs.png_encode(image))
 
 
 @contextlib.contextmanager

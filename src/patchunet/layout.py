@@ -19,6 +19,10 @@ RUN_FILE = Path("models/run.json")
 CHECKPOINT_DIR = Path("models/checkpoints")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_PLOTS = Path("plots/train.csv")
+TEST_METRICS = Path("metrics/test.json")
+TEST_PER_IMAGE = Path("reports/test_per_image.csv")
+SAMPLES_DIR = Path("reports/samples")
+REGISTRY_FILE = Path("models/registry.json")
 
 
 def labels_dir(split: str) -> Path:

@@ -86,11 +86,14 @@ def save_model(model: PatchUNet, path: Path, **metadata: object) -> None:
 
 
 def load_model(path: Path) -> PatchUNet:
-    """Rebuild a PatchUNet saved by `save_model`, on the CPU, in eval mode."""
+    """Rebuild a PatchUNet, on the CPU in eval mode, from a file of `save_model` or a training
+    checkpoint (`best.pt`, `last.pt`)."""
+    if not path.is_file():
+        raise PatchUNetError(f"{path}: model file not found")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         model = PatchUNet(ModelConfig(**saved["model_config"]))
-        model.load_state_dict(saved["state_dict"])
+        model.load_state_dict(saved["state_dict"] if "state_dict" in saved else saved["model"])
     except Exception as exc:  # torch.load and load_state_dict raise many types for a bad file
         raise PatchUNetError(f"{path}: not a PatchUNet model file ({type(exc).__name__}: {exc})") from None
     return model.eval()

@@ -6,11 +6,13 @@ image from landing on both sides.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
-from patchunet.errors import ConfigError
+from patchunet.errors import ConfigError, DataError
 
 
 def split_train_val(
@@ -55,3 +57,15 @@ def _allocate(sizes: np.ndarray, n_val: int, rng: np.random.Generator) -> np.nda
             if quotas[i] < capacity[i]:
                 quotas[i] += 1
     return quotas
+
+
+def read_split(path: Path) -> dict[str, list[str]]:
+    """The split stage's output, refusing one where an image is on both sides."""
+    try:
+        split = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read the split ({exc}); run `dvc repro split`") from None
+    overlap = set(split["train"]) & set(split["val"])
+    if overlap:
+        raise DataError(path, f"train and val share images: {sorted(overlap)}")
+    return split

@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
@@ -68,10 +69,26 @@ def ensure_experiment(name: str) -> str:
 
 
 @contextmanager
-def run(experiment: str, run_id: str | None = None) -> Iterator[Run]:
-    """Start (or, with `run_id`, reopen) a run; it ends FAILED if the block raises, KILLED on Ctrl-C."""
+def run(
+    experiment: str,
+    run_id: str | None = None,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[Run]:
+    """Start (or, with `run_id`, reopen) a run, a child of `parent_run_id` if given.
+
+    The run ends FAILED if the block raises, KILLED on Ctrl-C.
+    """
     experiment_id = ensure_experiment(experiment)
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id) as active:
+    with mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=run_name,
+        parent_run_id=parent_run_id,
+        tags={k: str(v) for k, v in (tags or {}).items()} or None,
+    ) as active:
         try:
             yield active
         except KeyboardInterrupt:
@@ -104,7 +121,19 @@ def set_tags(tags: Mapping[str, Any]) -> None:
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    """Log a file, or every file of a folder, to the active run."""
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def get_run(run_id: str) -> Run:
+    """The run `run_id` of the current tracking URI, or one line saying it is not there."""
+    try:
+        return MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise PatchUNetError(f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}") from None
 
 
 def image_signature() -> ModelSignature:
@@ -140,3 +169,47 @@ def log_pytorch_model(model: torch.nn.Module, input_example: np.ndarray) -> str:
 def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
     """Register `model_uri` as a new version of `name`, tagged with `tags`."""
     return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+
+
+def get_version(name: str, version: int) -> ModelVersion:
+    try:
+        return MlflowClient().get_model_version(name, str(version))
+    except MlflowException:
+        raise PatchUNetError(f"model {name} version {version} not found in {mlflow.get_registry_uri()}") from None
+
+
+def list_versions(name: str) -> list[ModelVersion]:
+    """Every version of registered model `name`, newest first; empty if it is not registered."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def set_version_tags(name: str, version: int, tags: Mapping[str, Any]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def version_by_alias(name: str, alias: str) -> ModelVersion | None:
+    """The version of `name` that holds `alias`, or None (also when the model is not registered)."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: int) -> None:
+    """Point `alias` at `version`, taking it from whichever version held it."""
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def load_pytorch_model(model_uri: str) -> torch.nn.Module:
+    """Load a logged or registered PyTorch model on the CPU, e.g. `models:/patchunet@champion`."""
+    import mlflow.pytorch
+
+    try:
+        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    except MlflowException as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PatchUNetError(f"{model_uri}: no such model in {mlflow.get_registry_uri()} ({message})") from None
+    return model.eval()
