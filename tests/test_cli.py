@@ -17,6 +17,7 @@ def test_help_lists_one_subcommand_per_dvc_stage() -> None:
     import yaml
 
     dvc_stages = set(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
+    dvc_stages |= set(yaml.safe_load((REPO_ROOT / "tune/dvc.yaml").read_text())["stages"])
     assert set(STAGES) == dvc_stages
     help_text = build_parser().format_help()
     assert all(stage in help_text for stage in dvc_stages)

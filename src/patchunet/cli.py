@@ -23,6 +23,7 @@ STAGES = {
     "train": "train PatchUNet on the patches, log the run to MLflow and register the model (--resume)",
     "evaluate": "segment every test image whole, score Dice/IoU/AJI/PQ/F1, log them to the training run",
     "register": "make the new model version challenger, and champion if its test AJI beats the champion's",
+    "tune": "Optuna study over tune.space (lr, patch size), resumable, --workers N; best params to reports/tune",
 }
 
 

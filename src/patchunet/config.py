@@ -195,6 +195,68 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One searched parameter: a float or int range (`low`..`high`, `log` scale) or `choices`."""
+
+    key: str  # the params.yaml key it overrides, e.g. "train.lr"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The Optuna study: storage, budget, pruning and the search space over params.yaml keys."""
+
+    study_name: str
+    storage: str
+    experiment: str
+    n_trials: int
+    epochs_per_trial: int
+    workers: int
+    seed: int
+    pruner: Literal["median", "successive_halving", "none"]
+    pruner_warmup_epochs: int
+    space: dict
+
+    def __post_init__(self) -> None:
+        for name in ("n_trials", "epochs_per_trial", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"tune.{name}", f"must be 1 or more, got {getattr(self, name)}")
+        if self.pruner_warmup_epochs < 0:
+            raise ConfigError("tune.pruner_warmup_epochs", f"must be 0 or more, got {self.pruner_warmup_epochs}")
+        if not self.space:
+            raise ConfigError("tune.space", "is empty: name at least one params.yaml key to search")
+        self.dimensions  # noqa: B018 - validates every entry now
+
+    @property
+    def dimensions(self) -> list[Dimension]:
+        return [_dimension(key, spec) for key, spec in self.space.items()]
+
+
+def _dimension(key: str, spec: Any) -> Dimension:
+    where = f"tune.space.{key}"
+    if not isinstance(key, str) or key.count(".") != 1:
+        raise ConfigError(where, "must be a params.yaml key as section.name, e.g. train.lr")
+    if isinstance(spec, dict) and set(spec) == {"choices"}:
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(where, f"choices must be a non-empty list, got {choices!r}")
+        return Dimension(key, choices=tuple(choices))
+    if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) <= {"low", "high", "log"}:
+        raise ConfigError(where, f"must be {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise ConfigError(where, f"low and high must be numbers, got {low!r} and {high!r}")
+    if low >= high:
+        raise ConfigError(where, f"empty range: low {low} is not below high {high}")
+    if log and low <= 0:
+        raise ConfigError(where, f"a log range must start above 0, got low {low}")
+    return Dimension(key, low=low, high=high, log=bool(log))
+
+
+@dataclasses.dataclass(frozen=True)
 class MlflowConfig:
     """Where runs go; MLFLOW_TRACKING_URI overrides `tracking_uri`."""
 

@@ -23,6 +23,7 @@ TEST_METRICS = Path("metrics/test.json")
 TEST_PER_IMAGE = Path("reports/test_per_image.csv")
 SAMPLES_DIR = Path("reports/samples")
 REGISTRY_FILE = Path("models/registry.json")
+TUNE_DIR = Path("reports/tune")
 
 
 def labels_dir(split: str) -> Path:

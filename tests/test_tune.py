@@ -1,0 +1,265 @@
+"""Optuna tuning on tiny synthetic images: real SQLite and Journal storage, real MLflow stores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import tifffile
+import yaml
+from conftest import make_stage_project, mlflow_client, run_pipeline
+from skimage.draw import disk
+
+from patchunet import tracking
+from patchunet.config import TuneConfig, parse_section
+from patchunet.errors import ConfigError
+from patchunet.io import write_label_tiff
+from patchunet.tune import Objective, PatchCache, apply_overrides, load_study, run_worker, validate_space
+
+TRAIN_IDS = ["TCGA-A7-0001-01Z", "TCGA-A7-0002-01Z", "TCGA-B0-0003-01Z", "TCGA-B0-0004-01Z"]
+VAL_IDS = ["TCGA-A7-0005-01Z", "TCGA-B0-0006-01Z"]
+
+
+def write_disc_image(project: Path, image_id: str, seed: int, side: int = 64) -> None:
+    """A light tile with dark disc nuclei, and its label map, in the project's data layout."""
+    rng = np.random.default_rng(seed)
+    image = np.full((side, side, 3), 220, np.uint8)
+    labels = np.zeros((side, side), np.uint16)
+    for nucleus in range(1, 7):
+        rows, cols = disk(rng.integers(6, side - 6, 2), rng.integers(3, 6), shape=(side, side))
+        image[rows, cols] = (70, 40, 120)
+        labels[rows, cols] = nucleus
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    (project / "data/raw/monuseg/train/images").mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(project / f"data/raw/monuseg/train/images/{image_id}.tif", image, photometric="rgb")
+    write_label_tiff(project / f"data/interim/train/labels/{image_id}.tif", labels)
+
+
+def make_tune_project(project: Path, **tune: object) -> Path:
+    make_stage_project(project)
+    for n, image_id in enumerate(TRAIN_IDS + VAL_IDS):
+        write_disc_image(project, image_id, seed=n)
+    (project / "data/interim/split.json").write_text(json.dumps({"train": TRAIN_IDS, "val": VAL_IDS, "test": []}))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"].update(base_channels=8, depth=2)
+    params["train"].update(batch_size=4, num_workers=0, online_augment=False)
+    params["augment"]["copies"] = 0
+    space = {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "patch.size": {"choices": [16, 32]}}
+    params["tune"].update({"n_trials": 3, "epochs_per_trial": 2, "space": space, **tune})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    return project
+
+
+def tune(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_pipeline(project, "tune", f"sqlite:///{project / 'mlflow.db'}", *args)
+
+
+def child_runs(project: Path) -> list:
+    client = mlflow_client(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("patchunet-tune")
+    runs = client.search_runs([experiment.experiment_id])
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags], [
+        r for r in runs if "mlflow.parentRunId" not in r.data.tags
+    ]
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-trial study in SQLite storage, run by the stage script (no pruning: see the pruning test)."""
+    project = make_tune_project(tmp_path_factory.mktemp("tune") / "project", pruner="none")
+    result = tune(project)
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+def test_study_holds_three_trials_inside_their_ranges(studied: Path) -> None:
+    study = optuna.load_study(study_name="patchunet-lr-patch", storage=f"sqlite:///{studied / 'optuna.db'}")
+    assert len(study.trials) == 3
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert 1e-3 <= trial.params["train.lr"] <= 1e-2
+        assert trial.params["patch.size"] in (16, 32)
+        assert len(trial.intermediate_values) == 2  # val Dice reported every epoch
+
+
+def test_best_params_and_trials_table_are_written(studied: Path) -> None:
+    best = yaml.safe_load((studied / "reports/tune/best_params.yaml").read_text())
+    size = best["params"]["patch"]["size"]
+    assert best["params"]["patch"]["stride"] == size and 1e-3 <= best["params"]["train"]["lr"] <= 1e-2
+    assert best["apply"].startswith("dvc exp run -S patch.size=") and f"-S patch.stride={size}" in best["apply"]
+    with (studied / "reports/tune/trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["number"] for row in rows] == ["0", "1", "2"] and {row["state"] for row in rows} == {"COMPLETE"}
+    assert {p.name for p in (studied / "reports/tune/figures").iterdir()} >= {
+        "optimization_history.html",
+        "optimization_history.png",
+        "contour.html",
+        "contour.png",
+    }
+
+
+def test_one_parent_run_with_a_child_run_per_trial(studied: Path) -> None:
+    children, parents = child_runs(studied)
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    study = optuna.load_study(study_name="patchunet-lr-patch", storage=f"sqlite:///{studied / 'optuna.db'}")
+    by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children}
+    for trial in study.trials:
+        child = by_number[trial.number]
+        assert float(child.data.params["train.lr"]) == pytest.approx(trial.params["train.lr"])
+        assert child.data.params["patch.size"] == str(trial.params["patch.size"])
+        assert child.data.tags["optuna.state"] == "COMPLETE"
+        assert child.data.metrics["objective/val_dice"] == pytest.approx(trial.value)
+    assert parent.data.metrics["best/val_dice"] == pytest.approx(study.best_value)
+    assert parent.data.metrics["trials/complete"] == 3
+
+
+def test_rerunning_with_more_trials_adds_only_the_missing_ones(studied: Path) -> None:
+    params = yaml.safe_load((studied / "params.yaml").read_text())
+    params["tune"]["n_trials"] = 5
+    (studied / "params.yaml").write_text(yaml.safe_dump(params))
+    result = tune(studied)
+    assert result.returncode == 0, result.stderr
+    assert "holds 3 of 5 trials" in result.stdout
+    study = optuna.load_study(study_name="patchunet-lr-patch", storage=f"sqlite:///{studied / 'optuna.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    children, parents = child_runs(studied)
+    assert len(parents) == 1 and len(children) == 5  # the same parent run goes on
+
+
+def test_a_study_is_not_continued_under_other_settings(studied: Path) -> None:
+    params = yaml.safe_load((studied / "params.yaml").read_text())
+    params["train"]["batch_size"] = 2
+    (studied / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        result = tune(studied)
+    finally:
+        params["train"]["batch_size"] = 4
+        (studied / "params.yaml").write_text(yaml.safe_dump(params))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "study patchunet-lr-patch was run with other" in result.stderr
+
+
+def test_two_workers_share_a_journal_file(tmp_path: Path) -> None:
+    project = make_tune_project(tmp_path / "project", storage="journal:optuna.journal", n_trials=4)
+    result = tune(project, "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stderr + result.stdout
+    study = optuna.load_study(study_name="patchunet-lr-patch", storage=tracking_free_journal(project))
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == [0, 1, 2, 3]
+    assert "[worker 1]" in result.stdout  # the second process really ran trials
+    assert len(child_runs(project)[0]) == 4
+
+
+def tracking_free_journal(project: Path) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(project / "optuna.journal")))
+
+
+def test_sqlite_storage_refuses_several_workers(tmp_path: Path) -> None:
+    project = make_tune_project(tmp_path / "project")
+    result = tune(project, "--workers", "2")
+    assert result.returncode == 1
+    assert "params.yaml tune.storage: sqlite:///optuna.db cannot serve 2 worker processes" in result.stderr
+
+
+def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: Path) -> None:
+    project = make_tune_project(tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    cfg = parse_section(TuneConfig, params, "tune")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    tracking.connect(uri)
+    study = optuna.create_study(
+        storage=f"sqlite:///{project / 'optuna.db'}",
+        direction="maximize",
+        pruner=optuna.pruners.ThresholdPruner(lower=1.1),  # no Dice reaches 1.1: prune after epoch 1
+    )
+    with tracking.run(cfg.experiment) as parent:
+        pass
+    split = json.loads((project / "data/interim/split.json").read_text())
+    cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
+    run_worker(study, Objective(params, cfg, cache, parent.info.run_id, log=lambda _: None), n_trials=2)
+
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert [len(t.intermediate_values) for t in study.trials] == [1, 1]
+    client = mlflow_client(uri)
+    children = client.search_runs([parent.info.experiment_id], "tags.optuna.state = 'PRUNED'")
+    assert len(children) == 2
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [0]
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"train.lr": {"low": 1e-2, "high": 1e-2, "log": True}}, "tune.space.train.lr: empty range"),
+        ({"patch.size": {"choices": [2048]}}, "tune.space.patch.size: 2048 is larger than the images (1000 px)"),
+        ({"patch.size": {"choices": [128, 200]}}, "tune.space.patch.size: 200 is not divisible by 16"),
+        ({"train.nope": {"low": 1, "high": 2}}, "tune.space.train.nope: params.yaml has no key train.nope"),
+        ({}, "tune.space: is empty"),
+        ({"patch.size": {"low": 128, "high": 256}}, "tune.space.patch.size: must be {choices"),
+    ],
+)
+def test_bad_search_spaces_are_refused_with_the_key(space: dict, message: str) -> None:
+    from conftest import REPO_ROOT
+
+    from patchunet.config import load_params
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        cfg = parse_section(TuneConfig, {**params, "tune": {**params["tune"], "space": space}}, "tune")
+        validate_space(cfg, params, image_side=1000)
+
+
+def test_bad_search_space_stops_the_stage_in_one_line(tmp_path: Path) -> None:
+    project = make_tune_project(tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["tune"]["space"]["patch.size"] = {"choices": [16, 128]}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = tune(project)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: params.yaml tune.space.patch.size: 128 is larger than the images (64 px)"
+
+
+def test_overrides_set_the_stride_with_the_size() -> None:
+    params = {"patch": {"size": 256, "stride": 256}, "train": {"lr": 1e-3}}
+    merged = apply_overrides(params, {"patch.size": 128, "train.lr": 0.005})
+    assert merged == {"patch": {"size": 128, "stride": 128}, "train": {"lr": 0.005}}
+    assert params["patch"]["size"] == 256  # the input is left alone
+
+
+def test_the_params_yaml_values_are_the_first_trial_of_a_new_study(tmp_path: Path) -> None:
+    from patchunet.config import Dimension
+    from patchunet.tune import enqueue_defaults
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", direction="maximize")
+    dimensions = [Dimension("train.lr", low=1e-4, high=1e-2, log=True), Dimension("patch.size", choices=(128, 256))]
+    params = {"train": {"lr": 1e-3}, "patch": {"size": 256, "stride": 256}}
+    assert not enqueue_defaults(study, dimensions, {"train": {"lr": 1.0}, "patch": {"size": 256}})  # outside
+    assert enqueue_defaults(study, dimensions, params)
+    trial = study.ask()
+    assert trial.params == {} and trial.suggest_float("train.lr", 1e-4, 1e-2, log=True) == 1e-3
+    assert trial.suggest_categorical("patch.size", [128, 256]) == 256
+    assert not enqueue_defaults(study, dimensions, params)  # the study has trials now
+
+
+def test_a_study_is_loaded_not_recreated(tmp_path: Path) -> None:
+    from conftest import REPO_ROOT
+
+    from patchunet.config import load_params
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    cfg = parse_section(
+        TuneConfig, {**params, "tune": {**params["tune"], "storage": f"sqlite:///{tmp_path}/o.db"}}, "tune"
+    )
+    first = load_study(cfg)
+    first.set_user_attr("marker", 1)
+    assert load_study(cfg, worker_index=1).user_attrs["marker"] == 1
