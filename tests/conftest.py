@@ -89,6 +89,13 @@ def write_instance_map_png(path: Path, polygons: list[list[tuple[float, float]]]
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: undo it after each test, so a
+    later test's subprocesses (dvc repro, stage scripts) never log into an earlier test's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def real_monuseg() -> Path:
     """The real MoNuSeg copy: MONUSEG_DIR, else ../shared/monuseg beside the repo."""
