@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -141,11 +144,29 @@ def make_train_project(project: Path) -> Path:
     make_stage_project(project)
     disc_patches(16, seed=1).save(project / "data/processed/patches/train")
     disc_patches(8, seed=2).save(project / "data/processed/patches/val")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["model"].update(base_channels=8, depth=2)
-    params["train"].update(epochs=2, batch_size=4, lr=0.01, num_workers=0)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(project, model={"base_channels": 8, "depth": 2}, train={"epochs": 2, "lr": 0.01, "num_workers": 0})
     return project
+
+
+def update_params(project: Path, **sections: dict) -> dict:
+    """Merge {key: value} updates into sections of project/params.yaml; returns the params before."""
+    path = project / "params.yaml"
+    before = yaml.safe_load(path.read_text())
+    after = copy.deepcopy(before)
+    for section, values in sections.items():
+        after[section].update(values)
+    path.write_text(yaml.safe_dump(after))
+    return before
+
+
+@contextlib.contextmanager
+def params_changed(project: Path, **sections: dict) -> Iterator[None]:
+    """`update_params` for the length of a block, then params.yaml as it was."""
+    before = update_params(project, **sections)
+    try:
+        yield
+    finally:
+        (project / "params.yaml").write_text(yaml.safe_dump(before))
 
 
 @pytest.fixture

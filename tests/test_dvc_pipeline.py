@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, TEST_DIR, TRAIN_DIR
+from conftest import REPO_ROOT, TEST_DIR, TRAIN_DIR, update_params
 
 from patchunet.patches import PatchSet
 
@@ -119,13 +119,14 @@ def test_changing_patch_size_reruns_only_patches(dvc_repo: tuple[Path, str]) -> 
 def test_full_repro_trains_evaluates_and_registers(dvc_repo: tuple[Path, str]) -> None:
     """The whole default chain on a tiny configuration: a bare `dvc repro`, then `dvc metrics show`."""
     repo, _ = dvc_repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["patch"].update(size=128, stride=128)
-    params["augment"]["copies"] = 0
-    params["model"].update(depth=2)
-    params["train"].update(epochs=1, num_workers=0)
-    params["eval"].update(window=None, samples=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(
+        repo,
+        patch={"size": 128, "stride": 128},
+        augment={"copies": 0},
+        model={"depth": 2},
+        train={"epochs": 1, "num_workers": 0},
+        eval={"window": None, "samples": 1},
+    )
     out = dvc_repro(repo)
     for stage in ("train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in out

@@ -13,8 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import yaml
-from conftest import make_train_project, mlflow_client, nuclei_polygons, run_pipeline, train_in, write_monuseg_xml
+from conftest import (
+    make_train_project,
+    mlflow_client,
+    nuclei_polygons,
+    run_pipeline,
+    train_in,
+    update_params,
+    write_monuseg_xml,
+)
 
 from patchunet import tracking
 from patchunet.io import write_label_tiff
@@ -42,9 +49,7 @@ def make_evaluation_project(project: Path) -> tuple[Path, str]:
     make_train_project(project)
     (project / "data/raw/monuseg/test/images").mkdir(parents=True)
     write_synthetic_test_set(project)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["eval"].update(window=32, overlap=8, samples=2, min_nucleus_area=8)
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(project, eval={"window": 32, "overlap": 8, "samples": 2, "min_nucleus_area": 8})
     return train_in(project)
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import make_train_project, run_pipeline, train_in
+from conftest import make_train_project, params_changed, run_pipeline, train_in, update_params
 from conftest import mlflow_client as client
 
 from patchunet.model import load_model
@@ -81,9 +80,7 @@ def test_stage_outputs_feed_dvc_metrics_and_plots(trained) -> None:
 def test_resume_continues_the_same_run(train_project: Path) -> None:
     project, uri = train_in(train_project)
     first = json.loads((project / "models/run.json").read_text())
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["epochs"] = 3
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(project, train={"epochs": 3})
     result = run_train(project, uri, "--resume")
     assert result.returncode == 0, result.stderr
     assert "epoch   3/3" in result.stdout and "epoch   1/3" not in result.stdout
@@ -94,14 +91,8 @@ def test_resume_continues_the_same_run(train_project: Path) -> None:
 
 def test_resume_refuses_a_checkpoint_of_another_model_shape(trained) -> None:
     project, uri = trained
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["model"]["base_channels"] = 16
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    try:
+    with params_changed(project, model={"base_channels": 16}):
         result = run_train(project, uri, "--resume")
-    finally:
-        params["model"]["base_channels"] = 8
-        (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "last.pt: was trained with model params" in result.stderr
 

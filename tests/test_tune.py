@@ -12,14 +12,23 @@ import optuna
 import pytest
 import tifffile
 import yaml
-from conftest import make_stage_project, mlflow_client, run_pipeline
+from conftest import REPO_ROOT, make_stage_project, mlflow_client, params_changed, run_pipeline, update_params
 from skimage.draw import disk
 
 from patchunet import tracking
-from patchunet.config import TuneConfig, parse_section
+from patchunet.config import Dimension, TuneConfig, load_params, parse_section
 from patchunet.errors import ConfigError
 from patchunet.io import write_label_tiff
-from patchunet.tune import Objective, PatchCache, apply_overrides, load_study, run_worker, validate_space
+from patchunet.tune import (
+    Objective,
+    PatchCache,
+    apply_overrides,
+    enqueue_defaults,
+    load_study,
+    open_storage,
+    run_worker,
+    validate_space,
+)
 
 TRAIN_IDS = ["TCGA-A7-0001-01Z", "TCGA-A7-0002-01Z", "TCGA-B0-0003-01Z", "TCGA-B0-0004-01Z"]
 VAL_IDS = ["TCGA-A7-0005-01Z", "TCGA-B0-0006-01Z"]
@@ -45,13 +54,14 @@ def make_tune_project(project: Path, **tune: object) -> Path:
     for n, image_id in enumerate(TRAIN_IDS + VAL_IDS):
         write_disc_image(project, image_id, seed=n)
     (project / "data/interim/split.json").write_text(json.dumps({"train": TRAIN_IDS, "val": VAL_IDS, "test": []}))
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["model"].update(base_channels=8, depth=2)
-    params["train"].update(batch_size=4, num_workers=0, online_augment=False)
-    params["augment"]["copies"] = 0
     space = {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "patch.size": {"choices": [16, 32]}}
-    params["tune"].update({"n_trials": 3, "epochs_per_trial": 2, "space": space, **tune})
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(
+        project,
+        model={"base_channels": 8, "depth": 2},
+        train={"batch_size": 4, "num_workers": 0, "online_augment": False},
+        augment={"copies": 0},
+        tune={"n_trials": 3, "epochs_per_trial": 2, "space": space, **tune},
+    )
     return project
 
 
@@ -59,13 +69,18 @@ def tune(project: Path, *args: str) -> subprocess.CompletedProcess:
     return run_pipeline(project, "tune", f"sqlite:///{project / 'mlflow.db'}", *args)
 
 
-def child_runs(project: Path) -> list:
+def child_runs(project: Path) -> tuple[list, list]:
+    """(child runs, parent runs) of the experiment patchunet-tune in the project's MLflow store."""
     client = mlflow_client(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("patchunet-tune")
-    runs = client.search_runs([experiment.experiment_id])
-    return [r for r in runs if "mlflow.parentRunId" in r.data.tags], [
-        r for r in runs if "mlflow.parentRunId" not in r.data.tags
-    ]
+    runs = client.search_runs([client.get_experiment_by_name("patchunet-tune").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return children, [r for r in runs if r not in children]
+
+
+def stored_study(project: Path, storage: str = "sqlite:///optuna.db") -> optuna.Study:
+    """The study as the project's storage holds it (relative paths taken from the project)."""
+    url = storage.replace("sqlite:///", f"sqlite:///{project}/").replace("journal:", f"journal:{project}/")
+    return optuna.load_study(study_name="patchunet-lr-patch", storage=open_storage(url))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +93,7 @@ def studied(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_study_holds_three_trials_inside_their_ranges(studied: Path) -> None:
-    study = optuna.load_study(study_name="patchunet-lr-patch", storage=f"sqlite:///{studied / 'optuna.db'}")
+    study = stored_study(studied)
     assert len(study.trials) == 3
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
@@ -108,7 +123,7 @@ def test_one_parent_run_with_a_child_run_per_trial(studied: Path) -> None:
     assert len(parents) == 1 and len(children) == 3
     parent = parents[0]
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    study = optuna.load_study(study_name="patchunet-lr-patch", storage=f"sqlite:///{studied / 'optuna.db'}")
+    study = stored_study(studied)
     by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children}
     for trial in study.trials:
         child = by_number[trial.number]
@@ -121,27 +136,19 @@ def test_one_parent_run_with_a_child_run_per_trial(studied: Path) -> None:
 
 
 def test_rerunning_with_more_trials_adds_only_the_missing_ones(studied: Path) -> None:
-    params = yaml.safe_load((studied / "params.yaml").read_text())
-    params["tune"]["n_trials"] = 5
-    (studied / "params.yaml").write_text(yaml.safe_dump(params))
+    update_params(studied, tune={"n_trials": 5})
     result = tune(studied)
     assert result.returncode == 0, result.stderr
     assert "holds 3 of 5 trials" in result.stdout
-    study = optuna.load_study(study_name="patchunet-lr-patch", storage=f"sqlite:///{studied / 'optuna.db'}")
+    study = stored_study(studied)
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     children, parents = child_runs(studied)
     assert len(parents) == 1 and len(children) == 5  # the same parent run goes on
 
 
 def test_a_study_is_not_continued_under_other_settings(studied: Path) -> None:
-    params = yaml.safe_load((studied / "params.yaml").read_text())
-    params["train"]["batch_size"] = 2
-    (studied / "params.yaml").write_text(yaml.safe_dump(params))
-    try:
+    with params_changed(studied, train={"batch_size": 2}):
         result = tune(studied)
-    finally:
-        params["train"]["batch_size"] = 4
-        (studied / "params.yaml").write_text(yaml.safe_dump(params))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "study patchunet-lr-patch was run with other" in result.stderr
 
@@ -151,17 +158,11 @@ def test_two_workers_share_a_journal_file(tmp_path: Path) -> None:
     result = tune(project, "--workers", "2")
     assert result.returncode == 0, result.stderr
     assert "database is locked" not in result.stderr + result.stdout
-    study = optuna.load_study(study_name="patchunet-lr-patch", storage=tracking_free_journal(project))
+    study = stored_study(project, "journal:optuna.journal")
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == [0, 1, 2, 3]
     assert "[worker 1]" in result.stdout  # the second process really ran trials
     assert len(child_runs(project)[0]) == 4
-
-
-def tracking_free_journal(project: Path) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(str(project / "optuna.journal")))
 
 
 def test_sqlite_storage_refuses_several_workers(tmp_path: Path) -> None:
@@ -173,7 +174,7 @@ def test_sqlite_storage_refuses_several_workers(tmp_path: Path) -> None:
 
 def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: Path) -> None:
     project = make_tune_project(tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = load_params(project / "params.yaml")
     cfg = parse_section(TuneConfig, params, "tune")
     uri = f"sqlite:///{project / 'mlflow.db'}"
     tracking.connect(uri)
@@ -209,10 +210,6 @@ def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: 
     ],
 )
 def test_bad_search_spaces_are_refused_with_the_key(space: dict, message: str) -> None:
-    from conftest import REPO_ROOT
-
-    from patchunet.config import load_params
-
     params = load_params(REPO_ROOT / "params.yaml")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         cfg = parse_section(TuneConfig, {**params, "tune": {**params["tune"], "space": space}}, "tune")
@@ -221,9 +218,8 @@ def test_bad_search_spaces_are_refused_with_the_key(space: dict, message: str) -
 
 def test_bad_search_space_stops_the_stage_in_one_line(tmp_path: Path) -> None:
     project = make_tune_project(tmp_path / "project")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["tune"]["space"]["patch.size"] = {"choices": [16, 128]}
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    space = {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "patch.size": {"choices": [16, 128]}}
+    update_params(project, tune={"space": space})
     result = tune(project)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: params.yaml tune.space.patch.size: 128 is larger than the images (64 px)"
@@ -237,9 +233,6 @@ def test_overrides_set_the_stride_with_the_size() -> None:
 
 
 def test_the_params_yaml_values_are_the_first_trial_of_a_new_study(tmp_path: Path) -> None:
-    from patchunet.config import Dimension
-    from patchunet.tune import enqueue_defaults
-
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", direction="maximize")
     dimensions = [Dimension("train.lr", low=1e-4, high=1e-2, log=True), Dimension("patch.size", choices=(128, 256))]
     params = {"train": {"lr": 1e-3}, "patch": {"size": 256, "stride": 256}}
@@ -252,10 +245,6 @@ def test_the_params_yaml_values_are_the_first_trial_of_a_new_study(tmp_path: Pat
 
 
 def test_a_study_is_loaded_not_recreated(tmp_path: Path) -> None:
-    from conftest import REPO_ROOT
-
-    from patchunet.config import load_params
-
     params = load_params(REPO_ROOT / "params.yaml")
     cfg = parse_section(
         TuneConfig, {**params, "tune": {**params["tune"], "storage": f"sqlite:///{tmp_path}/o.db"}}, "tune"
