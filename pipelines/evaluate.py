@@ -2,9 +2,9 @@
 
 Sliding-window inference and watershed post-processing with the `eval` params, then pixel and
 instance metrics against the test labels. Writes metrics/test.json (per-image means and
-dataset-level aggregates), reports/test_per_image.csv and reports/samples/<id>.png. Logs the
-same as test/... metrics and artifacts to the training run named in models/run.json, and tags
-its registered model version with the scores.
+dataset-level aggregates), reports/test_per_image.csv, and reports/samples/<id>.png with the
+predicted instance map <id>_labels.tif. Logs the same as test/... metrics and artifacts to the
+training run named in models/run.json, and tags its registered model version with the scores.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from patchunet.io import (
     read_label_image,
     read_rgb_image,
     write_json,
+    write_label_tiff,
     write_png,
 )
 from patchunet.layout import MODEL_FILE, RAW_DIR, RUN_FILE, SAMPLES_DIR, TEST_METRICS, TEST_PER_IMAGE, labels_dir
@@ -91,6 +92,7 @@ def main() -> None:
             )
             if record.image_id in samples:
                 write_png(staging / f"{record.image_id}.png", match_overlay(image, truth, predicted))
+                write_label_tiff(staging / f"{record.image_id}_labels.tif", predicted)  # the dashboard redraws it
 
         summary = {
             **summarise_scores(scores),

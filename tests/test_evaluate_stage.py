@@ -24,7 +24,7 @@ from conftest import (
 )
 
 from patchunet import tracking
-from patchunet.io import write_label_tiff
+from patchunet.io import read_label_image, write_label_tiff
 from patchunet.masks import rasterize_polygons
 
 TEST_IDS = ["TCGA-AC-0005-01Z", "TCGA-FG-0006-01Z", "TCGA-HE-0007-01Z"]
@@ -90,6 +90,8 @@ def test_samples_show_truth_and_prediction_side_by_side(evaluated) -> None:
     samples = sorted((project / "reports/samples").glob("*.png"))
     assert [p.stem for p in samples] == TEST_IDS[:2]
     assert imagecodecs.imread(samples[0]).shape == (100, 208, 3)
+    predicted = read_label_image(project / f"reports/samples/{TEST_IDS[0]}_labels.tif")
+    assert predicted.shape == (100, 100) and predicted.max() > 0
 
 
 def test_test_metrics_go_to_the_training_run_and_the_version_tags(evaluated) -> None:

@@ -1,6 +1,15 @@
 import numpy as np
 
-from patchunet.overlay import BLUE, GREEN, RED, SEPARATOR_WIDTH, YELLOW, match_overlay, prediction_overlay
+from patchunet.overlay import (
+    BLUE,
+    GREEN,
+    RED,
+    SEPARATOR_WIDTH,
+    YELLOW,
+    match_overlay,
+    prediction_overlay,
+    truth_and_prediction_overlay,
+)
 
 
 def colour_pixels(image: np.ndarray, colour: tuple[int, int, int]) -> int:
@@ -29,3 +38,13 @@ def test_prediction_overlay_outlines_without_touching_the_input() -> None:
     out = prediction_overlay(image, labels)
     assert colour_pixels(out, YELLOW) == 36 and out[10, 10].tolist() == [0, 0, 0]
     assert image.max() == 0
+
+
+def test_truth_and_prediction_overlay_draws_both_in_one_picture_at_the_chosen_opacity() -> None:
+    image = np.zeros((30, 30, 3), np.uint8)
+    truth, predicted = np.zeros((30, 30), np.uint16), np.zeros((30, 30), np.uint16)
+    truth[2:10, 2:10], predicted[15:25, 15:25] = 1, 4
+    out = truth_and_prediction_overlay(image, truth, predicted)
+    assert colour_pixels(out[:12, :12], GREEN) == 28 and colour_pixels(out[12:, 12:], YELLOW) == 36
+    faint = truth_and_prediction_overlay(image, truth, predicted, opacity=0.5)
+    assert faint[15, 15].tolist() == [127, 115, 0]

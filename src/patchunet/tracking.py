@@ -39,6 +39,12 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (relative to the working folder), else None."""
+    prefix = "sqlite:///"
+    return Path(uri.removeprefix(prefix)) if uri.startswith(prefix) else None
+
+
 def connect(uri: str) -> None:
     """Point MLflow at `uri`, failing at once, with one line, if a server there does not answer.
 
@@ -182,6 +188,45 @@ def list_versions(name: str) -> list[ModelVersion]:
     """Every version of registered model `name`, newest first; empty if it is not registered."""
     versions = MlflowClient().search_model_versions(f"name = '{name}'")
     return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def registered_aliases(name: str) -> dict[str, int]:
+    """{alias: version} of registered model `name`; empty if it is not registered.
+
+    search_model_versions leaves ModelVersion.aliases empty, so aliases are read from the model.
+    """
+    try:
+        model = MlflowClient().get_registered_model(name)
+    except MlflowException:
+        return {}
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of metric `key` in run `run_id`, by step."""
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
+
+
+def experiment_runs(experiment: str) -> list[Run]:
+    """Every run of experiment `experiment`, newest first; empty if there is no such experiment."""
+    found = MlflowClient().get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return MlflowClient().search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+
+
+def download_artifact(run_id: str, artifact_path: str, destination: Path) -> Path | None:
+    """Copy artifact `artifact_path` of run `run_id` into `destination`; None if the run has none there."""
+    import mlflow.artifacts
+
+    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=str(destination)
+        )
+    except (MlflowException, OSError):
+        return None
+    return Path(local)
 
 
 def set_version_tags(name: str, version: int, tags: Mapping[str, Any]) -> None:
