@@ -6,8 +6,11 @@ import contextlib
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +201,70 @@ def train_in(project: Path) -> tuple[Path, str]:
     result = run_pipeline(project, "train", uri)
     assert result.returncode == 0, result.stderr
     return project, uri
+
+
+TEST_IDS = ["TCGA-AC-0005-01Z", "TCGA-FG-0006-01Z", "TCGA-HE-0007-01Z"]
+
+
+def write_synthetic_test_set(project: Path) -> None:
+    """Tiles that look like the training discs (dark nuclei on light glass), with their labels."""
+    from patchunet.io import write_label_tiff
+    from patchunet.masks import rasterize_polygons
+
+    rng = np.random.default_rng(5)
+    for n, image_id in enumerate(TEST_IDS):
+        polygons = nuclei_polygons(seed=20 + n)
+        labels, _ = rasterize_polygons([np.asarray(p, float) for p in polygons], (100, 100))
+        image = np.full((100, 100, 3), 220, np.uint8)
+        image[labels > 0] = (70, 40, 120)
+        image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        tifffile.imwrite(project / f"data/raw/monuseg/test/images/{image_id}.tif", image, photometric="rgb")
+        write_monuseg_xml(project / f"data/raw/monuseg/test/annotations/{image_id}.xml", polygons)
+        write_label_tiff(project / f"data/interim/test/labels/{image_id}.tif", labels)
+
+
+def make_evaluation_project(project: Path) -> tuple[Path, str]:
+    """A trained tiny model (version 1 in a SQLite store beside it) and three synthetic test tiles."""
+    make_train_project(project)
+    (project / "data/raw/monuseg/test/images").mkdir(parents=True)
+    write_synthetic_test_set(project)
+    update_params(project, eval={"window": 32, "overlap": 8, "samples": 2, "min_nucleus_area": 8})
+    return train_in(project)
+
+
+def evaluate_and_register(project: Path, uri: str) -> None:
+    for stage in ("evaluate", "register"):
+        result = run_pipeline(project, stage, uri)
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(project, uri): versions 1 and 2 of `patchunet`, both evaluated, registered and given aliases.
+
+    Shared by the dashboard tests, in the app and in the browser."""
+    project, uri = make_evaluation_project(tmp_path_factory.mktemp("two-versions") / "project")
+    evaluate_and_register(project, uri)
+    update_params(project, train={"lr": 0.003})
+    train_in(project)
+    evaluate_and_register(project, uri)
+    return project, uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Return once `url` answers; raise with the server's log if it dies or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} never answered:\n{log.read_text()}") from None
+            time.sleep(0.5)

@@ -45,3 +45,24 @@ def test_stage_outside_a_checkout_is_one_line(tmp_path: Path) -> None:
     result = run_cli("split", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "not inside a PatchUNet checkout" in result.stderr
+
+
+def test_dashboard_serves_the_app_from_the_checkout(tmp_path: Path) -> None:
+    """`patchunet dashboard` starts a real Streamlit server on the port it is given."""
+    from conftest import free_port, wait_for_http
+
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "patchunet", "dashboard", "--port", str(port), "--server.headless=true"],
+            cwd=REPO_ROOT / "dashboard",  # any folder inside the checkout
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", server, log)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert f"127.0.0.1:{port}" in log.read_text()

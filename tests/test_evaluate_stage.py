@@ -12,45 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 from conftest import (
-    make_train_project,
+    TEST_IDS,
+    make_evaluation_project,
     mlflow_client,
-    nuclei_polygons,
     run_pipeline,
-    train_in,
-    update_params,
-    write_monuseg_xml,
 )
 
 from patchunet import tracking
-from patchunet.io import read_label_image, write_label_tiff
-from patchunet.masks import rasterize_polygons
+from patchunet.io import read_label_image
 
-TEST_IDS = ["TCGA-AC-0005-01Z", "TCGA-FG-0006-01Z", "TCGA-HE-0007-01Z"]
 SCORES = ("dice", "iou", "aji", "aji_plus", "pq", "dq", "sq", "f1")
-
-
-def write_synthetic_test_set(project: Path) -> None:
-    """Tiles that look like the training discs (dark nuclei on light glass), with their labels."""
-    rng = np.random.default_rng(5)
-    for n, image_id in enumerate(TEST_IDS):
-        polygons = nuclei_polygons(seed=20 + n)
-        labels, _ = rasterize_polygons([np.asarray(p, float) for p in polygons], (100, 100))
-        image = np.full((100, 100, 3), 220, np.uint8)
-        image[labels > 0] = (70, 40, 120)
-        image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
-        tifffile.imwrite(project / f"data/raw/monuseg/test/images/{image_id}.tif", image, photometric="rgb")
-        write_monuseg_xml(project / f"data/raw/monuseg/test/annotations/{image_id}.xml", polygons)
-        write_label_tiff(project / f"data/interim/test/labels/{image_id}.tif", labels)
-
-
-def make_evaluation_project(project: Path) -> tuple[Path, str]:
-    make_train_project(project)
-    (project / "data/raw/monuseg/test/images").mkdir(parents=True)
-    write_synthetic_test_set(project)
-    update_params(project, eval={"window": 32, "overlap": 8, "samples": 2, "min_nucleus_area": 8})
-    return train_in(project)
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_train_project, params_changed, run_pipeline, train_in, update_params
+from conftest import free_port, make_train_project, params_changed, run_pipeline, train_in, update_params, wait_for_http
 from conftest import mlflow_client as client
 
 from patchunet.model import load_model
@@ -104,12 +101,6 @@ def test_unreachable_tracking_server_fails_before_training(train_project: Path) 
     assert "epoch" not in result.stdout and "Traceback" not in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """A real `mlflow server` on a free loopback port, with a temporary SQLite backend."""
@@ -137,15 +128,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((tmp_path / "server.log").read_text()) from None
-                time.sleep(0.5)
+        wait_for_http(f"{uri}/health", server, tmp_path / "server.log")
         yield uri
     finally:
         server.terminate()

@@ -1,4 +1,4 @@
-"""The `patchunet` command: one subcommand per DVC stage.
+"""The `patchunet` command: one subcommand per DVC stage, plus `predict` and `dashboard`.
 
 Stage subcommands run the project's own `pipelines/<stage>.py` (the same script `dvc repro`
 runs) from the checkout they are called in, so a stage has exactly one implementation. This
@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.description = predict.__doc__
     predict_parser.formatter_class = argparse.RawDescriptionHelpFormatter
     predict.add_arguments(predict_parser)
+    dashboard_parser = sub.add_parser(
+        "dashboard",
+        help="start the Streamlit review app (dashboard/app.py) on this checkout's MLflow store",
+        description="Runs `streamlit run dashboard/app.py` from the project root. Extra arguments go to "
+        "streamlit, e.g. `patchunet dashboard --server.headless true`.",
+    )
+    dashboard_parser.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    dashboard_parser.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     return parser
 
 
@@ -78,8 +86,26 @@ def main(argv: list[str] | None = None) -> None:
         run_stage(lambda: predict.run(args))
         return
     root = _project_root_or_exit()
+    if args.command == "dashboard":
+        raise SystemExit(subprocess.call(dashboard_command(root, args.port, args.address, stage_args), cwd=root))
     script = root / "pipelines" / f"{args.command}.py"
     raise SystemExit(subprocess.call([sys.executable, str(script), *stage_args], cwd=root))
+
+
+def dashboard_command(root: Path, port: int, address: str, extra: list[str]) -> list[str]:
+    """`streamlit run dashboard/app.py` on `address:port`, without Streamlit's usage statistics."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(root / "dashboard" / "app.py"),
+        f"--server.port={port}",
+        f"--server.address={address}",
+        "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=minimal",
+        *extra,
+    ]
 
 
 def _project_root_or_exit() -> Path:

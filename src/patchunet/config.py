@@ -265,6 +265,20 @@ class MlflowConfig:
     registered_model: str
 
 
+@dataclasses.dataclass(frozen=True)
+class DashboardConfig:
+    """The Streamlit review app: what it accepts for live inference, and where its run links point."""
+
+    mlflow_ui_url: str  # where `mlflow ui` serves; ignored when the tracking URI is already a server
+    max_upload_mb: int
+    max_image_side: int
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_mb", "max_image_side"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"dashboard.{name}", f"must be 1 or more, got {getattr(self, name)}")
+
+
 def parse_section(cls: type[T], params: dict[str, Any], section: str) -> T:
     """Build `cls` from `params[section]`, naming the exact key that is missing or wrong."""
     raw = params.get(section)

@@ -1,0 +1,50 @@
+"""PatchUNet review dashboard: registered models, training curves, sample segmentations, live inference, studies.
+
+Start it from the project folder with `patchunet dashboard` or `streamlit run dashboard/app.py`.
+It reads MLflow only (the tracking URI follows params.yaml and MLFLOW_TRACKING_URI, as the DVC
+stages do), plus the local test images on the Samples page.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from patchunet.errors import PatchUNetError
+
+import shared
+
+st.set_page_config(page_title="PatchUNet review", page_icon=":microscope:", layout="wide")
+
+PAGES = [
+    st.Page("views/models.py", title="Models", icon=":material/leaderboard:", default=True),
+    st.Page("views/curves.py", title="Curves", icon=":material/show_chart:"),
+    st.Page("views/samples.py", title="Samples", icon=":material/biotech:"),
+    st.Page("views/try_it.py", title="Try it", icon=":material/upload:"),
+    st.Page("views/studies.py", title="Studies", icon=":material/tune:"),
+]
+navigation = st.navigation(PAGES)
+
+try:
+    cfg = shared.settings()
+except PatchUNetError as exc:
+    st.error(str(exc))
+    st.stop()
+
+with st.sidebar:
+    st.caption(f"MLflow: `{cfg.tracking_uri}`")
+    if st.button("Refresh", help=f"MLflow answers are reused for {shared.QUERY_TTL_S} s; read them again now"):
+        st.cache_data.clear()
+
+problem = shared.connection_problem(cfg.tracking_uri)
+if problem:
+    st.title("PatchUNet review")
+    st.warning(problem)
+    st.info(
+        "Run `dvc repro` in the project folder to train, evaluate and register a model into `mlflow.db`, "
+        "or point `MLFLOW_TRACKING_URI` at a running server (`mlflow server --backend-store-uri sqlite:///mlflow.db`). "
+        "Then press **Refresh** in the sidebar."
+    )
+    st.stop()
+
+st.session_state["settings"] = cfg
+navigation.run()

@@ -1,0 +1,28 @@
+"""Curves: train/loss, val/loss and val/dice per epoch, the chosen versions' runs overlaid."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from patchunet import review
+
+import shared
+
+cfg = shared.settings()
+st.title("Training curves")
+table = shared.registered_versions_or_stop(cfg)
+chosen = shared.pick_versions(table, "Versions", key="curves_versions")
+if not chosen:
+    st.caption("Select one or more versions.")
+    st.stop()
+run_ids = table.set_index("version")["run_id"]
+histories = {
+    review.version_label(table, v): shared.metric_histories(cfg.tracking_uri, run_ids[v], shared.CURVE_METRICS)
+    for v in chosen
+}
+curves = review.curve_table(histories)
+if curves.empty:
+    st.info("These runs logged no per-epoch metrics.")
+    st.stop()
+st.plotly_chart(review.curves_figure(curves), key="curves")
+st.caption("Epochs count from 0. val/dice is pooled over the validation patches, not whole images.")

@@ -1,0 +1,37 @@
+"""Studies: the Optuna trials of `patchunet tune`, as logged to its MLflow experiment."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from patchunet import review
+
+import shared
+
+cfg = shared.settings()
+st.title("Tuning studies")
+trials = shared.trials(cfg.tracking_uri, cfg.tune_experiment)
+if trials.empty:
+    st.info(
+        f"No Optuna study is logged in the MLflow experiment `{cfg.tune_experiment}` yet. "
+        "Run `dvc repro tune/dvc.yaml` (or `patchunet tune`) to start one."
+    )
+    st.stop()
+study = st.selectbox("Study", sorted(trials["study"].unique()), key="studies_study")
+chosen = trials[trials["study"] == study].drop(columns="study")
+complete = chosen[chosen["state"] == "COMPLETE"]
+st.caption(
+    f"{len(chosen)} trials: {len(complete)} complete, {int((chosen['state'] == 'PRUNED').sum())} pruned. "
+    "The value is each trial's best val Dice; a pruned trial's is where it was stopped."
+)
+history, space = st.columns(2)
+with history:
+    st.subheader("Optimisation history")
+    st.plotly_chart(review.history_figure(review.optimisation_history(chosen)), key="history")
+with space:
+    st.subheader("Learning rate x patch size")
+    if {"train.lr", "patch.size"} <= set(chosen.columns):
+        st.plotly_chart(review.lr_patch_figure(chosen), key="lr_patch")
+    else:
+        st.caption("This study did not search both train.lr and patch.size.")
+st.dataframe(chosen, hide_index=True, column_config={"train.lr": st.column_config.NumberColumn(format="%.2e")})

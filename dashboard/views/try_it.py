@@ -1,0 +1,81 @@
+"""Try it: segment your own H&E image with a registered version; download its instance mask."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from patchunet import review
+from patchunet.errors import DataError
+from patchunet.io import read_rgb_image, write_label_tiff
+from patchunet.overlay import prediction_overlay
+
+import shared
+
+
+def read_upload(name: str, content: bytes, max_side: int) -> np.ndarray:
+    """The uploaded image as RGB uint8, checked as `patchunet predict` checks its inputs."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(name).name
+        path.write_bytes(content)
+        try:
+            image = read_rgb_image(path)
+        except DataError as exc:
+            raise DataError(name, exc.problem) from None
+    if max(image.shape[:2]) > max_side:
+        raise DataError(name, f"{image.shape[1]}x{image.shape[0]} px is larger than {max_side} px on a side")
+    return image
+
+
+def mask_tiff(labels: np.ndarray) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "labels.tif"
+        write_label_tiff(path, labels)
+        return path.read_bytes()
+
+
+cfg = shared.settings()
+st.title("Try a model on your image")
+table = shared.registered_versions_or_stop(cfg)
+version = st.selectbox(
+    "Model version",
+    table["version"].tolist(),
+    index=shared.champion_index(table),
+    format_func=lambda v: review.version_label(table, v),
+    key="try_version",
+)
+upload = st.file_uploader(
+    "H&E image, RGB TIFF or PNG",
+    type=["tif", "tiff", "png"],
+    max_upload_size=cfg.dashboard.max_upload_mb,
+    help=f"Up to {cfg.dashboard.max_upload_mb} MB and {cfg.dashboard.max_image_side} px on a side; "
+    "MoNuSeg images are 1000x1000 at 40x.",
+    key="try_upload",
+)
+if upload is None:
+    st.caption("Upload an image to segment it. Nothing is stored: the image stays in this session.")
+    st.stop()
+try:
+    image = read_upload(upload.name, upload.getvalue(), cfg.dashboard.max_image_side)
+except DataError as exc:
+    st.error(f"Cannot segment this file. {exc}")
+    st.stop()
+
+patch_size = int(table.set_index("version").loc[version, "patch"])
+with st.spinner(f"Segmenting {upload.name} with version {version}..."):
+    labels, seconds = shared.segment(cfg.tracking_uri, cfg.registered_model, version, patch_size, cfg.eval, image)
+count = int(labels.max())
+left, right = st.columns([1, 3])
+left.metric("Nuclei", count)
+left.caption(f"{image.shape[1]}x{image.shape[0]} px, segmented in {seconds:.1f} s by version {version}")
+left.download_button(
+    "Download instance mask (TIFF)",
+    data=mask_tiff(labels),
+    file_name=f"{Path(upload.name).stem}_labels.tif",
+    mime="image/tiff",
+    on_click="ignore",
+)
+right.image(prediction_overlay(image, labels), caption=f"{count} nuclei outlined in yellow")

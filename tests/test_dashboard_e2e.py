@@ -1,0 +1,123 @@
+"""The dashboard in a real browser: `streamlit run` on a loopback port, driven by Playwright in Debian's Chromium.
+
+Also a script, which makes the README's screenshots and timings from this checkout's own MLflow store:
+
+    .venv/bin/python tests/test_dashboard_e2e.py --upload "$MONUSEG_DIR/MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.tif"
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, TEST_DIR, free_port, wait_for_http
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",  # and no calls home, which this machine's closed network refuses
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PAGES = {"": "Registered models", "curves": "Training curves", "samples": "Sample segmentations"}
+PAGES |= {"try_it": "Try a model on your image", "studies": "Tuning studies"}
+RENDER_TIMEOUT_MS = 180_000
+
+
+@contextmanager
+def dashboard(project: Path, tracking_uri: str, log: Path) -> Iterator[str]:
+    """`streamlit run dashboard/app.py` in `project` on a free loopback port; yields its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py")]
+    command += [f"--server.port={port}", "--server.address=127.0.0.1", "--server.headless=true"]
+    command += ["--browser.gatherUsageStats=false", "--client.toolbarMode=minimal"]
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            command, cwd=project, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout=output, stderr=output
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/_stcore/health", server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def browse(url: str, upload: Path, screenshots: Path) -> dict[str, float]:
+    """Open every page, upload `upload` on Try it, screenshot each page; returns the timings in seconds.
+
+    Fails on a page that shows a Python exception or never shows its title.
+    """
+    from playwright.sync_api import expect, sync_playwright
+
+    screenshots.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.set_default_timeout(RENDER_TIMEOUT_MS)
+        expect.set_options(timeout=RENDER_TIMEOUT_MS)
+        for path, title in PAGES.items():
+            started = time.perf_counter()
+            page.goto(f"{url}/{path}")
+            expect(page.get_by_role("heading", name=title)).to_be_visible()
+            if path == "":  # Models, the default page
+                expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
+                expect(page.locator(".js-plotly-plot").first).to_be_visible()  # two versions compared
+                timings["models_first_render_s"] = time.perf_counter() - started
+            if path == "samples":
+                expect(page.locator('[data-testid="stImage"]').first).to_be_visible()
+            if path == "try_it":
+                started = time.perf_counter()
+                page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(upload)
+                expect(page.locator('[data-testid="stMetricValue"]')).to_be_visible()
+                expect(page.get_by_text("nuclei outlined")).to_be_visible()
+                timings["try_it_upload_to_overlay_s"] = time.perf_counter() - started
+                expect(page.locator('[data-testid="stImage"] img')).to_be_visible()
+                count = int(page.locator('[data-testid="stMetricValue"]').inner_text().replace(",", ""))
+                assert count > 0, "Try it showed no nuclei"
+                timings["try_it_nuclei"] = count
+            page.wait_for_timeout(500)  # let charts finish drawing before the picture
+            assert page.locator('[data-testid="stException"]').count() == 0, f"{path}: the page shows an exception"
+            page.screenshot(path=str(screenshots / f"{path or 'models'}.png"))
+        browser.close()
+    return timings
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_every_page_in_a_real_browser_and_a_real_upload(two_versions, real_monuseg: Path, tmp_path: Path) -> None:
+    project, uri = two_versions
+    upload = sorted((real_monuseg / TEST_DIR).glob("*.tif"))[0]
+    with dashboard(project, uri, tmp_path / "streamlit.log") as url:
+        timings = browse(url, upload, tmp_path / "screenshots")
+    print(f"dashboard timings (tiny test models): {timings}")
+    assert len(list((tmp_path / "screenshots").glob("*.png"))) == len(PAGES)
+    assert "Traceback" not in (tmp_path / "streamlit.log").read_text()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Screenshots and timings of the dashboard on this checkout's store")
+    parser.add_argument("--upload", type=Path, required=True, help="image to segment on the Try-it page")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "dashboard")
+    args = parser.parse_args()
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    with dashboard(REPO_ROOT, uri, args.out / "streamlit.log") as url:
+        timings = browse(url, args.upload.resolve(), args.out)
+    for name, value in timings.items():
+        print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
+
+
+if __name__ == "__main__":
+    main()
