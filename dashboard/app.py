@@ -8,10 +8,11 @@ stages do), plus the local test images on the Samples page.
 from __future__ import annotations
 
 import streamlit as st
+from mlflow.exceptions import MlflowException
 
 from patchunet.errors import PatchUNetError
 
-import shared
+import store
 
 st.set_page_config(page_title="PatchUNet review", page_icon=":microscope:", layout="wide")
 
@@ -25,26 +26,35 @@ PAGES = [
 navigation = st.navigation(PAGES)
 
 try:
-    cfg = shared.settings()
+    cfg = store.settings()
 except PatchUNetError as exc:
     st.error(str(exc))
     st.stop()
 
 with st.sidebar:
     st.caption(f"MLflow: `{cfg.tracking_uri}`")
-    if st.button("Refresh", help=f"MLflow answers are reused for {shared.QUERY_TTL_S} s; read them again now"):
+    if st.button("Refresh", help=f"MLflow answers are reused for {store.QUERY_TTL_S} s; read them again now"):
         st.cache_data.clear()
 
-problem = shared.connection_problem(cfg.tracking_uri)
-if problem:
+WHAT_TO_RUN = (
+    "Run `dvc repro` in the project folder to train, evaluate and register a model into `mlflow.db`, "
+    "or point `MLFLOW_TRACKING_URI` at a running server (`mlflow server --backend-store-uri sqlite:///mlflow.db`). "
+    "Then press **Refresh** in the sidebar."
+)
+
+
+def unavailable(problem: str) -> None:
     st.title("PatchUNet review")
     st.warning(problem)
-    st.info(
-        "Run `dvc repro` in the project folder to train, evaluate and register a model into `mlflow.db`, "
-        "or point `MLFLOW_TRACKING_URI` at a running server (`mlflow server --backend-store-uri sqlite:///mlflow.db`). "
-        "Then press **Refresh** in the sidebar."
-    )
-    st.stop()
+    st.info(WHAT_TO_RUN)
 
-st.session_state["settings"] = cfg
-navigation.run()
+
+problem = store.connection_problem(cfg.tracking_uri)
+if problem:
+    unavailable(problem)
+    st.stop()
+try:
+    navigation.run()
+except (PatchUNetError, MlflowException) as exc:  # e.g. the server went away since the last check
+    st.cache_data.clear()
+    unavailable(f"MLflow at {cfg.tracking_uri} could not be read: {str(exc).splitlines()[0]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import shutil
 import socket
@@ -242,12 +243,16 @@ def evaluate_and_register(project: Path, uri: str) -> None:
 def two_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(project, uri): versions 1 and 2 of `patchunet`, both evaluated, registered and given aliases.
 
-    Shared by the dashboard tests, in the app and in the browser."""
+    Also a 2-trial Optuna study in the same store. Shared by the dashboard tests, in the app and in
+    the browser."""
     project, uri = make_evaluation_project(tmp_path_factory.mktemp("two-versions") / "project")
     evaluate_and_register(project, uri)
     update_params(project, train={"lr": 0.003})
     train_in(project)
     evaluate_and_register(project, uri)
+    add_tune_data(project, n_trials=2, epochs_per_trial=1)
+    result = run_pipeline(project, "tune", uri)  # a real study, for the Studies page
+    assert result.returncode == 0, result.stderr
     return project, uri
 
 
@@ -268,3 +273,47 @@ def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout_s: floa
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{url} never answered:\n{log.read_text()}") from None
             time.sleep(0.5)
+
+
+TRAIN_IDS = ["TCGA-A7-0001-01Z", "TCGA-A7-0002-01Z", "TCGA-B0-0003-01Z", "TCGA-B0-0004-01Z"]
+VAL_IDS = ["TCGA-A7-0005-01Z", "TCGA-B0-0006-01Z"]
+
+
+def write_disc_image(project: Path, image_id: str, seed: int, side: int = 64) -> None:
+    """A light tile with dark disc nuclei, and its label map, in the project's data layout."""
+    from skimage.draw import disk
+
+    from patchunet.io import write_label_tiff
+
+    rng = np.random.default_rng(seed)
+    image = np.full((side, side, 3), 220, np.uint8)
+    labels = np.zeros((side, side), np.uint16)
+    for nucleus in range(1, 7):
+        rows, cols = disk(rng.integers(6, side - 6, 2), rng.integers(3, 6), shape=(side, side))
+        image[rows, cols] = (70, 40, 120)
+        labels[rows, cols] = nucleus
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    (project / "data/raw/monuseg/train/images").mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(project / f"data/raw/monuseg/train/images/{image_id}.tif", image, photometric="rgb")
+    write_label_tiff(project / f"data/interim/train/labels/{image_id}.tif", labels)
+
+
+def make_tune_project(project: Path, **tune: object) -> Path:
+    """A project with six tiny training images, their split, and a 3-trial study over lr and 16/32 px."""
+    make_stage_project(project)
+    add_tune_data(project, **tune)
+    return project
+
+
+def add_tune_data(project: Path, **tune: object) -> None:
+    for n, image_id in enumerate(TRAIN_IDS + VAL_IDS):
+        write_disc_image(project, image_id, seed=n)
+    (project / "data/interim/split.json").write_text(json.dumps({"train": TRAIN_IDS, "val": VAL_IDS, "test": []}))
+    space = {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "patch.size": {"choices": [16, 32]}}
+    update_params(
+        project,
+        model={"base_channels": 8, "depth": 2},
+        train={"batch_size": 4, "num_workers": 0, "online_augment": False},
+        augment={"copies": 0},
+        tune={"n_trials": 3, "epochs_per_trial": 2, "space": space, **tune},
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, TEST_DIR, free_port, wait_for_http
+
+from patchunet.cli import dashboard_command
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,18 +30,18 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PAGES = {"": "Registered models", "curves": "Training curves", "samples": "Sample segmentations"}
-PAGES |= {"try_it": "Try a model on your image", "studies": "Tuning studies"}
+PAGES = {"Models": "Registered models", "Curves": "Training curves", "Samples": "Sample segmentations"}
+PAGES |= {"Try it": "Try a model on your image", "Studies": "Tuning studies"}
+"""Sidebar link -> the page's title."""
 RENDER_TIMEOUT_MS = 180_000
 
 
 @contextmanager
 def dashboard(project: Path, tracking_uri: str, log: Path) -> Iterator[str]:
-    """`streamlit run dashboard/app.py` in `project` on a free loopback port; yields its URL."""
+    """`streamlit run dashboard/app.py` in `project` on a free loopback port, as `patchunet dashboard`
+    starts it; yields its URL."""
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py")]
-    command += [f"--server.port={port}", "--server.address=127.0.0.1", "--server.headless=true"]
-    command += ["--browser.gatherUsageStats=false", "--client.toolbarMode=minimal"]
+    command = dashboard_command(REPO_ROOT, port, "127.0.0.1", ["--server.headless=true"])
     with log.open("w") as output:
         server = subprocess.Popen(
             command, cwd=project, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout=output, stderr=output
@@ -68,17 +69,22 @@ def browse(url: str, upload: Path, screenshots: Path) -> dict[str, float]:
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.set_default_timeout(RENDER_TIMEOUT_MS)
         expect.set_options(timeout=RENDER_TIMEOUT_MS)
-        for path, title in PAGES.items():
-            started = time.perf_counter()
-            page.goto(f"{url}/{path}")
+        started = time.perf_counter()
+        page.goto(url)  # the Models page; the others through the sidebar, as a user moves between them
+        for link, title in PAGES.items():
+            if link != "Models":
+                started = time.perf_counter()
+                page.get_by_role("link", name=link).click()
             expect(page.get_by_role("heading", name=title)).to_be_visible()
-            if path == "":  # Models, the default page
+            if link == "Models":
                 expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible()
                 expect(page.locator(".js-plotly-plot").first).to_be_visible()  # two versions compared
                 timings["models_first_render_s"] = time.perf_counter() - started
-            if path == "samples":
+            if link == "Samples":
                 expect(page.locator('[data-testid="stImage"]').first).to_be_visible()
-            if path == "try_it":
+            if link == "Studies":
+                expect(page.locator(".js-plotly-plot").nth(1)).to_be_visible()
+            if link == "Try it":
                 started = time.perf_counter()
                 page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(upload)
                 expect(page.locator('[data-testid="stMetricValue"]')).to_be_visible()
@@ -89,8 +95,8 @@ def browse(url: str, upload: Path, screenshots: Path) -> dict[str, float]:
                 assert count > 0, "Try it showed no nuclei"
                 timings["try_it_nuclei"] = count
             page.wait_for_timeout(500)  # let charts finish drawing before the picture
-            assert page.locator('[data-testid="stException"]').count() == 0, f"{path}: the page shows an exception"
-            page.screenshot(path=str(screenshots / f"{path or 'models'}.png"))
+            assert page.locator('[data-testid="stException"]').count() == 0, f"{link}: the page shows an exception"
+            page.screenshot(path=str(screenshots / f"{link.lower().replace(' ', '_')}.png"))
         browser.close()
     return timings
 

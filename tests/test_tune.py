@@ -7,18 +7,14 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-import tifffile
 import yaml
-from conftest import REPO_ROOT, make_stage_project, mlflow_client, params_changed, run_pipeline, update_params
-from skimage.draw import disk
+from conftest import REPO_ROOT, make_tune_project, mlflow_client, params_changed, run_pipeline, update_params
 
 from patchunet import tracking
 from patchunet.config import Dimension, TuneConfig, load_params, parse_section
 from patchunet.errors import ConfigError
-from patchunet.io import write_label_tiff
 from patchunet.tune import (
     Objective,
     PatchCache,
@@ -29,40 +25,6 @@ from patchunet.tune import (
     run_worker,
     validate_space,
 )
-
-TRAIN_IDS = ["TCGA-A7-0001-01Z", "TCGA-A7-0002-01Z", "TCGA-B0-0003-01Z", "TCGA-B0-0004-01Z"]
-VAL_IDS = ["TCGA-A7-0005-01Z", "TCGA-B0-0006-01Z"]
-
-
-def write_disc_image(project: Path, image_id: str, seed: int, side: int = 64) -> None:
-    """A light tile with dark disc nuclei, and its label map, in the project's data layout."""
-    rng = np.random.default_rng(seed)
-    image = np.full((side, side, 3), 220, np.uint8)
-    labels = np.zeros((side, side), np.uint16)
-    for nucleus in range(1, 7):
-        rows, cols = disk(rng.integers(6, side - 6, 2), rng.integers(3, 6), shape=(side, side))
-        image[rows, cols] = (70, 40, 120)
-        labels[rows, cols] = nucleus
-    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
-    (project / "data/raw/monuseg/train/images").mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(project / f"data/raw/monuseg/train/images/{image_id}.tif", image, photometric="rgb")
-    write_label_tiff(project / f"data/interim/train/labels/{image_id}.tif", labels)
-
-
-def make_tune_project(project: Path, **tune: object) -> Path:
-    make_stage_project(project)
-    for n, image_id in enumerate(TRAIN_IDS + VAL_IDS):
-        write_disc_image(project, image_id, seed=n)
-    (project / "data/interim/split.json").write_text(json.dumps({"train": TRAIN_IDS, "val": VAL_IDS, "test": []}))
-    space = {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "patch.size": {"choices": [16, 32]}}
-    update_params(
-        project,
-        model={"base_channels": 8, "depth": 2},
-        train={"batch_size": 4, "num_workers": 0, "online_augment": False},
-        augment={"copies": 0},
-        tune={"n_trials": 3, "epochs_per_trial": 2, "space": space, **tune},
-    )
-    return project
 
 
 def tune(project: Path, *args: str) -> subprocess.CompletedProcess:

@@ -6,18 +6,19 @@ import streamlit as st
 
 from patchunet import review
 
-import shared
+import store
+import widgets
 
-cfg = shared.settings()
+cfg = store.settings()
 st.title("Training curves")
-table = shared.registered_versions_or_stop(cfg)
-chosen = shared.pick_versions(table, "Versions", key="curves_versions")
+table = widgets.registered_versions_or_stop(cfg)
+chosen = widgets.pick_versions(table, "Versions", key="curves_versions")
 if not chosen:
     st.caption("Select one or more versions.")
     st.stop()
 run_ids = table.set_index("version")["run_id"]
 histories = {
-    review.version_label(table, v): shared.metric_histories(cfg.tracking_uri, run_ids[v], shared.CURVE_METRICS)
+    review.version_label(table, v): store.metric_histories(cfg.tracking_uri, run_ids[v], review.CURVE_METRICS)
     for v in chosen
 }
 curves = review.curve_table(histories)

@@ -6,11 +6,12 @@ import streamlit as st
 
 from patchunet import review
 
-import shared
+import store
+import widgets
 
-cfg = shared.settings()
+cfg = store.settings()
 st.title("Registered models")
-table = shared.registered_versions_or_stop(cfg)
+table = widgets.registered_versions_or_stop(cfg)
 st.caption(
     f"`{cfg.registered_model}` in `{cfg.tracking_uri}`. Scores are per-image means on the official test set; "
     "the best of each column is highlighted (lowest for parameters and seconds per image). Click a header to sort."
@@ -23,7 +24,10 @@ st.dataframe(
         **{score: st.column_config.NumberColumn(score, format="%.4f") for score in review.SCORE_COLUMNS},
         "lr": st.column_config.NumberColumn("lr", format="%.1e"),
         "parameters": st.column_config.NumberColumn("parameters", format="localized"),
-        "version": st.column_config.NumberColumn("version", format="%d"),
+        **{
+            column: st.column_config.NumberColumn(column, format="%d")
+            for column in ("version", "patch", "width", "depth")
+        },
         "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
         "run": st.column_config.LinkColumn("run", display_text="open in MLflow"),
         "s/image": st.column_config.NumberColumn(
@@ -32,7 +36,7 @@ st.dataframe(
     },
 )
 
-chosen = shared.pick_versions(table, "Compare versions", key="models_compare")
+chosen = widgets.pick_versions(table, "Compare versions", key="models_compare")
 if len(chosen) >= 2:
     st.plotly_chart(review.comparison_figure(review.score_comparison(table, chosen)), key="comparison")
 else:

@@ -6,12 +6,14 @@ import numpy as np
 import streamlit as st
 
 from patchunet import review
+from patchunet.errors import PatchUNetError
 from patchunet.io import read_label_image, read_rgb_image
 from patchunet.layout import RAW_DIR, labels_dir
 from patchunet.metrics import score_segmentation
 from patchunet.overlay import truth_and_prediction_overlay
 
-import shared
+import store
+import widgets
 
 IMAGE_DIR = RAW_DIR / "test" / "images"
 
@@ -22,9 +24,9 @@ def test_image(image_id: str) -> tuple[np.ndarray, np.ndarray]:
     return read_rgb_image(IMAGE_DIR / f"{image_id}.tif"), read_label_image(labels_dir("test") / f"{image_id}.tif")
 
 
-cfg = shared.settings()
+cfg = store.settings()
 st.title("Sample segmentations")
-table = shared.registered_versions_or_stop(cfg)
+table = widgets.registered_versions_or_stop(cfg)
 image_ids = sorted(path.stem for path in IMAGE_DIR.glob("*.tif"))
 if not image_ids:
     st.warning(f"No test images under `{IMAGE_DIR}`: run `dvc repro masks` to fetch them and build their labels.")
@@ -33,7 +35,7 @@ if not image_ids:
 picker, look = st.columns([3, 2])
 with picker:
     image_id = st.selectbox("Test image", image_ids, key="samples_image")
-    versions = shared.pick_versions(table, "Versions (up to 3)", key="samples_versions", limit=3)
+    versions = widgets.pick_versions(table, "Versions (up to 3)", key="samples_versions", limit=3)
 with look:
     opacity = st.slider("Contour opacity", 0.0, 1.0, 1.0, 0.1, key="samples_opacity")
     zoom = st.select_slider("Zoom", [1, 2, 4, 8], value=1, key="samples_zoom", help="nuclei are small: zoom in")
@@ -51,21 +53,24 @@ if not versions:
 image, truth = test_image(image_id)
 rows, cols = review.zoom_region(truth.shape, zoom, centre)
 st.caption("Green: ground truth. Yellow: prediction.")
-params = table.set_index("version")
+run_ids = table.set_index("version")["run_id"]
 for column, version in zip(st.columns(len(versions)), versions, strict=True):
-    run_id = params.loc[version, "run_id"]
+    run_id = run_ids[version]
     with column:
         st.subheader(review.version_label(table, version))
-        predicted = shared.logged_prediction(cfg.tracking_uri, run_id, image_id)
-        logged_scores = shared.per_image_scores(cfg.tracking_uri, run_id)
+        predicted = store.logged_prediction(cfg.tracking_uri, run_id, image_id)
+        logged_scores = store.per_image_scores(cfg.tracking_uri, run_id)
         if predicted is not None and logged_scores is not None and image_id in logged_scores.index:
             scores, source = logged_scores.loc[image_id].to_dict(), "from the evaluation artifacts"
         else:
             with st.spinner(f"Segmenting {image_id} with version {version}..."):
-                predicted, seconds = shared.segment(
-                    cfg.tracking_uri, cfg.registered_model, version, int(params.loc[version, "patch"]), cfg.eval, image
-                )
-            scores, source = score_segmentation(truth, predicted).as_dict(), f"predicted live in {seconds:.1f} s"
+                try:
+                    predicted, seconds = store.segment_upload(cfg, table, version, image)
+                except PatchUNetError as exc:
+                    st.error(str(exc))
+                    continue
+            scores = score_segmentation(truth, predicted).as_dict()
+            source = f"predicted live in {seconds:.1f} s with the eval params of params.yaml"
         st.image(
             truth_and_prediction_overlay(image[rows, cols], truth[rows, cols], predicted[rows, cols], opacity),
             width="stretch",

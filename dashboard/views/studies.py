@@ -6,11 +6,11 @@ import streamlit as st
 
 from patchunet import review
 
-import shared
+import store
 
-cfg = shared.settings()
+cfg = store.settings()
 st.title("Tuning studies")
-trials = shared.trials(cfg.tracking_uri, cfg.tune_experiment)
+trials = store.trials(cfg.tracking_uri, cfg.tune_experiment)
 if trials.empty:
     st.info(
         f"No Optuna study is logged in the MLflow experiment `{cfg.tune_experiment}` yet. "
@@ -18,7 +18,7 @@ if trials.empty:
     )
     st.stop()
 study = st.selectbox("Study", sorted(trials["study"].unique()), key="studies_study")
-chosen = trials[trials["study"] == study].drop(columns="study")
+chosen = trials[trials["study"] == study].drop(columns="study").dropna(axis="columns", how="all")
 complete = chosen[chosen["state"] == "COMPLETE"]
 st.caption(
     f"{len(chosen)} trials: {len(complete)} complete, {int((chosen['state'] == 'PRUNED').sum())} pruned. "

@@ -9,11 +9,12 @@ import numpy as np
 import streamlit as st
 
 from patchunet import review
-from patchunet.errors import DataError
+from patchunet.errors import DataError, PatchUNetError
 from patchunet.io import read_rgb_image, write_label_tiff
 from patchunet.overlay import prediction_overlay
 
-import shared
+import store
+import widgets
 
 
 def read_upload(name: str, content: bytes, max_side: int) -> np.ndarray:
@@ -37,13 +38,13 @@ def mask_tiff(labels: np.ndarray) -> bytes:
         return path.read_bytes()
 
 
-cfg = shared.settings()
+cfg = store.settings()
 st.title("Try a model on your image")
-table = shared.registered_versions_or_stop(cfg)
+table = widgets.registered_versions_or_stop(cfg)
 version = st.selectbox(
     "Model version",
     table["version"].tolist(),
-    index=shared.champion_index(table),
+    index=widgets.champion_index(table),
     format_func=lambda v: review.version_label(table, v),
     key="try_version",
 )
@@ -56,7 +57,7 @@ upload = st.file_uploader(
     key="try_upload",
 )
 if upload is None:
-    st.caption("Upload an image to segment it. Nothing is stored: the image stays in this session.")
+    st.caption("Upload an image to segment it. Nothing is written to disk or to MLflow.")
     st.stop()
 try:
     image = read_upload(upload.name, upload.getvalue(), cfg.dashboard.max_image_side)
@@ -64,9 +65,12 @@ except DataError as exc:
     st.error(f"Cannot segment this file. {exc}")
     st.stop()
 
-patch_size = int(table.set_index("version").loc[version, "patch"])
 with st.spinner(f"Segmenting {upload.name} with version {version}..."):
-    labels, seconds = shared.segment(cfg.tracking_uri, cfg.registered_model, version, patch_size, cfg.eval, image)
+    try:
+        labels, seconds = store.segment_upload(cfg, table, version, image)
+    except PatchUNetError as exc:
+        st.error(str(exc))
+        st.stop()
 count = int(labels.max())
 left, right = st.columns([1, 3])
 left.metric("Nuclei", count)

@@ -31,23 +31,25 @@ def version_table(
 ) -> pd.DataFrame:
     """One row per registered version, newest first, with scores, key params, size, speed and a run link.
 
-    A score is missing (NaN) until the `evaluate` stage has tagged the version.
+    A score is missing (NaN) until the `evaluate` stage has tagged the version; params, size and
+    link are missing where its run is not in `runs`.
     """
     rows = []
     for version in versions:
-        run = runs[version.run_id]
+        run = runs.get(version.run_id)  # None once the run is deleted: its version keeps only its tags
+        params, metrics = (run.data.params, run.data.metrics) if run else ({}, {})
         number = int(version.version)
         rows.append(
             {
                 "version": number,
                 "aliases": ", ".join(sorted(a for a, v in aliases.items() if v == number)),
                 **{column: _number(version.tags.get(f"test_{score}")) for column, score in SCORE_COLUMNS.items()},
-                **{column: _number(run.data.params.get(key)) for column, key in PARAM_COLUMNS.items()},
-                "parameters": _number(run.data.metrics.get("model/parameters")),
+                **{column: _number(params.get(key)) for column, key in PARAM_COLUMNS.items()},
+                "parameters": _number(metrics.get("model/parameters")),
                 "s/image": _number(version.tags.get("test_seconds_per_image")),
                 "created": pd.Timestamp(version.creation_timestamp, unit="ms"),
-                "run": run_link(ui_url, run.info.experiment_id, run.info.run_id),
-                "run_id": run.info.run_id,
+                "run": run_link(ui_url, run.info.experiment_id, run.info.run_id) if run else None,
+                "run_id": version.run_id,
             }
         )
     columns = ["version", "aliases", *SCORE_COLUMNS, *PARAM_COLUMNS, "parameters", "s/image", "created"]
@@ -174,6 +176,7 @@ def lr_patch_figure(trials: pd.DataFrame) -> go.Figure:
         trials, x="train.lr", y="patch.size", color="val dice", symbol="state", log_x=True, hover_data=["trial"]
     )
     figure.update_traces(marker_size=14)
+    figure.update_layout(legend={"orientation": "h", "y": -0.25, "title": None})  # clear of the colour bar
     return figure.update_layout(xaxis_title="learning rate", yaxis_title="patch size (px)")
 
 

@@ -1,4 +1,4 @@
-"""What every page of the dashboard uses: settings, cached MLflow reads, cached models, the version picker.
+"""The dashboard's data: its settings, and every MLflow read and model load, cached.
 
 MLflow is read only here, only through `patchunet.tracking`, and every query is cached for
 QUERY_TTL_S so that moving between pages never waits on the store. Models load once per version.
@@ -6,7 +6,9 @@ QUERY_TTL_S so that moving between pages never waits on the store. Models load o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import io
 import os
 import tempfile
@@ -19,7 +21,15 @@ import streamlit as st
 import tifffile
 
 from patchunet import review, tracking
-from patchunet.config import DashboardConfig, EvalConfig, MlflowConfig, TuneConfig, load_params, parse_section
+from patchunet.config import (
+    DashboardConfig,
+    EvalConfig,
+    MlflowConfig,
+    PatchConfig,
+    TuneConfig,
+    load_params,
+    parse_section,
+)
 from patchunet.errors import PatchUNetError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the server log per download
@@ -27,7 +37,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar
 PARAMS_FILE = Path("params.yaml")
 QUERY_TTL_S = 30
 """Seconds an MLflow answer is reused: short enough that a new version shows up while you look."""
-CURVE_METRICS = review.CURVE_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Settings:
     tune_experiment: str
     dashboard: DashboardConfig
     eval: EvalConfig
+    patch_size: int  # for a version whose run did not log patch.size
 
     @property
     def ui_url(self) -> str:
@@ -53,6 +63,7 @@ def settings() -> Settings:
         tune_experiment=parse_section(TuneConfig, params, "tune").experiment,
         dashboard=parse_section(DashboardConfig, params, "dashboard"),
         eval=parse_section(EvalConfig, params, "eval"),
+        patch_size=parse_section(PatchConfig, params, "patch").size,
     )
 
 
@@ -73,7 +84,10 @@ def connection_problem(uri: str) -> str | None:
 def version_table(uri: str, model_name: str, ui_url: str) -> pd.DataFrame:
     tracking.connect(uri)
     versions = tracking.list_versions(model_name)
-    runs = {v.run_id: tracking.get_run(v.run_id) for v in versions}
+    runs = {}
+    for version in versions:
+        with contextlib.suppress(PatchUNetError):  # a deleted run leaves its version without params
+            runs[version.run_id] = tracking.get_run(version.run_id)
     return review.version_table(versions, tracking.registered_aliases(model_name), runs, ui_url)
 
 
@@ -85,20 +99,27 @@ def metric_histories(uri: str, run_id: str, metrics: tuple[str, ...]) -> dict[st
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
 def trials(uri: str, experiment: str) -> pd.DataFrame:
-    """Every Optuna trial logged to `experiment`, with its best val Dice (the study's objective)."""
+    """Every Optuna trial logged to `experiment`, with its best val Dice (the study's objective).
+
+    A complete trial logged it as objective/val_dice; a pruned one has only its per-epoch val/dice.
+    """
     tracking.connect(uri)
     runs = tracking.experiment_runs(experiment)
     best = {}
     for run in runs:
-        if "optuna.trial_number" in run.data.tags:
+        if "optuna.trial_number" not in run.data.tags:
+            continue
+        if "objective/val_dice" in run.data.metrics:
+            best[run.info.run_id] = run.data.metrics["objective/val_dice"]
+        else:
             values = [value for _, value in tracking.metric_history(run.info.run_id, "val/dice")]
             best[run.info.run_id] = max(values, default=float("nan"))
     return review.trial_table(runs, best)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+@st.cache_data(ttl=QUERY_TTL_S, max_entries=32, show_spinner=False)
 def artifact_bytes(uri: str, run_id: str, artifact_path: str) -> bytes | None:
-    """An artifact's content, or None if the run has none there; logged artifacts never change."""
+    """An artifact's content, or None if the run has none there (yet: evaluation may come later)."""
     tracking.connect(uri)
     with tempfile.TemporaryDirectory() as folder:
         local = tracking.download_artifact(run_id, artifact_path, Path(folder))
@@ -117,7 +138,7 @@ def logged_prediction(uri: str, run_id: str, image_id: str) -> np.ndarray | None
     return None if content is None else tifffile.imread(io.BytesIO(content))
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the model from the registry...")
+@st.cache_resource(show_spinner="Loading the model from the registry...")
 def model(uri: str, model_name: str, version: int):
     """The registered PyTorch model, loaded once per version and kept for every page and session."""
     tracking.connect(uri)
@@ -126,48 +147,29 @@ def model(uri: str, model_name: str, version: int):
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def segment(
-    uri: str, model_name: str, version: int, patch_size: int, cfg: EvalConfig, image: np.ndarray
+    uri: str, model_name: str, version: int, patch_size: int, cfg: EvalConfig, image_sha1: str, _image: np.ndarray
 ) -> tuple[np.ndarray, float]:
-    """Instance labels of `image` by that version, as `patchunet predict` makes them, and the seconds taken."""
+    """Instance labels of `_image` by that version, as `patchunet predict` makes them, and the seconds taken.
+
+    Keyed by the image's SHA-1: Streamlit hashes only a sample of a large array's pixels.
+    """
     from patchunet.inference import segment_image
 
     network = model(uri, model_name, version)
     window = cfg.window_for(patch_size, network.cfg.size_multiple)
     started = time.perf_counter()
-    _, labels = segment_image(network, image, cfg, window)
+    _, labels = segment_image(network, _image, cfg, window)
     return labels, time.perf_counter() - started
 
 
-def registered_versions_or_stop(cfg: Settings) -> pd.DataFrame:
-    """The version table; with none registered, a page that says what to run, and nothing more."""
-    table = version_table(cfg.tracking_uri, cfg.registered_model, cfg.ui_url)
-    if table.empty:
-        st.info(
-            f"No version of the model **{cfg.registered_model}** is registered in `{cfg.tracking_uri}` yet.\n\n"
-            "Run `dvc repro` (or `patchunet train`, then `patchunet evaluate` and `patchunet register`) to train, "
-            "evaluate and register one, then press **Refresh** in the sidebar."
-        )
-        st.stop()
-    return table
+def patch_size(cfg: Settings, table: pd.DataFrame, version: int) -> int:
+    """The patch size the version trained on (its window for live inference), else params.yaml's."""
+    logged = table.set_index("version").loc[version, "patch"]
+    return cfg.patch_size if pd.isna(logged) else int(logged)
 
 
-def pick_versions(table: pd.DataFrame, label: str, key: str, limit: int | None = None) -> list[int]:
-    """A version multiselect that remembers the choice across pages (widget state alone is per page)."""
-    options = table["version"].tolist()
-    remembered = [v for v in st.session_state.get("chosen_versions", options[:2]) if v in options][:limit]
-    chosen = st.multiselect(
-        label,
-        options,
-        default=remembered,
-        format_func=lambda v: review.version_label(table, v),
-        max_selections=limit,
-        key=key,
-    )
-    st.session_state["chosen_versions"] = chosen
-    return chosen
-
-
-def champion_index(table: pd.DataFrame) -> int:
-    """Row of the champion in `table`, else of the newest version."""
-    holders = table.index[table["aliases"].str.split(", ").apply(lambda names: "champion" in names)]
-    return int(holders[0]) if len(holders) else 0
+def segment_upload(cfg: Settings, table: pd.DataFrame, version: int, image: np.ndarray) -> tuple[np.ndarray, float]:
+    """`segment` with the version's window and the eval params of params.yaml."""
+    digest = hashlib.sha1(image.tobytes()).hexdigest()
+    window_patch = patch_size(cfg, table, version)
+    return segment(cfg.tracking_uri, cfg.registered_model, version, window_patch, cfg.eval, digest, image)

@@ -1,0 +1,45 @@
+"""Page pieces every dashboard page shares: the empty-registry state and the version pickers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from patchunet import review
+
+import store
+
+
+def registered_versions_or_stop(cfg: store.Settings) -> pd.DataFrame:
+    """The version table; with none registered, a page that says what to run, and nothing more."""
+    table = store.version_table(cfg.tracking_uri, cfg.registered_model, cfg.ui_url)
+    if table.empty:
+        st.info(
+            f"No version of the model **{cfg.registered_model}** is registered in `{cfg.tracking_uri}` yet.\n\n"
+            "Run `dvc repro` (or `patchunet train`, then `patchunet evaluate` and `patchunet register`) to train, "
+            "evaluate and register one, then press **Refresh** in the sidebar."
+        )
+        st.stop()
+    return table
+
+
+def pick_versions(table: pd.DataFrame, label: str, key: str, limit: int | None = None) -> list[int]:
+    """A version multiselect that remembers the choice across pages (widget state alone is per page)."""
+    options = table["version"].tolist()
+    remembered = [v for v in st.session_state.get("chosen_versions", options[:2]) if v in options][:limit]
+    chosen = st.multiselect(
+        label,
+        options,
+        default=remembered,
+        format_func=lambda v: review.version_label(table, v),
+        max_selections=limit,
+        key=key,
+    )
+    st.session_state["chosen_versions"] = chosen
+    return chosen
+
+
+def champion_index(table: pd.DataFrame) -> int:
+    """Row of the champion in `table`, else of the newest version."""
+    holders = table.index[table["aliases"].str.split(", ").apply(lambda names: "champion" in names)]
+    return int(holders[0]) if len(holders) else 0
