@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "dashboard")
     args = parser.parse_args()
     uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    with dashboard(REPO_ROOT, uri, args.out / "streamlit.log") as url:
+    with tempfile.TemporaryDirectory() as folder, dashboard(REPO_ROOT, uri, Path(folder) / "streamlit.log") as url:
         timings = browse(url, args.upload.resolve(), args.out)
     for name, value in timings.items():
         print(f"{name}: {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
