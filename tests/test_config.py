@@ -13,6 +13,7 @@ from patchunet.config import (
     PatchConfig,
     SplitConfig,
     TrainConfig,
+    TuneConfig,
     load_params,
     parse_section,
 )
@@ -99,3 +100,53 @@ def test_eval_window_defaults_to_the_patch_size_and_must_suit_the_model() -> Non
         cfg.window_for(48, 16)  # a patch size of 48 as the window
     with pytest.raises(ConfigError, match=r"eval.overlap: must be at least 0 and smaller than eval.window"):
         parse_section(EvalConfig, with_value("eval", "window", 48), "eval")
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "key", "value"),
+    [
+        (TrainConfig, "train", "lr", float("nan")),
+        (TrainConfig, "train", "min_lr", float("inf")),
+        (AugmentConfig, "augment", "rotate_limit", float("nan")),
+        (EvalConfig, "eval", "distance_sigma", float("inf")),
+        (SplitConfig, "split", "val_fraction", float("nan")),
+        (ModelConfig, "model", "dropout", float("-inf")),
+    ],
+)
+def test_non_finite_floats_are_refused(cls, section: str, key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: must be a finite number, got {value}"):
+        parse_section(cls, with_value(section, key, value), section)
+
+
+def test_yaml_nan_is_refused_as_written(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "params.yaml").read_text().replace("lr: 0.001", "lr: .nan")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"train\.lr: must be a finite number, got nan"):
+        parse_section(TrainConfig, load_params(tmp_path / "params.yaml"), "train")
+
+
+def test_non_finite_search_range_is_refused() -> None:
+    space = {"train.lr": {"low": float("nan"), "high": 0.1}}
+    with pytest.raises(ConfigError, match=r"tune\.space\.train\.lr: low and high must be finite numbers"):
+        parse_section(TuneConfig, with_value("tune", "space", space), "tune")
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "key", "message"),
+    [
+        (MlflowConfig, "mlflow", "experiment", "mlflow.experiment: is an empty string"),
+        (MlflowConfig, "mlflow", "registered_model", "mlflow.registered_model: is an empty string"),
+        (MlflowConfig, "mlflow", "tracking_uri", "mlflow.tracking_uri: is an empty string; write null for none"),
+        (TuneConfig, "tune", "study_name", "tune.study_name: is an empty string"),
+        (DataConfig, "data", "source", "data.source: is an empty string; write null for none"),
+    ],
+)
+def test_empty_strings_are_refused(cls, section: str, key: str, message: str) -> None:
+    for blank in ("", "  "):
+        with pytest.raises(ConfigError, match=message):
+            parse_section(cls, with_value(section, key, blank), section)
+
+
+def test_params_path_that_is_a_folder_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PatchUNetError, match=r": cannot read the params file \(Is a directory\)$"):
+        load_params(tmp_path)

@@ -87,3 +87,16 @@ def test_uint32_instance_maps_are_accepted(tmp_path: Path) -> None:
     tifffile.imwrite(path, labels)
     result = make_label_map(record(tmp_path, None, path), prefer="xml")
     assert result.labels.dtype == np.uint32 and result.nuclei == 1
+
+
+def test_xml_vertex_far_outside_the_image_is_refused_not_rasterised(tmp_path: Path) -> None:
+    # one vertex at 1e12 would otherwise stretch the nucleus across the tile
+    xml = write_monuseg_xml(tmp_path / "img.xml", [square(10, 10, 20), [(50, 50), (1e12, 55), (60, 60)]])
+    with pytest.raises(DataError, match=r"img\.xml: Region 2 vertex 2 \(X=1e\+12, Y=55\) lies .* outside the 100x100"):
+        make_label_map(record(tmp_path, xml), prefer="xml")
+
+
+def test_polygons_outside_the_image_are_named_as_outside_not_degenerate(tmp_path: Path) -> None:
+    xml = write_monuseg_xml(tmp_path / "img.xml", [square(500, 500, 20)])
+    with pytest.raises(DataError, match=r"Region 1 vertex 2 \(X=520, Y=500\) lies 420 px outside"):
+        make_label_map(record(tmp_path, xml), prefer="xml")

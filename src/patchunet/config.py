@@ -8,6 +8,7 @@ dvc.yaml, and a bad value fails here, before any work, with the key that is wron
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -247,8 +248,8 @@ def _dimension(key: str, spec: Any) -> Dimension:
     if not isinstance(spec, dict) or not {"low", "high"} <= set(spec) <= {"low", "high", "log"}:
         raise ConfigError(where, f"must be {{low, high[, log]}} or {{choices: [...]}}, got {spec!r}")
     low, high, log = spec["low"], spec["high"], spec.get("log", False)
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
-        raise ConfigError(where, f"low and high must be numbers, got {low!r} and {high!r}")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        raise ConfigError(where, f"low and high must be finite numbers, got {low!r} and {high!r}")
     if low >= high:
         raise ConfigError(where, f"empty range: low {low} is not below high {high}")
     if log and low <= 0:
@@ -299,7 +300,15 @@ def parse_section(cls: type[T], params: dict[str, Any], section: str) -> T:
 
 
 def _checked(value: Any, hint: Any, key: str) -> Any:
-    """Check one YAML value against a type hint; ints are accepted where floats are expected."""
+    """Check one YAML value against a type hint; ints are accepted where floats are expected.
+
+    Empty strings and non-finite numbers (.nan, .inf) are refused for every key: no setting means either.
+    """
+    if isinstance(value, str) and not value.strip():
+        optional = type(None) in get_args(hint)
+        raise ConfigError(key, "is an empty string" + ("; write null for none" if optional else ""))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
     origin = get_origin(hint)
     if origin is Literal:
         if value not in get_args(hint):
@@ -329,6 +338,8 @@ def load_params(path: Path) -> dict[str, Any]:
         params = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise PatchUNetError(f"{path}: params file not found") from None
+    except OSError as exc:  # a folder, or no permission
+        raise PatchUNetError(f"{path}: cannot read the params file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         problem = str(exc).replace("\n", " ")
         raise PatchUNetError(f"{path}: not valid YAML ({problem})") from None

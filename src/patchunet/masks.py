@@ -93,7 +93,7 @@ def make_label_map(record: ImageRecord, prefer: str) -> LabelResult:
     shape = image.shape[:2]
     from_xml = from_map = raster = None
     if record.xml is not None:
-        polygons = read_polygons(record.xml)
+        polygons = read_polygons(record.xml, shape)  # every vertex checked against the image
         from_xml, raster = rasterize_polygons(polygons, shape)
         if raster.nuclei == 0:
             raise DataError(record.xml, f"no usable polygon: all {raster.polygons} regions are degenerate")
