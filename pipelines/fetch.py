@@ -17,7 +17,7 @@ from patchunet.cli import run_stage
 from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.io import atomic_directory
 from patchunet.layout import RAW_DIR
-from patchunet.monuseg import SPLITS, ImageRecord, copy_to_raw, official_dirs, pair_files
+from patchunet.monuseg import SPLITS, ImageRecord, check_no_shared_images, copy_to_raw, official_dirs, pair_files
 from patchunet.sources import download, unpack_source
 
 
@@ -38,6 +38,7 @@ def main() -> None:
             root = download_official(cfg, Path(scratch))
         dirs = official_dirs(root)
         records = [r for split in SPLITS for r in pair_files(dirs, split)]
+        check_no_shared_images(records)  # before anything is written
         with atomic_directory(args.out) as staging:
             copy_to_raw(tqdm(records, desc="copy", unit="image"), staging)
     report(records)

@@ -30,15 +30,16 @@ def main() -> None:
     args = parser.parse_args()
     cfg = parse_section(MasksConfig, load_params(args.params), "masks")
 
-    report: dict[str, dict] = {}
+    records = [record for split in SPLITS for record in pair_files(raw_dirs(RAW_DIR), split)]
     with ProcessPoolExecutor(worker_count()) as pool:
-        for split in SPLITS:
-            records = pair_files(raw_dirs(RAW_DIR), split)
-            results = pool.map(partial(make_label_map, prefer=cfg.prefer), records)
-            with atomic_directory(labels_dir(split)) as staging:
-                for record, result in tqdm(
-                    zip(records, results, strict=True), total=len(records), desc=f"masks {split}", unit="image"
-                ):
+        made = pool.map(partial(make_label_map, prefer=cfg.prefer), records)
+        results = list(tqdm(made, total=len(records), desc="masks", unit="image"))
+    # every label map of both splits is made before the first is written: a bad file anywhere changes nothing
+    report: dict[str, dict] = {}
+    for split in SPLITS:
+        with atomic_directory(labels_dir(split)) as staging:
+            for record, result in zip(records, results, strict=True):
+                if record.split == split:
                     write_label_tiff(staging / f"{record.image_id}.tif", result.labels)
                     report[record.image_id] = {"split": split, **summarise(result)}
     write_json(MASKS_REPORT, report)

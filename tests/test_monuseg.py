@@ -1,10 +1,13 @@
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TEST_DIR, TRAIN_DIR
+import tifffile
+from conftest import TEST_DIR, TRAIN_DIR, nuclei_polygons, write_monuseg_xml
 
 from patchunet.errors import DataError, SourceError
-from patchunet.monuseg import copy_to_raw, official_dirs, organ_of, pair_files, raw_dirs
+from patchunet.io import read_rgb_image
+from patchunet.monuseg import check_no_shared_images, copy_to_raw, official_dirs, organ_of, pair_files, raw_dirs
 
 
 @pytest.mark.parametrize(
@@ -61,3 +64,47 @@ def test_copy_to_raw_gives_the_project_layout(synthetic_source: Path, tmp_path: 
         "TCGA-A7-0001-01Z.xml",
         "TCGA-B0-0003-01Z.xml",
     ]
+
+
+@pytest.mark.parametrize(
+    ("folder", "first", "second"),
+    [
+        (TRAIN_DIR + "/Tissue Images", "TCGA-A7-0001-01Z.tif", "TCGA-A7-0001-01Z.tiff"),
+        (TRAIN_DIR + "/Instance Maps", "TCGA-A7-0002-01Z.png", "TCGA-A7-0002-01Z.tif"),
+        (TRAIN_DIR + "/Annotations", "TCGA-A7-0001-01Z.xml", "TCGA-A7-0001-01Z.XML"),
+    ],
+)
+def test_two_files_for_one_id_are_refused_naming_both(synthetic_source: Path, folder: str, first, second) -> None:
+    shutil.copy(synthetic_source / folder / first, synthetic_source / folder / second)
+    with pytest.raises(DataError, match=r"a second file for TCGA-A7-000\d-01Z, beside .*: keep only one") as raised:
+        pair_files(official_dirs(synthetic_source), "train")
+    assert first in str(raised.value) and second in str(raised.value)
+
+
+def all_records(source: Path) -> list:
+    dirs = official_dirs(source)
+    return pair_files(dirs, "train") + pair_files(dirs, "test")
+
+
+def test_distinct_images_pass_the_shared_image_check(synthetic_source: Path) -> None:
+    check_no_shared_images(all_records(synthetic_source))
+
+
+def test_test_image_id_among_the_training_images_is_refused(synthetic_source: Path) -> None:
+    test_image = synthetic_source / TEST_DIR / "TCGA-AC-0005-01Z.tif"
+    shutil.copy(test_image, synthetic_source / TRAIN_DIR / "Tissue Images" / test_image.name)
+    write_monuseg_xml(synthetic_source / TRAIN_DIR / "Annotations" / "TCGA-AC-0005-01Z.xml", nuclei_polygons(1))
+    with pytest.raises(
+        DataError,
+        match=r"0005-01Z\.tif: test image TCGA-AC-0005-01Z is also a training image: .*Tissue Images/TCGA-AC-0005-01Z",
+    ):
+        check_no_shared_images(all_records(synthetic_source))
+
+
+def test_test_image_renamed_and_re_encoded_among_the_training_images_is_refused(synthetic_source: Path) -> None:
+    pixels = read_rgb_image(synthetic_source / TEST_DIR / "TCGA-AC-0005-01Z.tif")
+    copy = synthetic_source / TRAIN_DIR / "Tissue Images" / "TCGA-A7-0009-01Z.tif"
+    tifffile.imwrite(copy, pixels, photometric="rgb", compression="zlib")  # another encoding, another name
+    write_monuseg_xml(synthetic_source / TRAIN_DIR / "Annotations" / "TCGA-A7-0009-01Z.xml", nuclei_polygons(1))
+    with pytest.raises(DataError, match=r"TCGA-AC-0005-01Z\.tif: same pixels as .*TCGA-A7-0009-01Z\.tif \(train image"):
+        check_no_shared_images(all_records(synthetic_source))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, TRAIN_DIR
+from conftest import REPO_ROOT, TEST_DIR, TRAIN_DIR, nuclei_polygons, write_monuseg_xml
 
 from patchunet.patches import PatchSet
 
@@ -111,10 +112,45 @@ def test_bad_parameters_stop_the_stage_before_any_work(stage_project: Path, sect
 
 
 def test_corrupt_tiff_is_one_line_naming_the_file(small_project: Path, synthetic_source: Path) -> None:
+    assert run_stage("fetch", small_project, synthetic_source).returncode == 0
+    image = small_project / "data/raw/monuseg/train/images/TCGA-B0-0003-01Z.tif"
+    image.write_bytes(image.read_bytes()[:200])
+    assert_one_line_error(run_stage("masks", small_project), "TCGA-B0-0003-01Z.tif: corrupt or truncated")
+
+
+def test_fetch_refuses_a_corrupt_source_image_before_writing(small_project: Path, synthetic_source: Path) -> None:
     image = synthetic_source / TRAIN_DIR / "Tissue Images" / "TCGA-B0-0003-01Z.tif"
     image.write_bytes(image.read_bytes()[:200])
+    assert_one_line_error(run_stage("fetch", small_project, synthetic_source), "TCGA-B0-0003-01Z.tif: corrupt")
+    assert not (small_project / "data").exists()
+
+
+def test_fetch_refuses_a_test_image_among_the_training_images(small_project: Path, synthetic_source: Path) -> None:
     assert run_stage("fetch", small_project, synthetic_source).returncode == 0
-    assert_one_line_error(run_stage("masks", small_project), "TCGA-B0-0003-01Z.tif: corrupt or truncated")
+    raw = small_project / "data/raw/monuseg"
+    before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+    test_image = synthetic_source / TEST_DIR / "TCGA-AC-0005-01Z.tif"
+    shutil.copy(test_image, synthetic_source / TRAIN_DIR / "Tissue Images" / "TCGA-A7-0009-01Z.tif")
+    shutil.copy(test_image.with_suffix(".xml"), synthetic_source / TRAIN_DIR / "Annotations" / "TCGA-A7-0009-01Z.xml")
+    assert_one_line_error(
+        run_stage("fetch", small_project, synthetic_source), "TCGA-AC-0005-01Z.tif: same pixels as", "0009-01Z.tif"
+    )
+    assert {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+
+
+def test_masks_writes_no_label_map_when_any_image_of_either_split_fails(
+    small_project: Path, synthetic_source: Path
+) -> None:
+    run_data_stages(small_project, synthetic_source)
+    interim = small_project / "data/interim"
+    before = {p: p.read_bytes() for p in interim.rglob("*") if p.is_file()}
+    raw = small_project / "data/raw/monuseg"
+    train_xml = raw / "train/annotations/TCGA-A7-0001-01Z.xml"  # a change the train labels would show
+    write_monuseg_xml(train_xml, nuclei_polygons(seed=9))
+    (raw / "test/annotations/TCGA-FG-0006-01Z.xml").write_text("<Annotations><Region>")  # test split is broken
+    assert_one_line_error(run_stage("masks", small_project), "TCGA-FG-0006-01Z.xml: malformed XML")
+    assert {p: p.read_bytes() for p in interim.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in (interim / "train").iterdir()) == ["labels"]
 
 
 def test_empty_source_is_one_line(stage_project: Path, tmp_path: Path) -> None:

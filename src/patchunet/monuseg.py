@@ -17,11 +17,13 @@ where every image is `<id>.tif`, whatever its suffix in the source.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Literal
 
 from patchunet.errors import DataError, SourceError
+from patchunet.io import read_rgb_image
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")
@@ -120,9 +122,40 @@ def pair_files(dirs: SourceDirs, split: Split) -> list[ImageRecord]:
 
 
 def _files_by_id(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """id -> file, refusing two files for one id (`X.tif` and `X.tiff`, `X.png` and `X.tif`)."""
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in suffixes}
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in files:
+            raise DataError(path, f"a second file for {path.stem}, beside {files[path.stem].name}: keep only one")
+        files[path.stem] = path
+    return files
+
+
+def check_no_shared_images(records: list[ImageRecord]) -> None:
+    """Refuse an image id in both splits, and any two images with the same pixels.
+
+    Pixels are compared decoded, so the same image under another name or re-encoded (another
+    compression, another suffix) is caught: a test image among the training images would otherwise
+    be trained on and then scored, and a duplicate within training could land in train and val.
+    """
+    train = {r.image_id: r for r in records if r.split == "train"}
+    for record in records:
+        other = train.get(record.image_id)
+        if record.split == "test" and other is not None:
+            raise DataError(record.image, f"test image {record.image_id} is also a training image: {other.image}")
+    seen: dict[str, ImageRecord] = {}
+    for record in records:
+        pixels = read_rgb_image(record.image)
+        digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+        other = seen.setdefault(digest, record)
+        if other is not record:
+            raise DataError(
+                record.image, f"same pixels as {other.image} ({other.split} image {other.image_id}): a duplicate"
+            )
 
 
 def copy_to_raw(records: list[ImageRecord], raw_root: Path) -> None:
