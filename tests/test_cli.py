@@ -1,10 +1,14 @@
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
+import psutil
+import yaml
+from conftest import REPO_ROOT, free_port, wait_for_http
 
-from patchunet.cli import STAGES, build_parser
+from patchunet.cli import STAGES, build_parser, dashboard_command
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -14,8 +18,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_help_lists_one_subcommand_per_dvc_stage() -> None:
-    import yaml
-
     dvc_stages = set(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
     dvc_stages |= set(yaml.safe_load((REPO_ROOT / "tune/dvc.yaml").read_text())["stages"])
     assert set(STAGES) == dvc_stages
@@ -49,8 +51,6 @@ def test_stage_outside_a_checkout_is_one_line(tmp_path: Path) -> None:
 
 def test_dashboard_serves_the_app_from_the_checkout(tmp_path: Path) -> None:
     """`patchunet dashboard` starts a real Streamlit server on the port it is given."""
-    from conftest import free_port, wait_for_http
-
     port = free_port()
     log = tmp_path / "dashboard.log"
     with log.open("w") as output:
@@ -66,3 +66,35 @@ def test_dashboard_serves_the_app_from_the_checkout(tmp_path: Path) -> None:
         server.terminate()
         server.wait(timeout=30)
     assert f"127.0.0.1:{port}" in log.read_text()
+
+
+def test_dashboard_command_sets_the_server_upload_limit_from_params() -> None:
+    command = dashboard_command(REPO_ROOT, 8501, "127.0.0.1", [], max_upload_mb=7)
+    assert "--server.maxUploadSize=7" in command and "--server.address=127.0.0.1" in command
+
+
+def test_stopping_the_dashboard_stops_its_streamlit_server(tmp_path: Path) -> None:
+    """SIGTERM to `patchunet dashboard` leaves no Streamlit process behind and frees the port."""
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "patchunet", "dashboard", "--port", str(port), "--server.headless=true"],
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=output,
+        )
+    processes = [psutil.Process(server.pid)]
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", server, log)
+        processes += processes[0].children(recursive=True)
+        server.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(processes, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+    finally:
+        for process in processes:  # whatever the outcome, stop what this test started
+            if process.is_running():
+                process.kill()
+        server.wait(timeout=30)

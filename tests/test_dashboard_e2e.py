@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ def dashboard(project: Path, tracking_uri: str, log: Path) -> Iterator[str]:
     """`streamlit run dashboard/app.py` in `project` on a free loopback port, as `patchunet dashboard`
     starts it; yields its URL."""
     port = free_port()
-    command = dashboard_command(REPO_ROOT, port, "127.0.0.1", ["--server.headless=true"])
+    command = dashboard_command(REPO_ROOT, port, "127.0.0.1", ["--server.headless=true"], max_upload_mb=20)
     with log.open("w") as output:
         server = subprocess.Popen(
             command, cwd=project, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout=output, stderr=output
@@ -112,6 +113,74 @@ def test_every_page_in_a_real_browser_and_a_real_upload(two_versions, real_monus
     print(f"dashboard timings (tiny test models): {timings}")
     assert len(list((tmp_path / "screenshots").glob("*.png"))) == len(PAGES)
     assert "Traceback" not in (tmp_path / "streamlit.log").read_text()
+
+
+def test_upload_limit_in_config_toml_is_params_yaml_max_upload_mb() -> None:
+    import tomllib
+
+    import yaml
+
+    config = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text())
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert config["server"]["maxUploadSize"] == params["dashboard"]["max_upload_mb"]
+
+
+@contextmanager
+def browser_session(url: str) -> Iterator[str]:
+    """A session on the server, open while the block runs, as a browser tab opens one (a script run
+    over the websocket); yields its id."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from websockets.sync.client import connect
+
+    with connect(f"{url.replace('http', 'ws', 1)}/_stcore/stream", subprotocols=["streamlit"]) as socket:
+        rerun = BackMsg()
+        rerun.rerun_script.query_string = ""
+        socket.send(rerun.SerializeToString())
+        message = ForwardMsg()
+        while message.WhichOneof("type") != "new_session":
+            message.ParseFromString(socket.recv(timeout=60))
+        yield message.new_session.initialize.session_id
+
+
+def test_streamlit_run_listens_on_loopback_only_and_refuses_uploads_over_the_limit(tmp_path: Path) -> None:
+    """Plain `streamlit run dashboard/app.py`, no flags: .streamlit/config.toml binds 127.0.0.1 and
+    makes the server itself answer 413 to an upload over dashboard.max_upload_mb."""
+    import psutil
+    import requests
+
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    command = ["streamlit", "run", "dashboard/app.py", f"--server.port={port}", "--server.headless=true"]
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", *command], cwd=REPO_ROOT, env=env, stdout=output, stderr=output
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/_stcore/health", server, log)
+        listening = [c.laddr for c in psutil.Process(server.pid).net_connections("inet") if c.status == "LISTEN"]
+        assert listening == [("127.0.0.1", port)]
+
+        http = requests.Session()
+        http.get(f"{url}/_stcore/health", timeout=10)  # sets the XSRF cookie that uploads must echo
+        headers = {"X-Xsrftoken": http.cookies["_streamlit_xsrf"]}
+        limit = 20 * 2**20
+        with browser_session(url) as session:
+            answers = {
+                size: http.put(
+                    f"{url}/_stcore/upload_file/{session}/file{size}",
+                    files={"file": ("image.png", bytes(size), "image/png")},
+                    headers=headers,
+                    timeout=60,
+                ).status_code
+                for size in (1000, limit + 1)
+            }
+        assert answers == {1000: 204, limit + 1: 413}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ module imports nothing heavy, so `patchunet --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -87,13 +88,27 @@ def main(argv: list[str] | None = None) -> None:
         return
     root = _project_root_or_exit()
     if args.command == "dashboard":
-        raise SystemExit(subprocess.call(dashboard_command(root, args.port, args.address, stage_args), cwd=root))
+        run_stage(lambda: start_dashboard(root, args.port, args.address, stage_args))
     script = root / "pipelines" / f"{args.command}.py"
     raise SystemExit(subprocess.call([sys.executable, str(script), *stage_args], cwd=root))
 
 
-def dashboard_command(root: Path, port: int, address: str, extra: list[str]) -> list[str]:
-    """`streamlit run dashboard/app.py` on `address:port`, without Streamlit's usage statistics."""
+def start_dashboard(root: Path, port: int, address: str, extra: list[str]) -> None:
+    """Become `streamlit run dashboard/app.py` in `root`: exec, not a child process, so a signal
+    that stops `patchunet dashboard` (Ctrl-C, SIGTERM from a service manager) stops the server."""
+    from patchunet.config import DashboardConfig, load_params, parse_section
+
+    max_upload_mb = parse_section(DashboardConfig, load_params(root / "params.yaml"), "dashboard").max_upload_mb
+    command = dashboard_command(root, port, address, extra, max_upload_mb=max_upload_mb)
+    os.chdir(root)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+
+
+def dashboard_command(root: Path, port: int, address: str, extra: list[str], *, max_upload_mb: int) -> list[str]:
+    """`streamlit run dashboard/app.py` on `address:port`, refusing uploads over `max_upload_mb`
+    (params.yaml dashboard.max_upload_mb) in the server itself, without Streamlit's usage statistics."""
     return [
         sys.executable,
         "-m",
@@ -102,6 +117,7 @@ def dashboard_command(root: Path, port: int, address: str, extra: list[str]) -> 
         str(root / "dashboard" / "app.py"),
         f"--server.port={port}",
         f"--server.address={address}",
+        f"--server.maxUploadSize={max_upload_mb}",
         "--browser.gatherUsageStats=false",
         "--client.toolbarMode=minimal",
         *extra,
