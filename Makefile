@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# dvc.yaml's `python pipelines/...` commands must find the venv's python
+# the stages find the venv's python either way (pipelines/python.sh); first on PATH, it also wins over
+# another environment that happens to be activated
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup pipeline test

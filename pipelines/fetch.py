@@ -7,7 +7,6 @@ with none, the official zips are downloaded.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.io import atomic_directory
 from patchunet.layout import RAW_DIR
 from patchunet.monuseg import SPLITS, ImageRecord, check_no_shared_images, copy_to_raw, official_dirs, pair_files
-from patchunet.sources import download, unpack_source
+from patchunet.sources import chosen_source, download, unpack_source
 
 
 def main() -> None:
@@ -28,12 +27,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RAW_DIR)
     args = parser.parse_args()
     cfg = parse_section(DataConfig, load_params(args.params), "data")
-    source = args.source or os.environ.get("MONUSEG_DIR") or cfg.source
+    source = chosen_source(args.source, cfg)
 
     with tempfile.TemporaryDirectory(prefix="monuseg-") as scratch:
         if source:
             print(f"fetch: source {source}")
-            root = unpack_source(Path(source), Path(scratch))
+            root = unpack_source(source, Path(scratch))
         else:
             root = download_official(cfg, Path(scratch))
         dirs = official_dirs(root)

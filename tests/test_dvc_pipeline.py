@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, TEST_DIR, TRAIN_DIR, update_params
+from conftest import REPO_ROOT, TEST_DIR, TRAIN_DIR, update_params, write_rgb_tiff
 
 from patchunet.patches import PatchSet
 
@@ -47,7 +47,16 @@ def link_subset(real: Path, dest: Path) -> Path:
 def dvc_repo(real_monuseg: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A temporary git + DVC repo after its first `dvc repro patches`, and that repro's output."""
     base = tmp_path_factory.mktemp("dvc")
-    repo = base / "repo"
+    repo = new_dvc_repo(base / "repo")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MONUSEG_DIR", str(link_subset(real_monuseg, base / "monuseg")))
+        # dvc.yaml runs `python pipelines/...`: that must be this interpreter, venv or not
+        env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        yield repo, dvc_repro(repo, "patches")
+
+
+def new_dvc_repo(repo: Path) -> Path:
+    """A git + DVC repo holding a copy of the project's pipeline, params and code."""
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO_ROOT / name, repo / name)
@@ -56,11 +65,7 @@ def dvc_repo(real_monuseg: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     run(repo, "git", "init", "-q")
     run(repo, sys.executable, "-m", "dvc", "init", "-q")
     run(repo, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MONUSEG_DIR", str(link_subset(real_monuseg, base / "monuseg")))
-        # dvc.yaml runs `python pipelines/...`: that must be this interpreter, venv or not
-        env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        yield repo, dvc_repro(repo, "patches")
+    return repo
 
 
 def run(repo: Path, *command: str) -> str:
@@ -139,3 +144,88 @@ def test_full_repro_trains_evaluates_and_registers(dvc_repo: tuple[Path, str]) -
     shown = run(repo, sys.executable, "-m", "dvc", "metrics", "show")
     assert "metrics/test.json" in shown and "per_image_mean.aji" in shown
     assert "Running stage" not in dvc_repro(repo)  # and nothing is left to do
+
+
+# --- on synthetic data: what the source stage, a failed repro and the stage launcher do ---
+
+
+@pytest.fixture
+def synthetic_repo(tmp_path: Path, synthetic_source: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh DVC repo, and the environment that points it at the synthetic source."""
+    env = {
+        **os.environ,
+        "MONUSEG_DIR": str(synthetic_source),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    return new_dvc_repo(tmp_path / "repo"), env
+
+
+def dvc(repo: Path, env: dict[str, str], *args: str, dvc_command: str | None = None) -> subprocess.CompletedProcess:
+    command = [dvc_command] if dvc_command else [sys.executable, "-m", "dvc"]
+    return subprocess.run([*command, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+
+def succeeded(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def files_under(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fetch_reruns_when_the_source_data_changes_not_when_it_moves(
+    synthetic_repo: tuple[Path, dict[str, str]], synthetic_source: Path, tmp_path: Path
+) -> None:
+    repo, env = synthetic_repo
+    assert "Running stage 'fetch'" in succeeded(dvc(repo, env, "repro", "fetch"))
+    moved = shutil.copytree(synthetic_source, tmp_path / "elsewhere")
+    env["MONUSEG_DIR"] = str(moved)
+    out = succeeded(dvc(repo, env, "repro", "fetch"))
+    assert "Running stage 'source'" in out and "Running stage 'fetch'" not in out
+    write_rgb_tiff(moved / TEST_DIR / "TCGA-AC-0005-01Z.tif", seed=99)  # another source: one image differs
+    assert "Running stage 'fetch'" in succeeded(dvc(repo, env, "repro", "fetch"))
+    fetched = repo / "data/raw/monuseg/test/images/TCGA-AC-0005-01Z.tif"
+    assert fetched.read_bytes() == (moved / TEST_DIR / "TCGA-AC-0005-01Z.tif").read_bytes()
+
+
+def test_after_a_failed_repro_dvc_checkout_restores_the_previous_outputs(
+    synthetic_repo: tuple[Path, dict[str, str]], synthetic_source: Path
+) -> None:
+    repo, env = synthetic_repo
+    succeeded(dvc(repo, env, "repro", "masks"))
+    interim = repo / "data/interim"
+    before = files_under(interim)
+    (synthetic_source / TEST_DIR / "TCGA-FG-0006-01Z.xml").write_text("<Annotations><Region>")
+    failed = dvc(repo, env, "repro", "masks")
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "TCGA-FG-0006-01Z.xml: malformed XML" in errors[0], failed.stderr
+    assert not (interim / "train/labels").exists()  # DVC deletes a stage's outputs before running it
+    succeeded(dvc(repo, env, "checkout", "masks"))
+    assert files_under(interim) == before
+
+
+VENV_DVC = Path(sys.executable).parent / "dvc"
+needs_venv = pytest.mark.skipif(
+    sys.prefix == sys.base_prefix or not VENV_DVC.is_file(), reason="the tests do not run from a virtual environment"
+)
+BARE_PATH = "/usr/bin:/bin"  # no python with patchunet on it
+
+
+@needs_venv
+def test_venv_dvc_runs_the_stages_without_the_environment_activated(
+    synthetic_repo: tuple[Path, dict[str, str]],
+) -> None:
+    repo, env = synthetic_repo
+    (repo / ".venv").symlink_to(sys.prefix)
+    out = succeeded(dvc(repo, {**env, "PATH": BARE_PATH}, "repro", "source", dvc_command=str(repo / ".venv/bin/dvc")))
+    assert "Running stage 'source'" in out and (repo / "data/source.json").is_file()
+
+
+@needs_venv
+def test_without_any_environment_a_stage_fails_in_one_line(synthetic_repo: tuple[Path, dict[str, str]]) -> None:
+    repo, env = synthetic_repo
+    result = dvc(repo, {**env, "PATH": BARE_PATH}, "repro", "source", dvc_command=str(VENV_DVC))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "error: no python with patchunet installed on PATH or in .venv: run `make setup`" in result.stderr

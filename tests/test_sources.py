@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, TEST_DIR
 
+from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.errors import SourceError
 from patchunet.monuseg import official_dirs, pair_files
-from patchunet.sources import download, unpack_source
+from patchunet.sources import chosen_source, download, source_manifest, unpack_source
 
 
 def zip_official_folders(source: Path, dest: Path) -> Path:
@@ -83,3 +85,32 @@ def test_download_failure_says_what_to_set(file_server: tuple[str, Path], tmp_pa
     url, _ = file_server
     with pytest.raises(SourceError, match=r"set MONUSEG_DIR, or data\.source in params\.yaml"):
         download(f"{url}/missing.zip", tmp_path / "x.zip", "")
+
+
+DATA = parse_section(DataConfig, load_params(REPO_ROOT / "params.yaml"), "data")
+
+
+def test_manifest_is_the_same_for_the_same_files_under_another_path(synthetic_source: Path, tmp_path: Path) -> None:
+    manifest = source_manifest(synthetic_source, DATA)
+    assert len(manifest["files"]) == 12 and str(synthetic_source) not in str(manifest)
+    assert source_manifest(shutil.copytree(synthetic_source, tmp_path / "moved"), DATA) == manifest
+
+
+def test_manifest_changes_when_a_file_changes(synthetic_source: Path) -> None:
+    before = source_manifest(synthetic_source, DATA)
+    xml = synthetic_source / TEST_DIR / "TCGA-AC-0005-01Z.xml"
+    xml.write_text(xml.read_text().replace('X="', 'X="1'))
+    assert source_manifest(synthetic_source, DATA) != before
+
+
+def test_manifest_without_a_source_names_the_official_zips() -> None:
+    manifest = source_manifest(None, DATA)
+    assert [z["sha256"] for z in manifest["download"]] == [DATA.train_zip_sha256, DATA.test_zip_sha256]
+
+
+def test_source_is_the_option_then_monuseg_dir_then_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONUSEG_DIR", "/from/env")
+    assert chosen_source("/from/option", DATA) == Path("/from/option")
+    assert chosen_source(None, DATA) == Path("/from/env")
+    monkeypatch.delenv("MONUSEG_DIR")
+    assert chosen_source(None, DATA) is None  # data.source is null: download

@@ -3,15 +3,53 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from patchunet.config import DataConfig
 from patchunet.errors import SourceError
 
 CHUNK_BYTES = 1 << 20
+SOURCE_VARIABLE = "MONUSEG_DIR"
+
+
+def chosen_source(explicit: str | None, cfg: DataConfig) -> Path | None:
+    """Where fetch reads MoNuSeg: `explicit` (--source), else $MONUSEG_DIR, else data.source; None: download."""
+    source = explicit or os.environ.get(SOURCE_VARIABLE) or cfg.source
+    return Path(source) if source else None
+
+
+def source_manifest(source: Path | None, cfg: DataConfig) -> dict:
+    """What identifies the data fetch would copy, for DVC to compare between runs.
+
+    Every file under `source` (its path relative to the source, size and SHA-256), or with no source
+    the official zips' URLs and SHA-256. Not where the source lies: the same files under another path
+    are the same data, and any edited, added or removed file is a change.
+    """
+    if source is None:
+        return {
+            "download": [
+                {"url": cfg.train_zip_url, "sha256": cfg.train_zip_sha256},
+                {"url": cfg.test_zip_url, "sha256": cfg.test_zip_sha256},
+            ]
+        }
+    if not source.exists():
+        raise SourceError(f"{source}: MoNuSeg source folder does not exist")
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    return {"files": [_file_entry(path, path.relative_to(source).as_posix() or path.name) for path in files]}
+
+
+def _file_entry(path: Path, name: str) -> dict:
+    try:
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror})") from None
+    return {"path": name, "size": path.stat().st_size, "sha256": digest}
 
 
 def unpack_source(source: Path, workdir: Path) -> Path:
