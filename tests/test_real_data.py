@@ -10,7 +10,7 @@ import pytest
 
 from patchunet.io import read_label_image, read_rgb_image
 from patchunet.masks import count_nuclei, foreground_iou, make_label_map
-from patchunet.monuseg import official_dirs, pair_files
+from patchunet.monuseg import check_no_shared_images, official_dirs, pair_files
 
 COARSE_REDRAWING = "TCGA-B0-5710-01Z-00-DX1"  # its XML is a coarser redrawing of the map
 
@@ -83,3 +83,8 @@ def test_test_set_counts_agree_with_the_manifest(real_monuseg: Path) -> None:
         assert expected[record.image_id] - result.nuclei == result.raster.degenerate
         total += count_nuclei(result.labels)
     assert total == 6697
+
+
+def test_no_image_is_shared_within_or_between_the_splits(real_monuseg: Path) -> None:
+    dirs = official_dirs(real_monuseg)
+    check_no_shared_images(pair_files(dirs, "train") + pair_files(dirs, "test"))  # what fetch checks

@@ -173,3 +173,13 @@ def test_a_failed_stage_keeps_the_previous_outputs(small_project: Path, syntheti
     assert run_stage("patches", small_project).returncode == 1
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
     assert [p.name for p in store.parent.iterdir()] == ["patches"]
+
+
+def test_staging_folder_of_a_killed_patches_run_is_removed(small_project: Path, synthetic_source: Path) -> None:
+    run_data_stages(small_project, synthetic_source)
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    leftover = small_project / f"data/processed/.patches.{killed.pid}.k1ll3d.tmp"
+    (leftover / "train").mkdir(parents=True)
+    assert run_stage("patches", small_project).returncode == 0
+    assert [p.name for p in (small_project / "data/processed").iterdir()] == ["patches"]
