@@ -114,3 +114,9 @@ def test_source_is_the_option_then_monuseg_dir_then_params(monkeypatch: pytest.M
     assert chosen_source(None, DATA) == Path("/from/env")
     monkeypatch.delenv("MONUSEG_DIR")
     assert chosen_source(None, DATA) is None  # data.source is null: download
+
+
+def test_manifest_of_a_zip_names_the_zip(synthetic_source: Path, tmp_path: Path) -> None:
+    zips = zip_official_folders(synthetic_source, tmp_path / "zips")
+    manifest = source_manifest(zips / "MoNuSegTestData.zip", DATA)
+    assert [f["path"] for f in manifest["files"]] == ["MoNuSegTestData.zip"]

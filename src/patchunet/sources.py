@@ -39,8 +39,10 @@ def source_manifest(source: Path | None, cfg: DataConfig) -> dict:
         }
     if not source.exists():
         raise SourceError(f"{source}: MoNuSeg source folder does not exist")
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    return {"files": [_file_entry(path, path.relative_to(source).as_posix() or path.name) for path in files]}
+    if source.is_file():  # a single zip
+        return {"files": [_file_entry(source, source.name)]}
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    return {"files": [_file_entry(path, path.relative_to(source).as_posix()) for path in files]}
 
 
 def _file_entry(path: Path, name: str) -> dict:
