@@ -92,3 +92,18 @@ def test_blending_weights_peak_in_the_centre_and_stay_positive(blend) -> None:
     assert weights.shape == (64, 64) and weights.min() > 0
     assert weights[32, 32] > weights[32, 5] > weights[32, 0]
     np.testing.assert_allclose(weights, weights.T)
+
+
+def test_peak_memory_is_two_float32_maps_plus_a_uint8_copy() -> None:
+    """Sum and weights as float32, the image padded as uint8, the quotient computed in place."""
+    import tracemalloc
+
+    image = smooth_random_image((400, 400))
+    tracemalloc.start()
+    try:
+        predict_probabilities(Constant(0.0), image, window=64, overlap=16, batch_size=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    padded_map = 416 * 416 * 4
+    assert peak < 3.25 * padded_map

@@ -45,3 +45,42 @@ def test_ids_are_contiguous_and_small_maps_use_uint16() -> None:
 def test_nothing_above_threshold_gives_an_empty_map() -> None:
     labels = instances_from_probabilities(np.full((30, 30), 0.2, np.float32), **DEFAULTS)
     assert labels.shape == (30, 30) and labels.max() == 0
+
+
+def crowded_nuclei(side: int = 600, seed: int = 0) -> np.ndarray:
+    """Many discs of random sizes, some touching, as a blurred probability map."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((side, side), bool)
+    for row, col, radius in zip(*rng.integers(0, side, (2, side // 2)), rng.integers(3, 12, side // 2), strict=True):
+        mask[disk((row, col), radius, shape=mask.shape)] = True
+    return ndimage.gaussian_filter(mask.astype(np.float32), 1.5)
+
+
+def test_blobwise_distance_and_h_maxima_equal_the_whole_image_calls() -> None:
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+
+    from patchunet.postprocess import distance_by_blob, h_maxima_by_blob
+
+    foreground = crowded_nuclei() > 0.5
+    distance = distance_by_blob(foreground)
+    np.testing.assert_array_equal(distance, ndimage.distance_transform_edt(foreground))
+    smoothed = ndimage.gaussian_filter(distance, 1.0)
+    for h in (0.5, 2.0):
+        np.testing.assert_array_equal(h_maxima_by_blob(smoothed, h), h_maxima(smoothed, h))
+
+
+def test_post_processing_peaks_below_fourteen_float32_maps() -> None:
+    """The whole-image h-maxima alone used to hold about 25 map sizes at once."""
+    import tracemalloc
+
+    probabilities = crowded_nuclei()
+    tracemalloc.start()
+    try:
+        instances_from_probabilities(probabilities, **DEFAULTS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 14 * probabilities.size * 4

@@ -5,6 +5,10 @@ so an image smaller than one window still works. Windows every `window - overlap
 batches; each prediction is weighted by a Gaussian (or linear) bump that falls towards the
 window's edges, where a convolutional net sees the least context, and the weighted sum is
 normalised by the summed weights. A model that is exact everywhere is reproduced exactly.
+
+Memory: only the uint8 image is padded, each batch of windows becomes float in turn, and the
+weighted sum is divided in place, so the peak is two float32 maps of the padded image (sum and
+weights) plus one uint8 padded copy and a batch of windows.
 """
 
 from __future__ import annotations
@@ -103,7 +107,10 @@ def predict_probabilities(
             for (y, x), probability in zip(batch, probabilities, strict=True):
                 total[y : y + window, x : x + window] += probability * weights
                 weight_sum[y : y + window, x : x + window] += weights
-    return (total / weight_sum)[margin : margin + height, margin : margin + width]
+    del padded
+    np.divide(total, weight_sum, out=total)
+    del weight_sum
+    return total[margin : margin + height, margin : margin + width]
 
 
 def segment_image(

@@ -5,6 +5,11 @@ distance transform of the foreground: each nucleus is a distance peak, and the w
 follow the necks between peaks. The distance map is first smoothed (`distance_sigma`), and
 markers are its h-maxima (peaks at least `watershed_h` pixels above their saddle), so a ragged
 outline does not split one nucleus in two. The defaults were chosen on the validation images.
+
+Memory: a whole-image h-maxima (a grey reconstruction) holds about 25 float32-map sizes at
+once, and the distance transform about 8; both are local to a blob, so they run one blob's
+bounding box at a time, with results identical to the whole-image calls. The peak is then
+about 10 float32-map sizes (the float64 distance map, int32 markers, the watershed's copies).
 """
 
 from __future__ import annotations
@@ -43,16 +48,59 @@ def instances_from_probabilities(
 
 
 def split_touching(foreground: np.ndarray, distance_sigma: float, watershed_h: float) -> np.ndarray:
-    """Label a boolean mask, splitting touching blobs along the necks of their distance transform."""
-    distance = ndimage.distance_transform_edt(foreground)
+    """(H, W) bool mask -> (H, W) int32 labels, touching blobs split along the necks of their distance map."""
+    distance = distance_by_blob(foreground)
     if distance_sigma > 0:
-        distance = ndimage.gaussian_filter(distance, distance_sigma)
+        ndimage.gaussian_filter(distance, distance_sigma, output=distance)
     # h_maxima finds plateaus with 8-connectivity: label them the same way, one marker each
-    markers, count = ndimage.label(h_maxima(distance, watershed_h), structure=np.ones((3, 3)))
+    markers, count = ndimage.label(h_maxima_by_blob(distance, watershed_h), structure=np.ones((3, 3)))
     # a blob thinner than h has no h-maximum: it keeps its own component as its marker
     components, _ = ndimage.label(foreground)
     has_marker = np.zeros(components.max() + 1, bool)
     has_marker[components[markers > 0]] = True
     orphan = ~has_marker[components] & foreground
     markers[orphan] = components[orphan] + count
-    return watershed(-distance, markers, mask=foreground).astype(np.int64)
+    del components, orphan
+    np.negative(distance, out=distance)  # the watershed floods from the peaks down
+    return watershed(distance, markers, mask=foreground).astype(np.int32, copy=False)
+
+
+def distance_by_blob(foreground: np.ndarray) -> np.ndarray:
+    """(H, W) float64 Euclidean distance of each foreground pixel to the background, as
+    `ndimage.distance_transform_edt`, computed in each blob's bounding box grown by one pixel.
+
+    The nearest background pixel of a blob's pixel lies in that box: every pixel nearer than it is
+    foreground and reaches the pixel through nearer ones, so it belongs to the same (4-connected) blob.
+    """
+    distance = np.zeros(foreground.shape, np.float64)
+    blobs, _ = ndimage.label(foreground)
+    for blob, box in enumerate(ndimage.find_objects(blobs), start=1):
+        box = _grown(box, foreground.shape)
+        inside = blobs[box] == blob
+        distance[box][inside] = ndimage.distance_transform_edt(foreground[box])[inside]
+    return distance
+
+
+def h_maxima_by_blob(image: np.ndarray, h: float) -> np.ndarray:
+    """(H, W) uint8 `skimage.morphology.h_maxima` of a non-negative (H, W) float map, computed in
+    the bounding box of each 8-connected region where it is positive.
+
+    A region's reconstruction only sees the rest of the image through pixels of value 0, so the
+    rest can raise it to at most min(highest seed, 0): a copy of the map's maximum, set apart from
+    the region by zeros in each box, stands in for it exactly.
+    """
+    maxima = np.zeros(image.shape, np.uint8)
+    if h > np.ptp(image):  # h_maxima's own shortcut, on the whole image
+        return maxima
+    peak = image.max()
+    regions, _ = ndimage.label(image > 0, structure=np.ones((3, 3)))
+    for region, box in enumerate(ndimage.find_objects(regions), start=1):
+        inside = regions[box] == region
+        crop = np.pad(np.where(inside, image[box], 0), 2)
+        crop[0, 0] = peak
+        maxima[box][inside] = h_maxima(crop, h)[2:-2, 2:-2][inside]
+    return maxima
+
+
+def _grown(box: tuple[slice, slice], shape: tuple[int, ...]) -> tuple[slice, slice]:
+    return tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, shape, strict=True))

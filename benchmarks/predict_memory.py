@@ -1,0 +1,134 @@
+"""Peak memory of `patchunet predict` on one large image (default 6000x6000 px, 36 Mpx).
+
+Builds the image by tiling a real MoNuSeg test image (6x6 tiles of 1000x1000) from MONUSEG_DIR
+or /work/shared/monuseg, then runs `/usr/bin/time -v patchunet predict` on it and prints the
+"Maximum resident set size" next to the size of one float32 probability map (H x W x 4 bytes).
+The model is --model, else models/patchunet.pt when present, else a default-config PatchUNet
+with random weights. Inference memory does not depend on the weights, but post-processing
+does, and random weights find no nucleus at all; so a second measurement runs what `predict`
+does after inference (post-processing, nucleus table, overlay) on a realistic probability map:
+MoNuSeg's own instance maps, tiled the same way, as blurred 0/1 nuclei. `/usr/bin/time` is
+Debian's `time` package.
+
+    .venv/bin/python benchmarks/predict_memory.py --side 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_IMAGES = "MoNuSegTestData"
+INSTANCE_MAPS = "MoNuSeg 2018 Training Data/Instance Maps"
+PEAK_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
+WALL = re.compile(r"Elapsed \(wall clock\) time.*: (\S+)")
+
+
+def tiled(tile: np.ndarray, side: int) -> np.ndarray:
+    """(side, side, ...) copies of `tile` side by side."""
+    reps = (-(-side // tile.shape[0]), -(-side // tile.shape[1])) + (1,) * (tile.ndim - 2)
+    return np.tile(tile, reps)[:side, :side]
+
+
+def model_file(folder: Path) -> Path:
+    import torch
+
+    from patchunet.config import ModelConfig, load_params, parse_section
+    from patchunet.layout import MODEL_FILE
+    from patchunet.model import PatchUNet, save_model
+
+    if (ROOT / MODEL_FILE).is_file():
+        return ROOT / MODEL_FILE
+    torch.manual_seed(0)
+    path = folder / "random.pt"
+    save_model(PatchUNet(parse_section(ModelConfig, load_params(ROOT / "params.yaml"), "model")), path)
+    return path
+
+
+def timed(command: list[str]) -> tuple[float, str, str]:
+    """Peak resident MB, wall time and stdout of `command` under /usr/bin/time -v."""
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(result.stderr)
+    return int(PEAK_RSS.search(result.stderr).group(1)) / 1024, WALL.search(result.stderr).group(1), result.stdout
+
+
+def after_inference(monuseg: Path, side: int) -> None:
+    """What `predict` does once it has the probabilities, on a realistic map; prints the nucleus count."""
+    from scipy import ndimage
+
+    from patchunet.config import EvalConfig, load_params, parse_section
+    from patchunet.io import read_label_image, read_rgb_image
+    from patchunet.overlay import prediction_overlay
+    from patchunet.postprocess import instances_from_probabilities
+    from patchunet.predict import nucleus_table
+
+    cfg = parse_section(EvalConfig, load_params(ROOT / "params.yaml"), "eval")
+    image = tiled(read_rgb_image(sorted((monuseg / TEST_IMAGES).glob("*.tif"))[0]), side)
+    nuclei = read_label_image(sorted((monuseg / INSTANCE_MAPS).glob("*.png"))[0]) > 0
+    probabilities = ndimage.gaussian_filter(tiled(nuclei, side).astype(np.float32), 1.5)
+    labels = instances_from_probabilities(
+        probabilities,
+        threshold=cfg.threshold,
+        min_nucleus_area=cfg.min_nucleus_area,
+        max_hole_area=cfg.max_hole_area,
+        distance_sigma=cfg.distance_sigma,
+        watershed_h=cfg.watershed_h,
+    )
+    prediction_overlay(image, labels)
+    print(f"{len(nucleus_table(labels))} nuclei")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side", type=int, default=6000, help="image side in pixels")
+    parser.add_argument("--monuseg", type=Path, default=Path(os.environ.get("MONUSEG_DIR", "/work/shared/monuseg")))
+    parser.add_argument("--model", type=Path, help="model file (default models/patchunet.pt, else random weights)")
+    parser.add_argument("--after-inference-only", action="store_true", help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.after_inference_only:
+        after_inference(args.monuseg, args.side)
+        return
+
+    import tifffile
+
+    from patchunet.io import read_rgb_image
+
+    map_mb = args.side * args.side * 4 / 2**20
+    with tempfile.TemporaryDirectory() as folder:
+        image = Path(folder) / f"tiled_{args.side}.tif"
+        tile = read_rgb_image(sorted((args.monuseg / TEST_IMAGES).glob("*.tif"))[0])
+        tifffile.imwrite(image, tiled(tile, args.side), photometric="rgb")
+        model = args.model or model_file(Path(folder))
+        out = Path(folder) / "out"
+        predict = [str(Path(sys.executable).parent / "patchunet"), "predict", str(image), "--model", str(model)]
+        peak, wall, _ = timed([*predict, "--out", str(out), "--params", str(ROOT / "params.yaml")])
+        summary = (out / "summary.csv").read_text().splitlines()[1]
+    print(f"patchunet predict, {args.side}x{args.side} px, model {model.name}: wall {wall}; summary {summary}")
+    print(f"  Maximum resident set size: {peak:.0f} MB = {peak / map_mb:.1f} x one float32 map ({map_mb:.0f} MB)")
+    child = [
+        sys.executable,
+        __file__,
+        "--after-inference-only",
+        "--side",
+        str(args.side),
+        "--monuseg",
+        str(args.monuseg),
+    ]
+    peak, wall, stdout = timed(child)
+    print(
+        f"after inference only (post-processing, table, overlay) on tiled MoNuSeg nuclei: wall {wall}, {stdout.strip()}"
+    )
+    print(f"  Maximum resident set size: {peak:.0f} MB = {peak / map_mb:.1f} x one float32 map ({map_mb:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
