@@ -2,19 +2,26 @@
 
 For each IMAGE it writes, into --out: <stem>_labels.tif (uint16 or uint32 nucleus ids,
 0 = background), <stem>_overlay.png (the image with each nucleus outlined) and <stem>_nuclei.csv
-(one row per nucleus: id, area, centroid); summary.csv has one row per image. Inference and
+(one row per nucleus: id, area, centroid); summary.csv has one row per image, and keeps the
+rows of images an earlier run wrote there. Files already in --out are never replaced without
+--overwrite: the run stops before any inference, naming the first one. Inference and
 post-processing follow the `eval` section of params.yaml, as the evaluate stage does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
+import tempfile
 from pathlib import Path
 
 DEFAULT_MODEL = "models:/patchunet@champion"
 NUCLEUS_COLUMNS = ("nucleus", "area_px", "centroid_y", "centroid_x")
 SUMMARY_COLUMNS = ("image", "nuclei", "mean_area_px", "median_area_px", "foreground_fraction")
+OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_nuclei.csv")
+SUMMARY_FILE = "summary.csv"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the outputs")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the eval and patch sections")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this run's files already in --out (and their rows of summary.csv); without it, stop",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -48,12 +60,16 @@ def run(args: argparse.Namespace) -> None:
     if duplicates:
         raise PatchUNetError(f"two images named {duplicates[0]}: their outputs would overwrite each other")
     images = {path: read_rgb_image(path) for path in args.images}  # every input checked before any output
+    check_writable_folder(args.out)
+    if not args.overwrite:
+        refuse_existing_outputs(args.out, stems)
+    earlier_rows = [row for row in read_summary(args.out / SUMMARY_FILE) if Path(row["image"]).stem not in stems]
     model = load_model_reference(
         args.model, tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
     )
     window = cfg.window_for(patch_size, model.cfg.size_multiple)
 
-    summary = []
+    summary = earlier_rows
     for path, image in tqdm(images.items(), desc="predict", unit="image"):
         _, labels = segment_image(model, image, cfg, window)
         nuclei = nucleus_table(labels)
@@ -71,7 +87,60 @@ def run(args: argparse.Namespace) -> None:
             }
         )
         tqdm.write(f"{path}: {len(nuclei)} nuclei -> {args.out / (path.stem + '_labels.tif')}")
-    write_rows(args.out / "summary.csv", SUMMARY_COLUMNS, summary)
+    write_rows(args.out / SUMMARY_FILE, SUMMARY_COLUMNS, summary)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written into.
+
+    Leaves nothing behind: a folder it had to create is removed again.
+    """
+    from patchunet.errors import DataError
+
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".patchunet-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise DataError(folder, "exists and is not a folder: --out needs a folder") from None
+    except OSError as exc:
+        raise DataError(folder, f"cannot write the outputs here ({exc.strerror or exc})") from None
+    finally:
+        for created in missing:
+            with contextlib.suppress(OSError):
+                created.rmdir()
+
+
+def refuse_existing_outputs(folder: Path, stems: list[str]) -> None:
+    """Refuse if any per-image file this run would write is already in `folder`.
+
+    summary.csv is not checked: it keeps the rows of other images.
+    """
+    from patchunet.errors import DataError
+
+    for stem in stems:
+        for suffix in OUTPUT_SUFFIXES:
+            if (folder / f"{stem}{suffix}").exists():
+                raise DataError(folder / f"{stem}{suffix}", "already exists: pass --overwrite to replace it")
+
+
+def read_summary(path: Path) -> list[dict]:
+    """The rows of an earlier run's summary.csv; none if there is no such file."""
+    from patchunet.errors import DataError
+
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read this summary to add rows to it ({exc})") from None
+    if tuple(reader.fieldnames or ()) != SUMMARY_COLUMNS:
+        raise DataError(path, f"not a summary of patchunet predict: columns should be {', '.join(SUMMARY_COLUMNS)}")
+    return rows
 
 
 def load_model_reference(reference: str, tracking_uri: str):
