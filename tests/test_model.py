@@ -51,3 +51,32 @@ def test_bad_model_params_name_their_key() -> None:
         ModelConfig(base_channels=12, depth=3, norm="group", dropout=0.0)
     with pytest.raises(ConfigError, match=r"model\.dropout"):
         ModelConfig(base_channels=8, depth=3, norm="batch", dropout=1.0)
+
+
+class RunsCodeWhenUnpickled:
+    """What a malicious .pt can hold: unpickling it calls Path.touch(marker)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (self.marker,)
+
+
+def write_code_running_file(path, marker, key: str = "state_dict"):
+    """A torch.save file shaped like a model file whose `key` entry runs code when unpickled."""
+    torch.save({"model_config": {"base_channels": 8, "depth": 2}, key: RunsCodeWhenUnpickled(marker)}, path)
+    return path
+
+
+def test_a_model_file_that_would_run_code_is_refused_without_running_it(tmp_path) -> None:
+    from patchunet.model import load_model
+
+    marker = tmp_path / "code-ran"
+    evil = write_code_running_file(tmp_path / "evil.pt", marker)
+    with pytest.raises(PatchUNetError, match=r"evil\.pt: not a PatchUNet model file: it holds Python objects") as error:
+        load_model(evil)
+    assert "\n" not in str(error.value)
+    assert not marker.exists()

@@ -4,11 +4,20 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, disc_patches
+from test_model import write_code_running_file
 
 from patchunet.config import ModelConfig, TrainConfig, load_params, parse_section
 from patchunet.data import PatchDataset
+from patchunet.errors import PatchUNetError
 from patchunet.model import PatchUNet
-from patchunet.train import BEST_CHECKPOINT, LAST_CHECKPOINT, EarlyStopping, fit
+from patchunet.train import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    EarlyStopping,
+    fit,
+    load_checkpoint,
+    set_aside_checkpoints,
+)
 
 TINY_MODEL = ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.1)
 TINY_TRAIN = dataclasses.replace(
@@ -72,7 +81,7 @@ def test_training_lowers_the_loss_and_leaves_checkpoints(tmp_path: Path) -> None
     assert [r.epoch for r in seen] == [0, 1]
     assert result.history[1].train_loss < result.history[0].train_loss
     assert (tmp_path / BEST_CHECKPOINT).is_file() and (tmp_path / LAST_CHECKPOINT).is_file()
-    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)
+    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)  # plain data: loads without unpickling
     assert {"epoch", "model", "optimizer", "scheduler", "rng", "early_stopping"} <= set(state)
 
 
@@ -109,3 +118,41 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: 
     assert [r.epoch for r in result.history] == [0, 1]
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    evil = write_code_running_file(tmp_path / LAST_CHECKPOINT, marker, key="optimizer")
+    with pytest.raises(PatchUNetError, match=r"last\.pt: unreadable checkpoint: it holds Python objects") as error:
+        load_checkpoint(evil)
+    assert "\n" not in str(error.value)
+    with pytest.raises(PatchUNetError):
+        fit(tiny_model(), *datasets(), TINY_TRAIN, tmp_path, resume=True)
+    assert not marker.exists()
+
+
+def test_a_fresh_run_sets_the_previous_runs_checkpoints_aside(tmp_path: Path) -> None:
+    first = fit(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path)
+    assert first.previous_checkpoints is None
+    kept = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)["model"]
+
+    second = fit(tiny_model(seed=1), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path)
+    folder = second.previous_checkpoints
+    assert folder is not None and folder.parent == tmp_path and folder.name.startswith("previous-")
+    assert sorted(p.name for p in folder.iterdir()) == [BEST_CHECKPOINT, LAST_CHECKPOINT]
+    moved = torch.load(folder / LAST_CHECKPOINT, weights_only=True)["model"]
+    assert all(torch.equal(kept[name], moved[name]) for name in kept)
+    assert (tmp_path / LAST_CHECKPOINT).is_file()  # the new run's own
+
+
+def test_setting_aside_never_overwrites_an_earlier_folder(tmp_path: Path) -> None:
+    import os
+
+    folders = []
+    for run in range(3):
+        (tmp_path / LAST_CHECKPOINT).write_text(f"run {run}")
+        os.utime(tmp_path / LAST_CHECKPOINT, (1_700_000_000, 1_700_000_000))  # same second each time
+        folders.append(set_aside_checkpoints(tmp_path))
+    assert len(set(folders)) == 3
+    assert [(f / LAST_CHECKPOINT).read_text() for f in folders] == ["run 0", "run 1", "run 2"]
+    assert set_aside_checkpoints(tmp_path) is None

@@ -39,3 +39,10 @@ class ConfigError(PatchUNetError):
 
 class SourceError(PatchUNetError):
     """The MoNuSeg source cannot be found, read or downloaded."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line, for a PatchUNetError built from a library's exception
+    (torch's and MLflow's run to many lines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__

@@ -8,13 +8,14 @@ take the matching encoder output as a skip connection. A 1x1 head gives one logi
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from patchunet.config import GROUPS, ModelConfig
-from patchunet.errors import PatchUNetError
+from patchunet.errors import PatchUNetError, first_line
 from patchunet.io import atomic_file
 
 
@@ -80,7 +81,7 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def save_model(model: PatchUNet, path: Path, **metadata: object) -> None:
-    """Save weights with the config that rebuilds them (and `metadata`), atomically."""
+    """Save weights with the config that rebuilds them (and `metadata`, plain values only), atomically."""
     with atomic_file(path) as tmp:
         torch.save({"model_config": dataclasses.asdict(model.cfg), "state_dict": model.state_dict(), **metadata}, tmp)
 
@@ -90,10 +91,32 @@ def load_model(path: Path) -> PatchUNet:
     checkpoint (`best.pt`, `last.pt`)."""
     if not path.is_file():
         raise PatchUNetError(f"{path}: model file not found")
+    saved = load_tensor_file(path, "not a PatchUNet model file")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
         model = PatchUNet(ModelConfig(**saved["model_config"]))
         model.load_state_dict(saved["state_dict"] if "state_dict" in saved else saved["model"])
-    except Exception as exc:  # torch.load and load_state_dict raise many types for a bad file
-        raise PatchUNetError(f"{path}: not a PatchUNet model file ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # a missing key, a bad config or weights of another shape
+        raise PatchUNetError(f"{path}: not a PatchUNet model file ({type(exc).__name__}: {first_line(exc)})") from None
     return model.eval()
+
+
+def load_tensor_file(path: Path, problem: str) -> dict:
+    """The dict a `torch.save` file holds, if it holds only tensors and plain values (dict, list,
+    str, numbers, None); anything else is refused unread, as unpickling it could run code.
+
+    `problem` says what the file is not, in the one-line error, e.g. "unreadable checkpoint".
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise PatchUNetError(f"{path}: {problem} (UnpicklingError: {first_line(exc)})") from None
+        raise PatchUNetError(
+            f"{path}: {problem}: it holds Python objects, not only tensors and plain values, "
+            "and loading them could run code; refused"
+        ) from None
+    except Exception as exc:  # torch.load raises many types for a truncated or foreign file
+        raise PatchUNetError(f"{path}: {problem} ({type(exc).__name__}: {first_line(exc)})") from None
+    if not isinstance(saved, dict):
+        raise PatchUNetError(f"{path}: {problem} (it holds a {type(saved).__name__}, not a dict)")
+    return saved

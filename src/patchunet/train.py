@@ -6,7 +6,9 @@ Nothing here prints or touches MLflow: the caller passes `progress` (for a bar) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,10 +22,13 @@ from patchunet.errors import PatchUNetError
 from patchunet.io import atomic_file
 from patchunet.losses import bce_dice_loss
 from patchunet.metrics import PixelCounts
+from patchunet.model import load_tensor_file
 from patchunet.resources import worker_count
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
+PREVIOUS_PREFIX = "previous-"
+"""Folders of an earlier run's checkpoints, set aside by a fresh run: previous-<time of its last.pt>."""
 THRESHOLD = 0.5
 """Probability above which a pixel counts as nucleus for val Dice and IoU."""
 
@@ -65,6 +70,8 @@ class FitResult:
     history: list[EpochResult]
     best_epoch: int
     stopped_early: bool
+    previous_checkpoints: Path | None = None
+    """Where a fresh run moved the checkpoints it found (`set_aside_checkpoints`), if any."""
 
     @property
     def best(self) -> EpochResult:
@@ -110,14 +117,13 @@ def fit(
     """Train `model` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
 
     `resume` continues from `last.pt` exactly: weights, optimiser, scheduler, early stopping,
-    history and RNG state. `extra_state` is stored in every checkpoint (e.g. the MLflow run id).
+    history and RNG state. Without it, checkpoints already there are set aside, never deleted.
+    `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
     `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
     """
     device = pick_device()
     model.to(device)
-    if not resume:  # a stale last.pt from an earlier run must never be resumed by mistake
-        for name in (BEST_CHECKPOINT, LAST_CHECKPOINT):
-            (checkpoint_dir / name).unlink(missing_ok=True)
+    previous = None if resume else set_aside_checkpoints(checkpoint_dir)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
@@ -183,7 +189,7 @@ def fit(
             on_epoch_end(result)
 
     best_epoch = max(history, key=lambda r: r.val_dice).epoch
-    return FitResult(history, best_epoch, stopped)
+    return FitResult(history, best_epoch, stopped, previous)
 
 
 def train_one_epoch(
@@ -231,9 +237,27 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint of `fit`: tensors and plain values only, so loading it runs no code."""
     if not path.is_file():
         raise PatchUNetError(f"{path}: no checkpoint to resume from; train without --resume first")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PatchUNetError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    return load_tensor_file(path, "unreadable checkpoint")
+
+
+def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
+    """Move `best.pt` and `last.pt` of an earlier run into a new `previous-<time>` folder beside them.
+
+    A fresh run must never resume an earlier run's `last.pt` by mistake, nor throw away the
+    training of a run that crashed. Returns the folder, or None when there was nothing to move.
+    """
+    found = [checkpoint_dir / name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (checkpoint_dir / name).is_file()]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(found[0].stat().st_mtime))
+    for attempt in itertools.count(1):
+        folder = checkpoint_dir / (f"{PREVIOUS_PREFIX}{stamp}" + (f"-{attempt}" if attempt > 1 else ""))
+        with contextlib.suppress(FileExistsError):  # never into an existing folder: it holds an earlier run
+            folder.mkdir()
+            break
+    for path in found:
+        path.rename(folder / path.name)
+    return folder
