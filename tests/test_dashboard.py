@@ -177,3 +177,22 @@ def test_unreachable_server_is_a_friendly_page(tmp_path: Path, monkeypatch) -> N
     app = open_app(tmp_path, "http://127.0.0.1:9", monkeypatch)
     assert_no_exception(app)
     assert "unreachable" in app.warning[0].value and "MLFLOW_TRACKING_URI" in app.info[0].value
+
+
+def test_try_it_takes_uploads_with_long_or_path_like_names(two_versions, monkeypatch) -> None:
+    """The browser's file name never becomes a path: 300 characters, `..` or folders are only shown, shortened."""
+    import imagecodecs
+
+    project, uri = two_versions
+    app = open_app(project, uri, monkeypatch)
+    app.switch_page("views/try_it.py").run()
+    image = tifffile.imread(project / f"data/raw/monuseg/test/images/{TEST_IDS[0]}.tif")
+    png = imagecodecs.png_encode(image)
+    for name in ("n" * 300 + ".png", "../../etc/passwd.png", "..\\..\\inner.png", "...png"):
+        app.get("file_uploader")[0].set_value((name, png, "image/png"))
+        app.run()
+        assert_no_exception(app)
+        assert not app.error and int(app.metric[0].value) > 0, name
+    app.get("file_uploader")[0].set_value(("n" * 300 + ".png", b"not a png", "image/png"))
+    app.run()
+    assert app.error[0].value.startswith("Cannot segment this file. " + "n" * 57 + "...: ")

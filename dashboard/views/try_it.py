@@ -16,19 +16,31 @@ from patchunet.overlay import prediction_overlay
 import store
 import widgets
 
+READABLE_SUFFIXES = (".tif", ".tiff", ".png")
+SHOWN_NAME_CHARS = 60
+
+
+def shown_name(name: str) -> str:
+    """The upload's file name for messages: no folders, at most SHOWN_NAME_CHARS characters."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1] or "upload"
+    return name if len(name) <= SHOWN_NAME_CHARS else name[: SHOWN_NAME_CHARS - 3] + "..."
+
 
 def read_upload(name: str, content: bytes, max_side: int) -> np.ndarray:
-    """The uploaded image as RGB uint8, checked as `patchunet predict` checks its inputs."""
+    """The uploaded image as RGB uint8, checked as `patchunet predict` checks its inputs; an image
+    larger than `max_side` is refused from its header, before it is decoded.
+
+    The temporary file gets a fixed name: the browser's name (any length, `..`, slashes) only
+    chooses the reader by its suffix and appears in messages.
+    """
+    suffix = Path(name).suffix.lower()
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / Path(name).name
+        path = Path(folder) / f"upload{suffix if suffix in READABLE_SUFFIXES else ''}"
         path.write_bytes(content)
         try:
-            image = read_rgb_image(path)
+            return read_rgb_image(path, max_side=max_side)
         except DataError as exc:
-            raise DataError(name, exc.problem) from None
-    if max(image.shape[:2]) > max_side:
-        raise DataError(name, f"{image.shape[1]}x{image.shape[0]} px is larger than {max_side} px on a side")
-    return image
+            raise DataError(shown_name(name), exc.problem) from None
 
 
 def mask_tiff(labels: np.ndarray) -> bytes:
@@ -65,7 +77,7 @@ except DataError as exc:
     st.error(f"Cannot segment this file. {exc}")
     st.stop()
 
-with st.spinner(f"Segmenting {upload.name} with version {version}..."):
+with st.spinner(f"Segmenting {shown_name(upload.name)} with version {version}..."):
     try:
         labels, seconds = store.segment_upload(cfg, table, version, image)
     except PatchUNetError as exc:
@@ -78,7 +90,7 @@ left.caption(f"{image.shape[1]}x{image.shape[0]} px, segmented in {seconds:.1f} 
 left.download_button(
     "Download instance mask (TIFF)",
     data=mask_tiff(labels),
-    file_name=f"{Path(upload.name).stem}_labels.tif",
+    file_name=f"{Path(shown_name(upload.name)).stem}_labels.tif",
     mime="image/tiff",
     on_click="ignore",
 )
