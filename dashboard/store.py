@@ -140,9 +140,10 @@ def logged_prediction(uri: str, run_id: str, image_id: str) -> np.ndarray | None
 
 @st.cache_resource(show_spinner="Loading the model from the registry...")
 def model(uri: str, model_name: str, version: int):
-    """The registered PyTorch model, loaded once per version and kept for every page and session."""
+    """The registered version's PatchUNet (its weights file, read as plain data), loaded once per
+    version and kept for every page and session."""
     tracking.connect(uri)
-    return tracking.load_pytorch_model(f"models:/{model_name}/{version}")
+    return tracking.load_logged_model(f"models:/{model_name}/{version}")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,15 @@ from patchunet.layout import CHECKPOINT_DIR, MODEL_FILE, PATCH_DIR, RUN_FILE, TR
 from patchunet.model import PatchUNet, check_input_size, parameter_count, save_model
 from patchunet.patches import PatchSet
 from patchunet.provenance import dvc_output_hash, git_commit
-from patchunet.train import BEST_CHECKPOINT, HISTORY_COLUMNS, LAST_CHECKPOINT, EpochResult, fit, load_checkpoint
+from patchunet.train import (
+    BEST_CHECKPOINT,
+    HISTORY_COLUMNS,
+    LAST_CHECKPOINT,
+    EpochResult,
+    fit,
+    load_checkpoint,
+    set_aside_checkpoints,
+)
 
 SECTIONS = {
     "model": ModelConfig,
@@ -49,7 +58,12 @@ SECTIONS = {
 """Every params.yaml section this run depends on: logged to MLflow, declared in dvc.yaml."""
 
 
+ACTIVE_RUN_RECORD = CHECKPOINT_DIR / "active_run.json"
+"""The MLflow run this stage is training, while it trains: see tracking.fail_abandoned_run."""
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--resume", action="store_true", help="continue from models/checkpoints/last.pt")
@@ -67,7 +81,13 @@ def main() -> None:
     augmentation = build_augmentation(cfgs["augment"]) if train_cfg.online_augment else None
     train_set = PatchDataset(train_store, augmentation, seed=train_cfg.seed)
     val_set = PatchDataset(val_store)
+    abandoned = tracking.fail_abandoned_run(ACTIVE_RUN_RECORD)
+    if abandoned:
+        print(f"train: run {abandoned} was killed before it could end; marked FAILED in MLflow")
     run_id = resumable_run_id(model_cfg) if args.resume else None
+    previous = None if args.resume else set_aside_checkpoints(CHECKPOINT_DIR)
+    if previous:
+        print(f"train: the checkpoints of the previous run are now in {previous}")
     torch.manual_seed(train_cfg.seed)
     model = PatchUNet(model_cfg)
     print(
@@ -75,7 +95,10 @@ def main() -> None:
         f"of {patch_size} px, tracking {uri}"
     )
 
-    with tracking.run(mlflow_cfg.experiment, run_id=run_id) as active:
+    with (
+        tracking.run(mlflow_cfg.experiment, run_id=run_id) as active,
+        tracking.recorded_as_running(active.info.run_id, ACTIVE_RUN_RECORD),
+    ):
         if not args.resume:
             tracking.log_params({name: dataclasses.asdict(cfg) for name, cfg in cfgs.items()})
             tracking.log_params(
@@ -114,7 +137,7 @@ def main() -> None:
             }
         )
         example = np.zeros((1, 3, 2 * model_cfg.size_multiple, 2 * model_cfg.size_multiple), np.float32)
-        model_uri = tracking.log_pytorch_model(model, example)
+        model_uri = tracking.log_model(model, example, patch_size=patch_size, mlflow_run_id=active.info.run_id)
         version = tracking.register_model(
             model_uri,
             mlflow_cfg.registered_model,
@@ -151,6 +174,11 @@ def main() -> None:
         f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches; registered "
         f"{mlflow_cfg.registered_model} version {version.version}, run {active.info.run_id}"
     )
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """`kill` ends the run as Ctrl-C does: MLflow marks it KILLED, and the checkpoints stay."""
+    raise KeyboardInterrupt
 
 
 def resumable_run_id(model_cfg: ModelConfig) -> str:

@@ -1,5 +1,7 @@
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -62,3 +64,138 @@ def test_read_helpers_against_a_real_sqlite_store(tmp_path: Path, monkeypatch: p
     tracking.set_alias("m", "champion", 1)
     tracking.set_alias("m", "challenger", 2)
     assert tracking.registered_aliases("m") == {"champion": 1, "challenger": 2}
+
+
+def test_an_unsupported_scheme_is_one_line() -> None:
+    with pytest.raises(PatchUNetError, match=r"^MLflow store foo://bar: cannot be used \(") as error:
+        tracking.connect("foo://bar")
+    assert "\n" not in str(error.value)
+
+
+def start_a_run_when_all_are_ready(uri: str, ready, errors) -> None:
+    """In a child process: wait for the others, then connect to `uri` and log one run."""
+    ready.wait()
+    try:
+        tracking.connect(uri)
+        with tracking.run("race"):
+            tracking.log_metrics({"x": 1.0})
+    except BaseException as exc:
+        errors.put(f"{type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_runs_starting_at_once_on_a_new_sqlite_store_all_succeed(tmp_path: Path, monkeypatch, attempt: int) -> None:
+    import multiprocessing
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    context = multiprocessing.get_context("fork")  # no re-import per child: they start together
+    ready, errors = context.Barrier(3), context.Queue()
+    children = [context.Process(target=start_a_run_when_all_are_ready, args=(uri, ready, errors)) for _ in range(3)]
+    for child in children:
+        child.start()
+    try:
+        for child in children:
+            child.join(timeout=300)
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+    failures = [errors.get(timeout=5) for child in children if child.exitcode != 0]
+    assert not failures, failures
+    tracking.connect(uri)  # and the store still works
+    assert len(tracking.experiment_runs("race")) == 3
+
+
+def tiny_network():
+    import torch
+
+    from patchunet.config import ModelConfig
+    from patchunet.model import PatchUNet
+
+    torch.manual_seed(0)
+    return PatchUNet(ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.0)).eval()
+
+
+@pytest.fixture(scope="module")
+def logged_model(tmp_path_factory: pytest.TempPathFactory):
+    """(uri, run id, model URI, network): a tiny PatchUNet logged, registered as m v1, alias champion."""
+    folder = tmp_path_factory.mktemp("logged")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        tracking.connect(uri)
+        network = tiny_network()
+        with tracking.run("exp") as active:
+            model_uri = tracking.log_model(network, np.zeros((1, 3, 8, 8), np.float32), patch_size=32)
+        version = tracking.register_model(model_uri, "m", tags={})
+        tracking.set_alias("m", "champion", int(version.version))
+    return uri, active.info.run_id, model_uri, network
+
+
+def test_a_logged_model_loads_back_from_its_weights_file_by_any_uri(logged_model, monkeypatch) -> None:
+    import torch
+
+    uri, run_id, model_uri, network = logged_model
+    tracking.connect(uri)
+    x = torch.from_numpy(np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32))
+    for reference in ("models:/m@champion", "models:/m/1", f"runs:/{run_id}/model", model_uri):
+        loaded = tracking.load_logged_model(reference)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), network(x)), reference
+
+
+def test_a_logged_model_is_served_as_a_pyfunc_with_its_signature(logged_model) -> None:
+    import mlflow.pyfunc
+    import torch
+
+    uri, _, _, network = logged_model
+    tracking.connect(uri)
+    served = mlflow.pyfunc.load_model("models:/m@champion")
+    x = np.random.default_rng(1).random((1, 3, 32, 32), dtype=np.float32)
+    logits = served.predict(x)
+    with torch.no_grad():
+        assert np.array_equal(logits, network(torch.from_numpy(x)).numpy())
+    assert served.predict(np.zeros((1, 3, 32, 32), np.float32)).shape == (1, 1, 32, 32)
+    assert served.metadata.get_input_schema().inputs[0].shape == (-1, 3, -1, -1)
+
+
+def test_a_model_uri_that_resolves_to_nothing_is_one_line(logged_model, tmp_path: Path) -> None:
+    uri, run_id, _, _ = logged_model
+    tracking.connect(uri)
+    with pytest.raises(PatchUNetError, match=r"^models:/m@nobody: no such model in") as error:
+        tracking.load_logged_model("models:/m@nobody")
+    assert "\n" not in str(error.value)
+    with tracking.run("exp", run_id=run_id):
+        (tmp_path / "note.txt").write_text("not a model")
+        tracking.log_artifact(tmp_path / "note.txt", artifact_path="notes")
+    with pytest.raises(PatchUNetError, match="not a PatchUNet model with a weights file"):
+        tracking.load_logged_model(f"runs:/{run_id}/notes")
+
+
+def finished_process_id() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def test_a_run_whose_process_is_gone_is_failed_at_the_next_start(tmp_path: Path, monkeypatch) -> None:
+    import json
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    record = tmp_path / "checkpoints" / "active_run.json"
+    with tracking.run("exp") as active, tracking.recorded_as_running(active.info.run_id, record):
+        assert json.loads(record.read_text())["pid"] == os.getpid()
+        assert tracking.fail_abandoned_run(record) is None  # this process is alive: left alone
+        assert MlflowClient().get_run(active.info.run_id).info.status == "RUNNING"
+        # as a SIGKILL leaves it: the record of a process that is gone, the run still RUNNING
+        gone = {"run_id": active.info.run_id, "pid": finished_process_id(), "host": socket.gethostname()}
+        record.write_text(json.dumps(gone))
+        assert tracking.fail_abandoned_run(record) == active.info.run_id
+        assert MlflowClient().get_run(active.info.run_id).info.status == "FAILED"
+        assert not record.exists()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,9 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, make_train_project, params_changed, run_pipeline, train_in, update_params, wait_for_http
+from conftest import (
+    REPO_ROOT,
+    free_port,
+    make_train_project,
+    params_changed,
+    run_pipeline,
+    train_in,
+    update_params,
+    wait_for_http,
+)
 from conftest import mlflow_client as client
 
+from patchunet import tracking
 from patchunet.model import load_model
 
 
@@ -50,16 +63,14 @@ def test_checkpoints_are_run_artifacts_under_mlartifacts(trained) -> None:
 
 
 def test_registered_version_loads_back_and_predicts_like_the_saved_model(trained) -> None:
-    import mlflow.pytorch
-
     project, uri = trained
     run = json.loads((project / "models/run.json").read_text())
     version = client(uri).get_model_version("patchunet", run["version"])
     assert version.run_id == run["run_id"]
     assert {"lr", "patch_size", "base_channels", "depth", "val_dice", "val_iou"} <= set(version.tags)
 
-    mlflow.set_tracking_uri(uri)
-    registered = mlflow.pytorch.load_model(f"models:/patchunet/{run['version']}", map_location="cpu").eval()
+    tracking.connect(uri)
+    registered = tracking.load_logged_model(f"models:/patchunet/{run['version']}")
     local = load_model(project / "models/patchunet.pt")
     x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
     with torch.no_grad():
@@ -150,3 +161,80 @@ def test_training_against_a_real_mlflow_server(train_project: Path, mlflow_serve
         "checkpoints/best.pt",
         "checkpoints/last.pt",
     }
+    tracking.connect(mlflow_server)
+    registered = tracking.load_logged_model(f"models:/patchunet/{run_info['version']}")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(registered(x), load_model(train_project / "models/patchunet.pt")(x))
+
+
+def train_until_first_epoch(project: Path, uri: str) -> subprocess.Popen:
+    """Start the train stage (many epochs) and return once it has finished its first epoch."""
+    update_params(project, train={"epochs": 500, "early_stopping_patience": 500})
+    stage = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "pipelines" / "train.py")],
+        cwd=project,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=(project / "stage.err").open("w"),
+        text=True,
+    )
+    try:
+        for line in stage.stdout:
+            if line.startswith("epoch   1/"):
+                return stage
+        raise AssertionError(f"the stage ended before its first epoch:\n{(project / 'stage.err').read_text()}")
+    except BaseException:
+        stage.kill()
+        stage.wait()
+        raise
+
+
+@contextlib.contextmanager
+def stopped_at_the_end(stage: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    try:
+        yield stage
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        stage.wait(timeout=60)
+        stage.stdout.close()
+
+
+def run_ids(uri: str) -> list[str]:
+    experiment = client(uri).get_experiment_by_name("patchunet")
+    return [run.info.run_id for run in client(uri).search_runs([experiment.experiment_id])]
+
+
+def test_sigterm_ends_the_mlflow_run_killed_and_keeps_the_checkpoints(train_project: Path) -> None:
+    uri = f"sqlite:///{train_project / 'mlflow.db'}"
+    with stopped_at_the_end(train_until_first_epoch(train_project, uri)) as stage:
+        stage.send_signal(signal.SIGTERM)
+        assert stage.wait(timeout=120) == 130
+    assert (train_project / "stage.err").read_text().endswith("interrupted\n")
+    [run_id] = run_ids(uri)
+    assert client(uri).get_run(run_id).info.status == "KILLED"
+    assert (train_project / "models/checkpoints/last.pt").is_file()
+    assert not (train_project / "models/checkpoints/active_run.json").exists()
+
+
+def test_after_a_sigkill_the_next_start_fails_the_run_and_keeps_its_checkpoints(train_project: Path) -> None:
+    uri = f"sqlite:///{train_project / 'mlflow.db'}"
+    with stopped_at_the_end(train_until_first_epoch(train_project, uri)) as stage:
+        stage.send_signal(signal.SIGKILL)
+        stage.wait(timeout=60)
+    [killed] = run_ids(uri)
+    assert client(uri).get_run(killed).info.status == "RUNNING"  # nothing could end it
+    checkpoints = train_project / "models/checkpoints"
+    killed_weights = torch.load(checkpoints / "last.pt", weights_only=True)["model"]
+
+    update_params(train_project, train={"epochs": 1})
+    result = run_train(train_project, uri)  # a plain rerun, as `dvc repro` does after a crash
+    assert result.returncode == 0, result.stderr
+    assert f"train: run {killed} was killed before it could end; marked FAILED in MLflow" in result.stdout
+    assert client(uri).get_run(killed).info.status == "FAILED"
+    [previous] = checkpoints.glob("previous-*")
+    assert f"checkpoints of the previous run are now in {Path('models/checkpoints') / previous.name}" in result.stdout
+    kept = torch.load(previous / "last.pt", weights_only=True)
+    assert kept["mlflow_run_id"] == killed
+    assert all(torch.equal(kept["model"][name], tensor) for name, tensor in killed_weights.items())

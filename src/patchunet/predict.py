@@ -144,13 +144,23 @@ def read_summary(path: Path) -> list[dict]:
 
 
 def load_model_reference(reference: str, tracking_uri: str):
-    """A PatchUNet from a file (model or training checkpoint) or from an MLflow model URI."""
+    """A PatchUNet from a file (model or training checkpoint) or from an MLflow model URI.
+
+    A SQLite store that does not exist is refused, not created: a mistyped folder must not
+    leave an empty mlflow.db behind.
+    """
     from patchunet import tracking
+    from patchunet.errors import PatchUNetError
     from patchunet.model import load_model
 
     if reference.startswith(("models:/", "runs:/")):
+        database = tracking.sqlite_file(tracking_uri)
+        if database is not None and not database.is_file():
+            raise PatchUNetError(
+                f"{reference}: no MLflow store at {database.resolve()}: train first, or pass --model a model file"
+            )
         tracking.connect(tracking_uri)
-        return tracking.load_pytorch_model(reference)
+        return tracking.load_logged_model(reference)
     return load_model(Path(reference))
 
 

@@ -7,7 +7,11 @@ artifacts under `mlartifacts/`; a tracking server keeps them where it was told t
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
+import requests
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -24,14 +29,19 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 
-from patchunet.errors import PatchUNetError
+from patchunet.errors import PatchUNetError, first_line
+from patchunet.io import write_json
+from patchunet.locking import exclusive_lock
 
 if TYPE_CHECKING:
-    import torch
+    from patchunet.model import PatchUNet
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = Path("mlartifacts")
 MODEL_ARTIFACT = "model"
+WEIGHTS_ARTIFACT = "weights"
+"""The logged model's artifact that holds the file of `model.save_model`."""
+WEIGHTS_FILE = "patchunet.pt"
 HEALTH_TIMEOUT_S = 5
 
 
@@ -45,22 +55,49 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(uri.removeprefix(prefix)) if uri.startswith(prefix) else None
 
 
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+"""MLflow's HTTP client retries a failing server for about 4 minutes by default; these bound it to
+under 10 s (waits of 0, 2 and 4 s, plus up to 1 s each, between 4 tries), or 20 s per try for a server that
+accepts and never answers. Set the variables to override them."""
+
+
 def connect(uri: str) -> None:
-    """Point MLflow at `uri`, failing at once, with one line, if a server there does not answer.
+    """Point MLflow at `uri`, failing at once, with one line, if the store there cannot be used.
 
     MLflow's own client retries for minutes; a run must never train for an hour and then find
-    that it cannot be logged.
+    that it cannot be logged. One cheap query checks the store's API (a server may answer /health
+    and still fail every call) and creates a new SQLite store's tables, once, under a lock.
     """
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as response:
-                response.read()
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise PatchUNetError(
-                f"MLflow tracking server {uri} is unreachable ({reason}): start it, or set MLFLOW_TRACKING_URI"
-            ) from None
+    is_server = uri.startswith(("http://", "https://"))
+    if is_server:
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        check_health(uri)
+    database = sqlite_file(uri)
+    # two processes migrating one new SQLite store at once break it for good ("table _alembic_tmp_* exists")
+    lock = exclusive_lock(f"mlflow-store:{database.resolve()}") if database else contextlib.nullcontext()
+    try:
+        with lock:
+            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    except (MlflowException, requests.RequestException) as exc:
+        where = f"MLflow tracking server {uri} answers /health but not its API" if is_server else f"MLflow store {uri}"
+        raise PatchUNetError(f"{where}: cannot be used ({first_line(exc)})") from None
     mlflow.set_tracking_uri(uri)
+
+
+def check_health(uri: str) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S) as response:
+            response.read()
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PatchUNetError(
+            f"MLflow tracking server {uri} is unreachable ({reason}): start it, or set MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def ensure_experiment(name: str) -> str:
@@ -100,6 +137,55 @@ def run(
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")
             raise
+
+
+@contextmanager
+def recorded_as_running(run_id: str, record: Path) -> Iterator[None]:
+    """Note in the file `record`, for the block, that this process runs `run_id`.
+
+    A run killed by SIGKILL (or a power cut) cannot end itself and stays RUNNING in MLflow;
+    the record it leaves lets the next start end it FAILED (`fail_abandoned_run`).
+    """
+    write_json(record, {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname()})
+    try:
+        yield
+    finally:
+        record.unlink(missing_ok=True)
+
+
+def fail_abandoned_run(record: Path) -> str | None:
+    """End FAILED the run that `record` names if its process on this host is gone and MLflow still
+    has it RUNNING; returns its id, else None. The record is removed either way."""
+    if not record.is_file():
+        return None
+    try:
+        noted = json.loads(record.read_text())
+        run_id, pid, host = str(noted["run_id"]), int(noted["pid"]), str(noted["host"])
+    except (ValueError, KeyError, TypeError):  # not a record of ours: nothing to go on
+        record.unlink()
+        return None
+    if host != socket.gethostname() or process_alive(pid):
+        return None  # maybe still training: only that process may end it
+    record.unlink()
+    client = MlflowClient()
+    try:
+        running = client.get_run(run_id).info.status == "RUNNING"
+    except MlflowException:  # a run of another store, or deleted since
+        return None
+    if not running:
+        return None
+    client.set_terminated(run_id, status="FAILED")
+    return run_id
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 checks that the process exists, and sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -150,26 +236,60 @@ def image_signature() -> ModelSignature:
     )
 
 
-def log_pytorch_model(model: torch.nn.Module, input_example: np.ndarray) -> str:
-    """Log `model` as an MLflow PyTorch model of the active run; returns its model URI.
+def log_model(model: PatchUNet, input_example: np.ndarray, **metadata: object) -> str:
+    """Log `model` to the active run as an MLflow "model from code"; returns its model URI.
 
-    Pickled, not torch.export'ed: an exported program fixes the batch size of its example and
-    cannot switch to eval mode, while sliding-window inference batches any number of windows.
-    The patchunet package goes along as code, so the model loads where patchunet is not installed.
+    The model holds `served_model.py` and, as its artifact `weights`, the file of
+    `model.save_model` (config and weights as plain data, with `metadata`). MLflow serves it
+    without unpickling anything, and `load_logged_model` reads the weights file alone. The
+    patchunet package goes along as code, so it serves where patchunet is not installed.
     """
-    import mlflow.pytorch
+    import mlflow.pyfunc
 
     import patchunet
+    from patchunet.model import save_model
 
-    info = mlflow.pytorch.log_model(
-        model,
-        name=MODEL_ARTIFACT,
-        signature=image_signature(),
-        input_example=input_example,
-        serialization_format="pickle",
-        code_paths=[str(Path(patchunet.__file__).parent)],
-    )
+    package = Path(patchunet.__file__).parent
+    with tempfile.TemporaryDirectory(prefix="patchunet-model-") as folder:
+        weights = Path(folder) / WEIGHTS_FILE
+        save_model(model, weights, **metadata)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=package / "served_model.py",
+            artifacts={WEIGHTS_ARTIFACT: str(weights)},
+            signature=image_signature(),
+            input_example=input_example,
+            code_paths=[str(package)],
+        )
     return info.model_uri
+
+
+def load_logged_model(model_uri: str) -> PatchUNet:
+    """The PatchUNet of a logged or registered model, on the CPU in eval mode: `models:/name@alias`,
+    `models:/name/3`, `runs:/<run id>/model` or `models:/<model id>`.
+
+    Reads only the model's weights file, as plain data; never unpickles, never runs its code.
+    """
+    import mlflow.artifacts
+    from mlflow.models import Model
+
+    from patchunet.model import load_model
+
+    with tempfile.TemporaryDirectory(prefix="patchunet-model-") as folder:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+        except MlflowException as exc:
+            raise PatchUNetError(
+                f"{model_uri}: no such model in {mlflow.get_registry_uri()} ({first_line(exc)})"
+            ) from None
+        try:
+            weights = Model.load(local).flavors["python_function"]["artifacts"][WEIGHTS_ARTIFACT]["path"]
+        except (MlflowException, OSError, KeyError, TypeError):
+            raise PatchUNetError(
+                f"{model_uri}: not a PatchUNet model with a weights file (one logged before weights files "
+                "were, or not a model): train again, or pass a model file"
+            ) from None
+        return load_model(local / weights)
 
 
 def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
@@ -246,15 +366,3 @@ def version_by_alias(name: str, alias: str) -> ModelVersion | None:
 def set_alias(name: str, alias: str, version: int) -> None:
     """Point `alias` at `version`, taking it from whichever version held it."""
     MlflowClient().set_registered_model_alias(name, alias, str(version))
-
-
-def load_pytorch_model(model_uri: str) -> torch.nn.Module:
-    """Load a logged or registered PyTorch model on the CPU, e.g. `models:/patchunet@champion`."""
-    import mlflow.pytorch
-
-    try:
-        model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    except MlflowException as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PatchUNetError(f"{model_uri}: no such model in {mlflow.get_registry_uri()} ({message})") from None
-    return model.eval()
