@@ -17,6 +17,7 @@ from pathlib import Path
 from patchunet.errors import PatchUNetError
 
 STAGES = {
+    "source": "list the source's files (path, size, SHA-256) in data/source.json; fetch reruns when they change",
     "fetch": "copy MoNuSeg (folder, zips or download) into data/raw/monuseg and check every pair",
     "masks": "rasterise XML polygons (or take instance maps) into data/interim/*/labels",
     "split": "split the training images by image, stratified by organ, into data/interim/split.json",
