@@ -3,7 +3,9 @@
 Writes models/patchunet.pt (best epoch by val Dice), models/run.json (the MLflow run and model
 version, for the evaluate stage), metrics/train.json and plots/train.csv. Checkpoints go to
 models/checkpoints/ and to the run's artifacts after every epoch; `--resume` continues a killed
-run from the last one, in the same MLflow run.
+run from the last one, in the same MLflow run. A fresh run moves the checkpoints it finds into
+models/checkpoints/previous-<time>/. Ctrl-C or SIGTERM ends the MLflow run KILLED; a run that
+SIGKILL left RUNNING is ended FAILED by the next start.
 """
 
 from __future__ import annotations

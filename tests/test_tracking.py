@@ -72,6 +72,13 @@ def test_an_unsupported_scheme_is_one_line() -> None:
     assert "\n" not in str(error.value)
 
 
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mlflow.db").write_text("not a database")
+    with pytest.raises(PatchUNetError, match=r"mlflow\.db: cannot be used \(.*file is not a database") as error:
+        tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "\n" not in str(error.value)
+
+
 def start_a_run_when_all_are_ready(uri: str, ready, errors) -> None:
     """In a child process: wait for the others, then connect to `uri` and log one run."""
     ready.wait()

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
-import requests
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from sqlalchemy.exc import SQLAlchemyError
 
 from patchunet.errors import PatchUNetError, first_line
 from patchunet.io import write_json
@@ -83,7 +83,7 @@ def connect(uri: str) -> None:
     try:
         with lock:
             MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
-    except (MlflowException, requests.RequestException) as exc:
+    except (MlflowException, SQLAlchemyError) as exc:  # MLflow wraps HTTP errors, not a broken database file
         where = f"MLflow tracking server {uri} answers /health but not its API" if is_server else f"MLflow store {uri}"
         raise PatchUNetError(f"{where}: cannot be used ({first_line(exc)})") from None
     mlflow.set_tracking_uri(uri)
