@@ -10,14 +10,13 @@ val/dice). It is reported after every epoch, so the pruner can stop a poor trial
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from patchunet.config import (
 )
 from patchunet.data import PatchDataset
 from patchunet.errors import ConfigError
+from patchunet.locking import exclusive_lock
 from patchunet.model import PatchUNet
 from patchunet.patches import PatchSet
 from patchunet.tiles import labelled_tiles
@@ -289,7 +289,7 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int) -> None
     from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses
 
     while True:
-        with _claim_lock(f"{objective.cfg.storage}|{study.study_name}"):
+        with exclusive_lock(f"tune|{objective.cfg.storage}|{study.study_name}"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
@@ -308,19 +308,6 @@ def run_worker(study: optuna.Study, objective: Objective, n_trials: int) -> None
                 study.tell(trial, state=TrialState.FAIL)
                 raise
         study.tell(trial, value)
-
-
-@contextlib.contextmanager
-def _claim_lock(key: str) -> Iterator[None]:
-    import fcntl
-
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"patchunet-tune-{digest}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def best_params(study: optuna.Study, cfg: TuneConfig, params: dict[str, Any]) -> dict[str, Any]:
