@@ -11,6 +11,10 @@ MoNuSeg's own instance maps, tiled the same way, as blurred 0/1 nuclei. `/usr/bi
 Debian's `time` package.
 
     .venv/bin/python benchmarks/predict_memory.py --side 6000
+    .venv/bin/python benchmarks/predict_memory.py --side 6000 --baseline-src /tmp/before/src
+
+`--baseline-src` also measures another checkout's package (e.g. a `git worktree` of an older
+commit) on the same image and model, side by side in one run.
 """
 
 from __future__ import annotations
@@ -53,9 +57,11 @@ def model_file(folder: Path) -> Path:
     return path
 
 
-def timed(command: list[str]) -> tuple[float, str, str]:
-    """Peak resident MB, wall time and stdout of `command` under /usr/bin/time -v."""
-    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=ROOT)
+def timed(command: list[str], package_src: Path | None = None) -> tuple[float, str, str]:
+    """Peak resident MB, wall time and stdout of `command` under /usr/bin/time -v, importing
+    patchunet from `package_src` when given (PYTHONPATH comes before the editable install)."""
+    env = {**os.environ, "PYTHONPATH": str(package_src)} if package_src else None
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=ROOT, env=env)
     if result.returncode != 0:
         raise SystemExit(result.stderr)
     return int(PEAK_RSS.search(result.stderr).group(1)) / 1024, WALL.search(result.stderr).group(1), result.stdout
@@ -92,6 +98,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=6000, help="image side in pixels")
     parser.add_argument("--monuseg", type=Path, default=Path(os.environ.get("MONUSEG_DIR", "/work/shared/monuseg")))
     parser.add_argument("--model", type=Path, help="model file (default models/patchunet.pt, else random weights)")
+    parser.add_argument("--baseline-src", type=Path, help="also measure the patchunet package in this src/ folder")
     parser.add_argument("--after-inference-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.after_inference_only:
@@ -108,11 +115,18 @@ def main() -> None:
         tile = read_rgb_image(sorted((args.monuseg / TEST_IMAGES).glob("*.tif"))[0])
         tifffile.imwrite(image, tiled(tile, args.side), photometric="rgb")
         model = args.model or model_file(Path(folder))
-        out = Path(folder) / "out"
-        predict = [str(Path(sys.executable).parent / "patchunet"), "predict", str(image), "--model", str(model)]
-        peak, wall, _ = timed([*predict, "--out", str(out), "--params", str(ROOT / "params.yaml")])
-        summary = (out / "summary.csv").read_text().splitlines()[1]
-    print(f"patchunet predict, {args.side}x{args.side} px, model {model.name}: wall {wall}; summary {summary}")
+        for name, package in (("baseline", args.baseline_src), ("this checkout", None)):
+            if name == "baseline" and package is None:
+                continue
+            measure(name, package, image, model, Path(folder) / name.replace(" ", "_"), args, map_mb)
+
+
+def measure(name: str, package: Path | None, image: Path, model: Path, out: Path, args, map_mb: float) -> None:
+    """Print peak memory of `patchunet predict` on `image`, then of the work after inference alone."""
+    predict = [sys.executable, "-m", "patchunet", "predict", str(image), "--model", str(model)]
+    peak, wall, _ = timed([*predict, "--out", str(out), "--params", str(ROOT / "params.yaml")], package)
+    summary = (out / "summary.csv").read_text().splitlines()[1]
+    print(f"[{name}] patchunet predict, {args.side}x{args.side} px, model {model.name}: wall {wall}; summary {summary}")
     print(f"  Maximum resident set size: {peak:.0f} MB = {peak / map_mb:.1f} x one float32 map ({map_mb:.0f} MB)")
     child = [
         sys.executable,
@@ -123,9 +137,10 @@ def main() -> None:
         "--monuseg",
         str(args.monuseg),
     ]
-    peak, wall, stdout = timed(child)
+    peak, wall, stdout = timed(child, package)
     print(
-        f"after inference only (post-processing, table, overlay) on tiled MoNuSeg nuclei: wall {wall}, {stdout.strip()}"
+        f"[{name}] after inference only (post-processing, table, overlay) on tiled MoNuSeg nuclei: wall {wall}, "
+        f"{stdout.strip()}"
     )
     print(f"  Maximum resident set size: {peak:.0f} MB = {peak / map_mb:.1f} x one float32 map ({map_mb:.0f} MB)")
 
