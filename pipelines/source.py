@@ -15,16 +15,15 @@ from pathlib import Path
 from patchunet.cli import run_stage
 from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.io import write_json
+from patchunet.layout import SOURCE_MANIFEST
 from patchunet.sources import chosen_source, source_manifest
-
-MANIFEST = Path("data/source.json")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--source", help="unzipped MoNuSeg folder, or a folder holding the official zips")
-    parser.add_argument("--out", type=Path, default=MANIFEST)
+    parser.add_argument("--out", type=Path, default=SOURCE_MANIFEST)
     args = parser.parse_args()
     cfg = parse_section(DataConfig, load_params(args.params), "data")
     source = chosen_source(args.source, cfg)

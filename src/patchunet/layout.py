@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SOURCE_MANIFEST = Path("data/source.json")
 RAW_DIR = Path("data/raw/monuseg")
 INTERIM_DIR = Path("data/interim")
 MASKS_REPORT = INTERIM_DIR / "masks_report.json"
