@@ -146,20 +146,39 @@ def model(uri: str, model_name: str, version: int):
     return tracking.load_logged_model(f"models:/{model_name}/{version}")
 
 
+def model_scale(cfg: Settings, version: int) -> float:
+    """The µm per pixel of the images the version was trained on."""
+    return model(cfg.tracking_uri, cfg.registered_model, version).cfg.microns_per_pixel
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def segment(
-    uri: str, model_name: str, version: int, patch_size: int, cfg: EvalConfig, image_sha1: str, _image: np.ndarray
+    uri: str,
+    model_name: str,
+    version: int,
+    patch_size: int,
+    cfg: EvalConfig,
+    image_mpp: float,
+    image_sha1: str,
+    _image: np.ndarray,
 ) -> tuple[np.ndarray, float]:
-    """Instance labels of `_image` by that version, as `patchunet predict` makes them, and the seconds taken.
+    """Instance labels of `_image`, at `image_mpp` µm per pixel, by that version, as `patchunet predict`
+    makes them (resampled to the model's scale and the labels back), and the seconds taken.
 
     Keyed by the image's SHA-1: Streamlit hashes only a sample of a large array's pixels.
     """
     from patchunet.inference import segment_image
+    from patchunet.scale import segment_at_scale
 
     network = model(uri, model_name, version)
     window = cfg.window_for(patch_size, network.cfg.size_multiple)
     started = time.perf_counter()
-    _, labels = segment_image(network, _image, cfg, window)
+    labels = segment_at_scale(
+        lambda at_scale: segment_image(network, at_scale, cfg, window)[1],
+        _image,
+        image_mpp,
+        network.cfg.microns_per_pixel,
+    )
     return labels, time.perf_counter() - started
 
 
@@ -169,8 +188,12 @@ def patch_size(cfg: Settings, table: pd.DataFrame, version: int) -> int:
     return cfg.patch_size if pd.isna(logged) else int(logged)
 
 
-def segment_upload(cfg: Settings, table: pd.DataFrame, version: int, image: np.ndarray) -> tuple[np.ndarray, float]:
-    """`segment` with the version's window and the eval params of params.yaml."""
+def segment_upload(
+    cfg: Settings, table: pd.DataFrame, version: int, image: np.ndarray, image_mpp: float | None = None
+) -> tuple[np.ndarray, float]:
+    """`segment` with the version's window and the eval params of params.yaml; an `image_mpp` of
+    None is the model's own scale."""
     digest = hashlib.sha1(image.tobytes()).hexdigest()
     window_patch = patch_size(cfg, table, version)
-    return segment(cfg.tracking_uri, cfg.registered_model, version, window_patch, cfg.eval, digest, image)
+    mpp = model_scale(cfg, version) if image_mpp is None else image_mpp
+    return segment(cfg.tracking_uri, cfg.registered_model, version, window_patch, cfg.eval, mpp, digest, image)

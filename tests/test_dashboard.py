@@ -196,3 +196,29 @@ def test_try_it_takes_uploads_with_long_or_path_like_names(two_versions, monkeyp
     app.get("file_uploader")[0].set_value(("n" * 300 + ".png", b"not a png", "image/png"))
     app.run()
     assert app.error[0].value.startswith("Cannot segment this file. " + "n" * 57 + "...: ")
+
+
+def test_try_it_resamples_a_20x_upload_to_the_model_scale(two_versions, monkeypatch) -> None:
+    project, uri = two_versions
+    app = open_app(project, uri, monkeypatch)
+    app.switch_page("views/try_it.py").run()
+    assert app.selectbox(key="try_scale").value == "40x (0.25 µm/px)"  # the model's scale by default
+    assert any("trained on images at 0.25 µm/px (40x)" in caption.value for caption in app.caption)
+    image = tifffile.imread(project / f"data/raw/monuseg/test/images/{TEST_IDS[0]}.tif").astype(np.float32)
+    at20x = np.round(image.reshape(50, 2, 50, 2, 3).mean(axis=(1, 3))).astype(np.uint8)
+    upload = project / "at20x.tif"
+    tifffile.imwrite(upload, at20x, photometric="rgb")
+    app.get("file_uploader")[0].upload("at20x.tif", upload.read_bytes(), "image/tiff")
+    app.run()
+    assert any("50x50 px at 0.25 µm/px (40x), segmented" in caption.value for caption in app.caption)  # as 40x
+
+    app.selectbox(key="try_scale").set_value("20x (0.5 µm/px)").run()
+    assert_no_exception(app)
+    assert not app.error
+    assert any("50x50 px at 0.5 µm/px (20x), resampled to 100x100" in caption.value for caption in app.caption)
+    at_20x_count = int(app.metric[0].value)
+
+    app.selectbox(key="try_scale").set_value("other mpp").run()
+    app.number_input(key="try_mpp").set_value(0.5).run()
+    assert_no_exception(app)
+    assert int(app.metric[0].value) == at_20x_count

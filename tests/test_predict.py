@@ -172,3 +172,98 @@ def test_an_out_that_cannot_be_written_is_one_line_before_the_model_is_loaded(tm
     finally:
         subprocess.run(["chattr", "-i", str(immutable)], capture_output=True)
     assert a_file.read_text() == "mine\n" and not list(immutable.iterdir())
+
+
+def half_size_tiff(source: Path, path: Path) -> Path:
+    """A synthetic 20x image: each 2x2 block of a 40x image averaged into one pixel."""
+    image = tifffile.imread(source).astype(np.float32)
+    height, width = image.shape[0] // 2, image.shape[1] // 2
+    half = image[: height * 2, : width * 2].reshape(height, 2, width, 2, 3).mean(axis=(1, 3))
+    tifffile.imwrite(path, np.round(half).astype(np.uint8), photometric="rgb")
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_20x_image_given_as_20x_gets_labels_of_its_own_shape_and_areas_at_its_scale(
+    real_monuseg: Path, tmp_path: Path
+) -> None:
+    image = half_size_tiff(real_monuseg / TEST_DIR / REAL_IMAGE, tmp_path / "at20x.tif")
+    out = tmp_path / "out"
+    model = str(random_model(tmp_path))
+    result = predict_here(tmp_path, str(image), "--model", model, "--out", str(out), "--magnification", "20x")
+    assert result.returncode == 0, result.stderr
+    assert "assuming" not in result.stderr
+    labels = tifffile.imread(out / "at20x_labels.tif")
+    assert labels.shape == (500, 500) and labels.max() > 0
+    assert imagecodecs.imread(out / "at20x_overlay.png").shape == (500, 500, 3)
+    nuclei = read_csv(out / "at20x_nuclei.csv")
+    assert sum(int(r["area_px"]) for r in nuclei) == int((labels > 0).sum())  # areas in the image's own pixels
+    assert all(float(r["area_um2"]) == pytest.approx(int(r["area_px"]) * 0.25) for r in nuclei)
+    (row,) = read_csv(out / "summary.csv")
+    assert (float(row["microns_per_pixel"]), row["scale_from"]) == (0.5, "--magnification 20x")
+
+
+def test_an_mpp_equal_to_the_model_scale_changes_nothing_and_no_option_says_what_it_assumes(
+    real_monuseg: Path, tmp_path: Path
+) -> None:
+    image, model = str(real_monuseg / TEST_DIR / REAL_IMAGE), str(random_model(tmp_path))
+    assumed = predict_here(tmp_path, image, "--model", model, "--out", str(tmp_path / "assumed"))
+    given = predict_here(tmp_path, image, "--model", model, "--out", str(tmp_path / "given"), "--mpp", "0.25")
+    assert assumed.returncode == 0 and given.returncode == 0, assumed.stderr + given.stderr
+    assert "assuming 0.25 µm/px, the model's scale; pass --mpp or --magnification if not\n" in assumed.stderr
+    assert "assuming" not in given.stderr
+    stem = Path(REAL_IMAGE).stem
+    labels = tifffile.imread(tmp_path / "assumed" / f"{stem}_labels.tif")
+    assert labels.max() > 0  # not two empty maps
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "given" / f"{stem}_labels.tif"), labels)
+    for name in (f"{stem}_nuclei.csv", f"{stem}_overlay.png"):
+        assert (tmp_path / "given" / name).read_bytes() == (tmp_path / "assumed" / name).read_bytes(), name
+
+
+def test_bad_scale_options_get_one_line_each(tmp_path: Path) -> None:
+    model, image = str(random_model(tmp_path)), str(small_png(tmp_path / "a.png"))
+    cases = {
+        ("--mpp", "0"): "error: --mpp 0: must be a positive number of µm per pixel",
+        ("--mpp", "nan"): "error: --mpp nan: must be a positive number of µm per pixel",
+        ("--mpp", "abc"): "error: --mpp abc: must be a positive number of µm per pixel",
+        ("--magnification", "30x"): "error: --magnification 30x: unknown magnification; use one of 10x, 20x, 40x",
+        ("--mpp", "0.5", "--magnification", "20x"): "error: --mpp and --magnification both give the scale",
+        ("--mpp", "4"): f"error: {image}: --mpp 4: 4 µm/px is 16x from the model's 0.25 µm/px",
+    }
+    for args, message in cases.items():
+        out = tmp_path / "out"
+        result = predict_here(tmp_path, image, "--model", model, "--out", str(out), *args)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+        assert not out.exists()
+
+
+def test_a_scale_the_tiff_records_is_used_and_said(tmp_path: Path) -> None:
+    image = tmp_path / "recorded.tif"
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)
+    tifffile.imwrite(image, pixels, photometric="rgb", resolution=(20_000, 20_000), resolutionunit="CENTIMETER")
+    out = tmp_path / "out"
+    result = predict_here(tmp_path, str(image), "--model", str(random_model(tmp_path)), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"{image}: the file records 0.5 µm/px (20x); resampled to the model's 0.25 µm/px\n" in result.stderr
+    assert "assuming" not in result.stderr
+    assert tifffile.imread(out / "recorded_labels.tif").shape == (48, 64)
+    (row,) = read_csv(out / "summary.csv")
+    assert (float(row["microns_per_pixel"]), row["scale_from"]) == (0.5, "file")
+
+
+def test_a_summary_written_before_scales_were_recorded_keeps_its_rows(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text(
+        "image,nuclei,mean_area_px,median_area_px,foreground_fraction\nold.png,3,100.0,90.0,0.1\n"
+    )
+    image = str(small_png(tmp_path / "a.png"))
+    result = predict_here(tmp_path, image, "--model", str(random_model(tmp_path)), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(out / "summary.csv")
+    assert [(r["image"], r["microns_per_pixel"]) for r in rows] == [("old.png", ""), (image, "0.25")]

@@ -1,4 +1,8 @@
-"""Try it: segment your own H&E image with a registered version; download its instance mask."""
+"""Try it: segment your own H&E image with a registered version; download its instance mask.
+
+The image's scale is asked for: an image at another scale than the model's is resampled to the
+model's for segmenting, and its nuclei mapped back onto the image, as `patchunet predict --mpp` does.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ from patchunet import review
 from patchunet.errors import DataError, PatchUNetError
 from patchunet.io import read_rgb_image, write_label_tiff
 from patchunet.overlay import prediction_overlay
+from patchunet.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
 
 import store
 import widgets
 
 READABLE_SUFFIXES = (".tif", ".tiff", ".png")
 SHOWN_NAME_CHARS = 60
+SCALE_CHOICES = {f"{name} ({MAGNIFICATIONS[name]:g} µm/px)": MAGNIFICATIONS[name] for name in ("40x", "20x")}
+OTHER_SCALE = "other mpp"
 
 
 def shown_name(name: str) -> str:
@@ -43,6 +50,30 @@ def read_upload(name: str, content: bytes, max_side: int) -> np.ndarray:
             raise DataError(shown_name(name), exc.problem) from None
 
 
+def scale_input(model_mpp: float) -> float:
+    """The image's µm per pixel: 40x, 20x or a number; the model's scale by default."""
+    choices = [*SCALE_CHOICES, OTHER_SCALE]
+    model_choice = [label for label, mpp in SCALE_CHOICES.items() if is_same_scale(mpp, model_mpp)]
+    choice = st.selectbox(
+        "Image scale",
+        choices,
+        index=choices.index(model_choice[0] if model_choice else OTHER_SCALE),
+        help="Magnification M means 10/M µm per pixel; a scanner's exact µm per pixel is in the slide's properties.",
+        key="try_scale",
+    )
+    if choice != OTHER_SCALE:
+        return SCALE_CHOICES[choice]
+    return st.number_input(
+        "µm per pixel",
+        min_value=model_mpp / MAX_SCALE_RATIO,
+        max_value=model_mpp * MAX_SCALE_RATIO,
+        value=model_mpp,
+        step=0.01,
+        format="%.4f",
+        key="try_mpp",
+    )
+
+
 def mask_tiff(labels: np.ndarray) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "labels.tif"
@@ -60,6 +91,16 @@ version = st.selectbox(
     format_func=lambda v: review.version_label(table, v),
     key="try_version",
 )
+try:
+    model_mpp = store.model_scale(cfg, version)
+except PatchUNetError as exc:
+    st.error(str(exc))
+    st.stop()
+image_mpp = scale_input(model_mpp)
+st.caption(
+    f"Version {version} was trained on images at {scale_label(model_mpp)}. An image at another scale is "
+    "resampled to it for segmenting, and its nuclei are mapped back onto your image."
+)
 upload = st.file_uploader(
     "H&E image, RGB TIFF or PNG",
     type=["tif", "tiff", "png"],
@@ -76,17 +117,28 @@ try:
 except DataError as exc:
     st.error(f"Cannot segment this file. {exc}")
     st.stop()
+at_model_scale = resampled_shape(image.shape, image_mpp, model_mpp)
+if max(at_model_scale) > cfg.dashboard.max_image_side:
+    st.error(
+        f"Cannot segment this file. {shown_name(upload.name)}: at the model's {model_mpp:g} µm/px it becomes "
+        f"{at_model_scale[1]}x{at_model_scale[0]} px, larger than {cfg.dashboard.max_image_side} px on a side."
+    )
+    st.stop()
 
 with st.spinner(f"Segmenting {shown_name(upload.name)} with version {version}..."):
     try:
-        labels, seconds = store.segment_upload(cfg, table, version, image)
+        labels, seconds = store.segment_upload(cfg, table, version, image, image_mpp)
     except PatchUNetError as exc:
         st.error(str(exc))
         st.stop()
-count = int(labels.max())
+count = int(np.count_nonzero(np.unique(labels)))  # mapping back to a smaller image can drop an id
+resampled = "" if is_same_scale(image_mpp, model_mpp) else f", resampled to {at_model_scale[1]}x{at_model_scale[0]}"
 left, right = st.columns([1, 3])
 left.metric("Nuclei", count)
-left.caption(f"{image.shape[1]}x{image.shape[0]} px, segmented in {seconds:.1f} s by version {version}")
+left.caption(
+    f"{image.shape[1]}x{image.shape[0]} px at {scale_label(image_mpp)}{resampled}, "
+    f"segmented in {seconds:.1f} s by version {version}"
+)
 left.download_button(
     "Download instance mask (TIFF)",
     data=mask_tiff(labels),
