@@ -3,7 +3,8 @@
 Sliding-window inference and watershed post-processing with the `eval` params, then pixel and
 instance metrics against the test labels. Writes metrics/test.json (per-image means and
 dataset-level aggregates), reports/test_per_image.csv, and reports/samples/<id>.png with the
-predicted instance map <id>_labels.tif. Logs the same as test/... metrics and artifacts to the
+predicted instance map <id>_labels.tif and, for a model with an instance head, its map <id>_head.png.
+Logs the same as test/... metrics and artifacts to the
 training run named in models/run.json, and tags its registered model version with the scores.
 """
 
@@ -40,7 +41,7 @@ from patchunet.masks import count_nuclei
 from patchunet.metrics import score_segmentation, summarise_scores
 from patchunet.model import load_model
 from patchunet.monuseg import organ_of, pair_files, raw_dirs
-from patchunet.overlay import match_overlay
+from patchunet.overlay import head_picture, match_overlay
 from patchunet.train import pick_device
 
 EVAL_PARAMS_TAG = "eval_params"
@@ -62,7 +63,10 @@ def main() -> None:
     window = cfg.window_for(patch_cfg.size, model.cfg.size_multiple)
     records = pair_files(raw_dirs(RAW_DIR), "test")
     samples = sample_ids([r.image_id for r in records], cfg.samples)
-    print(f"evaluate: {len(records)} test images, window {window} px, overlap {cfg.overlap}, tta {cfg.tta}")
+    print(
+        f"evaluate: {len(records)} test images, instance head {model.cfg.instance_head}, window {window} px, "
+        f"overlap {cfg.overlap}, tta {cfg.tta}"
+    )
 
     scores, rows = [], []
     with atomic_directory(SAMPLES_DIR) as staging:
@@ -73,7 +77,7 @@ def main() -> None:
             if truth.shape != image.shape[:2]:
                 raise DataError(label_path, f"label map {truth.shape} does not match its image {image.shape[:2]}")
             started = time.perf_counter()
-            _, predicted = segment_image(model, image, cfg, window)
+            maps, predicted = segment_image(model, image, cfg, window)
             seconds = time.perf_counter() - started
             image_scores = score_segmentation(truth, predicted)
             scores.append(image_scores)
@@ -93,6 +97,9 @@ def main() -> None:
             if record.image_id in samples:
                 write_png(staging / f"{record.image_id}.png", match_overlay(image, truth, predicted))
                 write_label_tiff(staging / f"{record.image_id}_labels.tif", predicted)  # the dashboard redraws it
+                picture = head_picture(maps, model.cfg.instance_head)
+                if picture is not None:
+                    write_png(staging / f"{record.image_id}_head.png", picture)
 
         summary = {
             **summarise_scores(scores),

@@ -81,8 +81,8 @@ def main() -> None:
     patch_size = train_store.images.shape[1]
     check_input_size((patch_size, patch_size), model_cfg.size_multiple)
     augmentation = build_augmentation(cfgs["augment"]) if train_cfg.online_augment else None
-    train_set = PatchDataset(train_store, augmentation, seed=train_cfg.seed)
-    val_set = PatchDataset(val_store)
+    train_set = PatchDataset(train_store, augmentation, seed=train_cfg.seed, head=model_cfg.instance_head)
+    val_set = PatchDataset(val_store, head=model_cfg.instance_head)
     abandoned = tracking.fail_abandoned_run(ACTIVE_RUN_RECORD)
     if abandoned:
         print(f"train: run {abandoned} was killed before it could end; marked FAILED in MLflow")
@@ -149,6 +149,8 @@ def main() -> None:
                 "patch_size": patch_size,
                 "base_channels": model_cfg.base_channels,
                 "depth": model_cfg.depth,
+                "instance_head": model_cfg.instance_head,
+                "microns_per_pixel": model_cfg.microns_per_pixel,
                 "val_dice": round(summary["val_dice"], 4),
                 "val_iou": round(summary["val_iou"], 4),
                 "best_epoch": summary["best_epoch"],

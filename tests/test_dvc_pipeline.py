@@ -143,7 +143,9 @@ def test_full_repro_trains_evaluates_and_registers(dvc_repo: tuple[Path, str]) -
     assert test_metrics["images"] == len(TEST_IDS) and test_metrics["window"] == 128
     registry = yaml.safe_load((repo / "models/registry.json").read_text())
     assert registry["champion"] == registry["challenger"] == 1 and registry["promoted"]
-    assert len(list((repo / "reports/samples").glob("*.png"))) == 1
+    head = yaml.safe_load((repo / "params.yaml").read_text())["model"]["instance_head"]
+    pictures = sorted(p.name.removeprefix(TEST_IDS[0]) for p in (repo / "reports/samples").glob("*.png"))
+    assert pictures == ([".png"] if head == "none" else [".png", "_head.png"])  # the sample, and its head's map
 
     shown = run(repo, sys.executable, "-m", "dvc", "metrics", "show")
     assert "metrics/test.json" in shown and "per_image_mean.aji" in shown

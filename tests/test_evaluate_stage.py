@@ -59,11 +59,27 @@ def test_samples_show_truth_and_prediction_side_by_side(evaluated) -> None:
     import imagecodecs
 
     project, _, _ = evaluated
-    samples = sorted((project / "reports/samples").glob("*.png"))
+    samples = sorted((project / "reports/samples").glob("*[0-9A-Z].png"))
     assert [p.stem for p in samples] == TEST_IDS[:2]
     assert imagecodecs.imread(samples[0]).shape == (100, 208, 3)
     predicted = read_label_image(project / f"reports/samples/{TEST_IDS[0]}_labels.tif")
     assert predicted.shape == (100, 100) and predicted.max() > 0
+
+
+def test_samples_show_the_instance_heads_map_of_a_model_with_one(evaluated) -> None:
+    import imagecodecs
+
+    from patchunet.model import load_model
+
+    project, _, _ = evaluated
+    head = load_model(project / "models/patchunet.pt").cfg.instance_head
+    head_maps = sorted((project / "reports/samples").glob("*_head.png"))
+    if head == "none":
+        assert head_maps == []
+    else:
+        assert [p.name for p in head_maps] == [f"{image_id}_head.png" for image_id in TEST_IDS[:2]]
+        width = 208 if head == "hover" else 100
+        assert imagecodecs.imread(head_maps[0]).shape == (100, width, 3)
 
 
 def test_test_metrics_go_to_the_training_run_and_the_version_tags(evaluated) -> None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from conftest import REPO_ROOT
@@ -9,25 +11,42 @@ from patchunet.model import PatchUNet, parameter_count
 DEFAULT = parse_section(ModelConfig, load_params(REPO_ROOT / "params.yaml"), "model")
 
 
-def test_output_is_one_logit_per_pixel() -> None:
-    model = PatchUNet(DEFAULT).eval()
+@pytest.mark.parametrize(("head", "channels"), [("none", 1), ("boundary", 2), ("distance", 2), ("hover", 3)])
+def test_output_is_the_foreground_logit_then_the_heads_channels(head: str, channels: int) -> None:
+    model = PatchUNet(dataclasses.replace(DEFAULT, instance_head=head)).eval()
     with torch.no_grad():
-        assert model(torch.rand(2, 3, 64, 96)).shape == (2, 1, 64, 96)
+        assert model(torch.rand(2, 3, 64, 96)).shape == (2, channels, 64, 96)
 
 
-@pytest.mark.parametrize("cfg", [DEFAULT, ModelConfig(base_channels=16, depth=4, norm="batch", dropout=0.1)])
-def test_model_stays_under_two_million_parameters(cfg: ModelConfig) -> None:
-    assert parameter_count(PatchUNet(cfg)) < 2_000_000
+@pytest.mark.parametrize("head", ["none", "boundary", "distance", "hover"])
+def test_default_model_stays_under_one_million_parameters(head: str) -> None:
+    assert parameter_count(PatchUNet(dataclasses.replace(DEFAULT, instance_head=head))) < 1_000_000
+
+
+def test_a_model_file_saved_before_instance_heads_loads_as_a_foreground_model_at_40x(tmp_path) -> None:
+    from patchunet.model import load_model, save_model
+
+    model = PatchUNet(dataclasses.replace(DEFAULT, instance_head="none")).eval()
+    save_model(model, tmp_path / "m.pt")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    del saved["model_config"]["instance_head"], saved["model_config"]["microns_per_pixel"]
+    torch.save(saved, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert (loaded.cfg.instance_head, loaded.cfg.microns_per_pixel) == ("none", 0.25)
 
 
 def test_group_norm_variant_works() -> None:
-    model = PatchUNet(ModelConfig(base_channels=8, depth=2, norm="group", dropout=0.0)).eval()
+    model = PatchUNet(
+        ModelConfig(base_channels=8, depth=2, norm="group", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
+    ).eval()
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 def test_sides_not_divisible_by_two_to_the_depth_are_refused() -> None:
-    model = PatchUNet(ModelConfig(base_channels=8, depth=4, norm="batch", dropout=0.0))
+    model = PatchUNet(
+        ModelConfig(base_channels=8, depth=4, norm="batch", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
+    )
     with pytest.raises(PatchUNetError, match="100x96 pixels: both sides must be divisible by 16"):
         model(torch.rand(1, 3, 100, 96))
 
@@ -35,7 +54,9 @@ def test_sides_not_divisible_by_two_to_the_depth_are_refused() -> None:
 def test_saved_model_loads_back_identical(tmp_path) -> None:
     from patchunet.model import load_model, save_model
 
-    model = PatchUNet(ModelConfig(base_channels=8, depth=2, norm="group", dropout=0.0)).eval()
+    model = PatchUNet(
+        ModelConfig(base_channels=8, depth=2, norm="group", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
+    ).eval()
     save_model(model, tmp_path / "m.pt", patch_size=32)
     loaded = load_model(tmp_path / "m.pt")
     x = torch.rand(1, 3, 32, 32)
@@ -48,9 +69,9 @@ def test_saved_model_loads_back_identical(tmp_path) -> None:
 
 def test_bad_model_params_name_their_key() -> None:
     with pytest.raises(ConfigError, match=r"model\.base_channels: must be a multiple of 8"):
-        ModelConfig(base_channels=12, depth=3, norm="group", dropout=0.0)
+        ModelConfig(base_channels=12, depth=3, norm="group", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
     with pytest.raises(ConfigError, match=r"model\.dropout"):
-        ModelConfig(base_channels=8, depth=3, norm="batch", dropout=1.0)
+        ModelConfig(base_channels=8, depth=3, norm="batch", dropout=1.0, instance_head="none", microns_per_pixel=0.25)
 
 
 class RunsCodeWhenUnpickled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from skimage.draw import disk
 
 from patchunet.postprocess import instances_from_probabilities
@@ -84,3 +85,77 @@ def test_post_processing_peaks_below_fourteen_float32_maps() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 14 * probabilities.size * 4
+
+
+def eval_config(**changes):
+    import dataclasses
+
+    from conftest import REPO_ROOT
+
+    from patchunet.config import EvalConfig, load_params, parse_section
+
+    cfg = parse_section(EvalConfig, load_params(REPO_ROOT / "params.yaml"), "eval")
+    return dataclasses.replace(cfg, min_nucleus_area=16, **changes)
+
+
+def touching_cluster() -> np.ndarray:
+    """Five discs, three of them touching in a row and two touching a thin one."""
+    from skimage.draw import disk as draw_disk
+
+    labels = np.zeros((90, 120), np.int32)
+    for nucleus, (row, col, radius) in enumerate(
+        [(30, 20, 11), (30, 40, 10), (30, 60, 11), (70, 30, 9), (72, 46, 8)], start=1
+    ):
+        labels[draw_disk((row, col), radius, shape=labels.shape)] = nucleus
+    return labels
+
+
+@pytest.mark.parametrize(("head", "least_aji"), [("boundary", 0.99), ("distance", 0.97), ("hover", 0.99)])
+def test_each_head_splits_touching_nuclei_from_its_own_true_maps(head: str, least_aji: float) -> None:
+    from patchunet.heads import make_targets
+    from patchunet.metrics import score_segmentation
+    from patchunet.postprocess import instances_from_maps
+
+    truth = touching_cluster()
+    labels = instances_from_maps(make_targets(truth, head), head, eval_config())
+    assert labels.max() == 5
+    assert score_segmentation(truth, labels).as_dict()["aji"] >= least_aji
+
+
+def test_the_none_head_is_the_distance_transform_watershed() -> None:
+    from patchunet.postprocess import instances_from_maps
+
+    probabilities = discs((60, 80), (30, 25, 12), (30, 46, 12))
+    cfg = eval_config()
+    expected = instances_from_probabilities(
+        probabilities,
+        threshold=cfg.threshold,
+        min_nucleus_area=cfg.min_nucleus_area,
+        max_hole_area=cfg.max_hole_area,
+        distance_sigma=cfg.distance_sigma,
+        watershed_h=cfg.watershed_h,
+    )
+    np.testing.assert_array_equal(instances_from_maps(probabilities[None], "none", cfg), expected)
+
+
+def test_a_blob_without_a_marker_is_still_one_nucleus() -> None:
+    from patchunet.postprocess import instances_from_maps
+
+    foreground = discs((40, 40), (20, 20, 8))
+    all_boundary = np.stack([foreground, np.full_like(foreground, 0.9)])  # no pixel passes as a marker
+    labels = instances_from_maps(all_boundary, "boundary", eval_config())
+    assert labels.max() == 1 and (labels > 0).sum() == (foreground > 0.5).sum()
+
+
+def test_the_search_ranks_settings_by_val_aji_and_keeps_the_rest_of_eval() -> None:
+    from patchunet.heads import make_targets
+    from patchunet.postprocess_search import GRIDS, search_postprocessing
+
+    truth = touching_cluster()
+    maps = make_targets(truth, "distance")
+    maps[1] *= 0.7  # a model whose distance never reaches the upper marker thresholds
+    results = search_postprocessing([(maps, truth)], "distance", eval_config())
+    assert len(results) == np.prod([len(v) for v in GRIDS["distance"].values()])
+    ajis = [r.per_image_mean["aji"] for r in results]
+    assert ajis == sorted(ajis, reverse=True) and ajis[0] > ajis[-1]
+    assert results[0].cfg.marker_threshold < 0.7 and results[0].cfg.overlap == eval_config().overlap

@@ -99,7 +99,14 @@ def random_model(folder: Path) -> Path:
 
     torch.manual_seed(0)
     path = folder / "random.pt"
-    save_model(PatchUNet(ModelConfig(base_channels=4, depth=2, norm="batch", dropout=0.0)), path)
+    save_model(
+        PatchUNet(
+            ModelConfig(
+                base_channels=4, depth=2, norm="batch", dropout=0.0, instance_head="none", microns_per_pixel=0.25
+            )
+        ),
+        path,
+    )
     return path
 
 

@@ -39,7 +39,13 @@ def table():
         ),
         "b": make_run(
             "b",
-            {"train.lr": 5e-4, "patch.size": 128, "model.base_channels": 16, "model.depth": 3},
+            {
+                "train.lr": 5e-4,
+                "patch.size": 128,
+                "model.base_channels": 16,
+                "model.depth": 3,
+                "model.instance_head": "boundary",
+            },
             {"model/parameters": 900000},
         ),
         "c": make_run("c", {"train.lr": 1e-2, "patch.size": 256, "model.base_channels": 8, "model.depth": 4}),
@@ -67,6 +73,7 @@ def test_version_table_has_one_row_per_version_with_aliases_scores_params_and_li
     assert row["parameters"] == 900000 and row["s/image"] == 2.5
     assert row["created"].value == 2_000 * 1_000_000
     assert row["run"] == f"{UI}/#/experiments/7/runs/b"
+    assert table["heads"].tolist() == ["foreground", "foreground + boundary", "foreground"]  # 1, 3: before heads
     unevaluated = table.set_index("version").loc[3]
     assert math.isnan(unevaluated["Dice"]) and math.isnan(unevaluated["parameters"])
 

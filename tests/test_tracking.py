@@ -122,7 +122,9 @@ def tiny_network():
     from patchunet.model import PatchUNet
 
     torch.manual_seed(0)
-    return PatchUNet(ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.0)).eval()
+    return PatchUNet(
+        ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
+    ).eval()
 
 
 @pytest.fixture(scope="module")

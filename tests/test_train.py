@@ -19,7 +19,9 @@ from patchunet.train import (
     set_aside_checkpoints,
 )
 
-TINY_MODEL = ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.1)
+TINY_MODEL = ModelConfig(
+    base_channels=8, depth=2, norm="batch", dropout=0.1, instance_head="none", microns_per_pixel=0.25
+)
 TINY_TRAIN = dataclasses.replace(
     parse_section(TrainConfig, load_params(REPO_ROOT / "params.yaml"), "train"),
     epochs=2,
@@ -156,3 +158,36 @@ def test_setting_aside_never_overwrites_an_earlier_folder(tmp_path: Path) -> Non
     assert len(set(folders)) == 3
     assert [(f / LAST_CHECKPOINT).read_text() for f in folders] == ["run 0", "run 1", "run 2"]
     assert set_aside_checkpoints(tmp_path) is None
+
+
+def test_the_time_budget_stops_before_an_epoch_that_would_end_past_it() -> None:
+    from patchunet.train import EpochResult, out_of_time
+
+    def epochs(*seconds: float) -> list[EpochResult]:
+        return [EpochResult(n, 1.0, 1.0, 0.5, 0.3, 1e-3, s) for n, s in enumerate(seconds)]
+
+    assert not out_of_time([], 0.01)
+    assert not out_of_time(epochs(50, 60), None)
+    assert not out_of_time(epochs(50, 60), 3.0)  # 110 s spent, the next may take 60: 170 < 180
+    assert out_of_time(epochs(50, 60, 40), 3.0)  # 150 + 60 > 180
+
+
+def test_fit_with_a_time_budget_runs_one_epoch_and_says_it_stopped(tmp_path: Path) -> None:
+    train_set, val_set = datasets()
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=5, max_minutes=1e-6)
+    result = fit(tiny_model(), train_set, val_set, cfg, tmp_path)
+    assert len(result.history) == 1 and result.best_epoch == 0
+
+
+@pytest.mark.parametrize("head", ["boundary", "distance", "hover"])
+def test_fit_trains_each_instance_head(tmp_path: Path, head: str) -> None:
+    train_set = PatchDataset(disc_patches(16, seed=1), head=head)
+    val_set = PatchDataset(disc_patches(8, seed=2), head=head)
+    torch.manual_seed(0)
+    model = PatchUNet(dataclasses.replace(TINY_MODEL, instance_head=head))
+    result = fit(model, train_set, val_set, dataclasses.replace(TINY_TRAIN, epochs=3), tmp_path)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    from patchunet.heads import output_channels
+
+    weights = load_checkpoint(tmp_path / BEST_CHECKPOINT)["model"]["head.weight"]
+    assert weights.shape[0] == output_channels(head)

@@ -1,6 +1,9 @@
-"""Samples: one test image segmented by up to three versions, with truth and prediction outlined."""
+"""Samples: one test image segmented by up to three versions, with truth and prediction outlined,
+and, beside it, what each version's instance head predicted (boundary, distance or offsets)."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import streamlit as st
@@ -38,6 +41,7 @@ with picker:
     versions = widgets.pick_versions(table, "Versions (up to 3)", key="samples_versions", limit=3)
 with look:
     opacity = st.slider("Contour opacity", 0.0, 1.0, 1.0, 0.1, key="samples_opacity")
+    show_head = st.toggle("Show the instance head's map", key="samples_head", help="boundary, distance or offsets")
     zoom = st.select_slider("Zoom", [1, 2, 4, 8], value=1, key="samples_zoom", help="nuclei are small: zoom in")
     centre = (0.5, 0.5)
     if zoom > 1:
@@ -77,3 +81,16 @@ for column, version in zip(st.columns(len(versions)), versions, strict=True):
         )
         st.markdown(f"Dice **{scores['dice']:.4f}** · AJI **{scores['aji']:.4f}** · PQ **{scores['pq']:.4f}**")
         st.caption(f"Nuclei predicted: {int(predicted.max())}, {source}")
+        if show_head:
+            head_png = store.artifact_bytes(cfg.tracking_uri, run_id, f"evaluation/samples/{image_id}_head.png")
+            if head_png is None:
+                st.caption(
+                    "No head map: this version predicts the foreground only, or this image was not a logged sample."
+                )
+            else:
+                from PIL import Image
+
+                head_map = np.asarray(Image.open(io.BytesIO(head_png)))
+                same_size = head_map.shape[:2] == truth.shape  # HoVer-Net's two offset maps are side by side
+                st.image(head_map[rows, cols] if same_size else head_map, width="stretch")
+                st.caption(f"Instance head of version {version}: white is high (offsets: mid-grey is 0).")

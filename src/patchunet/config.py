@@ -94,15 +94,23 @@ class AugmentConfig:
 GROUPS = 8
 """Channel groups for GroupNorm; model.base_channels must be a multiple of it."""
 
+InstanceHead = Literal["none", "boundary", "distance", "hover"]
+"""What the network predicts besides the foreground, to separate touching nuclei: nothing (the
+plain baseline), each nucleus's boundary, its distance to the boundary, or HoVer-Net's
+horizontal and vertical distances to its centre."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """PatchUNet's shape: width of the first stage, number of pooling stages, regularisation."""
+    """PatchUNet's shape: width of the first stage, number of pooling stages, regularisation,
+    what it predicts besides the foreground, and the scale of the images it learns from."""
 
     base_channels: int
     depth: int
     norm: Literal["batch", "group"]
     dropout: float
+    instance_head: InstanceHead
+    microns_per_pixel: float
 
     def __post_init__(self) -> None:
         if self.base_channels < 1:
@@ -113,6 +121,8 @@ class ModelConfig:
             raise ConfigError("model.depth", f"must be between 1 and 6, got {self.depth}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("model.dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.microns_per_pixel <= 0:
+            raise ConfigError("model.microns_per_pixel", f"must be above 0, got {self.microns_per_pixel}")
 
     @property
     def size_multiple(self) -> int:
@@ -130,6 +140,8 @@ class TrainConfig:
     lr: float
     bce_weight: float
     dice_weight: float
+    head_weight: float
+    max_minutes: float | None
     online_augment: bool
     early_stopping_patience: int
     early_stopping_min_delta: float
@@ -145,6 +157,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}", f"must be positive, got {value}")
         if self.bce_weight < 0 or self.dice_weight < 0 or self.bce_weight + self.dice_weight == 0:
             raise ConfigError("train.bce_weight", "bce_weight and dice_weight must be >= 0 and not both 0")
+        if self.head_weight < 0:
+            raise ConfigError("train.head_weight", f"must be 0 or more, got {self.head_weight}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError("train.max_minutes", f"must be above 0 or null, got {self.max_minutes}")
         if not 0 < self.lr_factor < 1:
             raise ConfigError("train.lr_factor", f"must be between 0 and 1, got {self.lr_factor}")
         if self.early_stopping_patience < 1:
@@ -168,6 +184,8 @@ class EvalConfig:
     max_hole_area: int
     distance_sigma: float
     watershed_h: float
+    marker_threshold: float
+    min_marker_area: int
     samples: int
 
     def __post_init__(self) -> None:
@@ -179,7 +197,9 @@ class EvalConfig:
             raise ConfigError("eval.batch_size", f"must be positive, got {self.batch_size}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError("eval.threshold", f"must be between 0 and 1, got {self.threshold}")
-        for name in ("min_nucleus_area", "max_hole_area", "distance_sigma", "samples"):
+        if not 0.0 < self.marker_threshold < 1.0:
+            raise ConfigError("eval.marker_threshold", f"must be between 0 and 1, got {self.marker_threshold}")
+        for name in ("min_nucleus_area", "max_hole_area", "distance_sigma", "min_marker_area", "samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"eval.{name}", f"must be 0 or more, got {getattr(self, name)}")
         if self.watershed_h <= 0:

@@ -1,4 +1,4 @@
-"""The torch Dataset over a patch store: binary nucleus masks, optional online augmentation."""
+"""The torch Dataset over a patch store: targets made from the instance labels, optional online augmentation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import Dataset
 
 from patchunet.augment import augment_pair
+from patchunet.config import InstanceHead
+from patchunet.heads import make_targets
 from patchunet.patches import PatchSet
 
 
@@ -17,14 +19,22 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class PatchDataset(Dataset):
-    """Items are (image (3, S, S) float32 in [0, 1], mask (1, S, S) float32 in {0, 1}).
+    """Items are (image (3, S, S) float32 in [0, 1], targets (C, S, S) float32): the nucleus mask,
+    then the maps of the instance `head`, made from the labels after they are augmented.
 
     With an augmentation, each item is augmented with a seed drawn from (seed, epoch, index), so
     an epoch's data is the same whichever worker loads it and whether or not the run was resumed.
     """
 
-    def __init__(self, patches: PatchSet, augmentation: A.Compose | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        patches: PatchSet,
+        augmentation: A.Compose | None = None,
+        seed: int = 0,
+        head: InstanceHead = "none",
+    ) -> None:
         self.patches = patches
+        self.head = head
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
@@ -42,5 +52,4 @@ class PatchDataset(Dataset):
             seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
             self.augmentation.set_random_seed(int(seed))
             image, labels = augment_pair(self.augmentation, image, labels)
-        mask = torch.from_numpy((labels > 0).astype(np.float32))[None]
-        return image_to_tensor(image), mask
+        return image_to_tensor(image), torch.from_numpy(make_targets(labels, self.head))

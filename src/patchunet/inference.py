@@ -7,7 +7,7 @@ window's edges, where a convolutional net sees the least context, and the weight
 normalised by the summed weights. A model that is exact everywhere is reproduced exactly.
 
 Memory: only the uint8 image is padded, each batch of windows becomes float in turn, and the
-weighted sum is divided in place, so the peak is two float32 maps of the padded image (sum and
+weighted sum is divided in place, so the peak is C + 1 float32 maps of the padded image (sum and
 weights) plus one uint8 padded copy and a batch of windows.
 """
 
@@ -19,10 +19,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from patchunet.config import EvalConfig
+from patchunet.config import EvalConfig, InstanceHead
 from patchunet.data import image_to_tensor
+from patchunet.errors import ConfigError
+from patchunet.heads import activate
 from patchunet.patches import tile_grid
-from patchunet.postprocess import instances_from_probabilities
+from patchunet.postprocess import instances_from_maps
 
 Blend = Literal["gaussian", "linear"]
 MIN_WEIGHT = 1e-3
@@ -65,7 +67,12 @@ def dihedral_transforms() -> list[tuple[TensorMap, TensorMap]]:
     return transforms
 
 
-def predict_probabilities(
+def predict_probabilities(model: torch.nn.Module, image: np.ndarray, **options: object) -> np.ndarray:
+    """(H, W) float32 nucleus probabilities of an (H, W, 3) uint8 image: channel 0 of `predict_maps`."""
+    return predict_maps(model, image, **options)[0]
+
+
+def predict_maps(
     model: torch.nn.Module,
     image: np.ndarray,
     *,
@@ -74,15 +81,19 @@ def predict_probabilities(
     batch_size: int,
     blend: Blend = "gaussian",
     tta: bool = False,
+    head: InstanceHead = "none",
     device: torch.device | str = "cpu",
     progress: Callable[[Iterable, int], Iterable] | None = None,
 ) -> np.ndarray:
-    """(H, W) float32 nucleus probabilities of an (H, W, 3) uint8 image of any size.
+    """(C, H, W) float32 maps of an (H, W, 3) uint8 image of any size: nucleus probabilities, then
+    the instance `head`'s maps (heads.activate).
 
-    `model` maps (N, 3, window, window) images in [0, 1] to logits of the same size. With
+    `model` maps (N, 3, window, window) images in [0, 1] to (N, C, window, window) logits. With
     `tta`, each window is also predicted under the 8 flips and rotations and the results averaged.
     `progress` wraps the iterable of window batches (and gets their count), for a progress bar.
     """
+    if tta and head == "hover":
+        raise ConfigError("eval.tta", "cannot average flipped HoVer-Net offset maps: set it to false for this model")
     if not 0 <= overlap < window:
         raise ValueError(f"overlap {overlap} must be at least 0 and smaller than the window {window}")
     height, width = image.shape[:2]
@@ -92,7 +103,7 @@ def predict_probabilities(
     padded = np.pad(image, padding, mode="reflect")
     corners = tile_grid(padded.shape[:2], window, window - overlap)
     weights = blending_weights(window, blend)
-    total = np.zeros(padded.shape[:2], np.float32)
+    total: np.ndarray | None = None  # (C, H, W), once the model's channel count is known
     weight_sum = np.zeros(padded.shape[:2], np.float32)
     transforms = dihedral_transforms() if tta else dihedral_transforms()[:1]
 
@@ -102,15 +113,17 @@ def predict_probabilities(
         for batch in progress(batches, len(batches)) if progress else batches:
             windows = torch.stack([image_to_tensor(padded[y : y + window, x : x + window]) for y, x in batch])
             windows = windows.to(device)
-            probabilities = sum(inverse(torch.sigmoid(model(forward(windows)))) for forward, inverse in transforms)
-            probabilities = (probabilities / len(transforms))[:, 0].cpu().numpy()
-            for (y, x), probability in zip(batch, probabilities, strict=True):
-                total[y : y + window, x : x + window] += probability * weights
+            maps = sum(inverse(activate(model(forward(windows)), head)) for forward, inverse in transforms)
+            maps = (maps / len(transforms)).cpu().numpy()
+            if total is None:
+                total = np.zeros((maps.shape[1], *padded.shape[:2]), np.float32)
+            for (y, x), window_maps in zip(batch, maps, strict=True):
+                total[:, y : y + window, x : x + window] += window_maps * weights
                 weight_sum[y : y + window, x : x + window] += weights
     del padded
     np.divide(total, weight_sum, out=total)
     del weight_sum
-    return total[margin : margin + height, margin : margin + width]
+    return total[:, margin : margin + height, margin : margin + width]
 
 
 def segment_image(
@@ -120,8 +133,12 @@ def segment_image(
     window: int,
     progress: Callable[[Iterable, int], Iterable] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, instance labels) of an (H, W, 3) uint8 image, with the `eval` params."""
-    probabilities = predict_probabilities(
+    """((C, H, W) maps, (H, W) instance labels) of an (H, W, 3) uint8 image, with the `eval` params.
+
+    Maps and post-processing follow the model's instance head (`model.cfg.instance_head`).
+    """
+    head = model.cfg.instance_head
+    maps = predict_maps(
         model,
         image,
         window=window,
@@ -129,18 +146,11 @@ def segment_image(
         batch_size=cfg.batch_size,
         blend=cfg.blend,
         tta=cfg.tta,
+        head=head,
         device=next(model.parameters()).device,
         progress=progress,
     )
-    labels = instances_from_probabilities(
-        probabilities,
-        threshold=cfg.threshold,
-        min_nucleus_area=cfg.min_nucleus_area,
-        max_hole_area=cfg.max_hole_area,
-        distance_sigma=cfg.distance_sigma,
-        watershed_h=cfg.watershed_h,
-    )
-    return probabilities, labels
+    return maps, instances_from_maps(maps, head, cfg)
 
 
 def _batched(items: list, size: int) -> Iterator[list]:

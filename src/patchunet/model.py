@@ -1,8 +1,9 @@
-"""PatchUNet: a lightweight U-Net for binary nucleus segmentation of H&E patches.
+"""PatchUNet: a lightweight U-Net for nucleus segmentation of H&E patches.
 
 Encoder: `depth` stages of two 3x3 convolutions then 2x2 max-pooling, doubling the width each
 time from `base_channels`. A bottleneck, then a decoder of 2x2 transposed convolutions that each
-take the matching encoder output as a skip connection. A 1x1 head gives one logit per pixel.
+take the matching encoder output as a skip connection. A 1x1 head gives the foreground logit per
+pixel, plus the channels of the instance head (`model.instance_head`, see heads.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from patchunet.config import GROUPS, ModelConfig
 from patchunet.errors import PatchUNetError, first_line
+from patchunet.heads import output_channels
 from patchunet.io import atomic_file
 
 
@@ -37,7 +39,10 @@ def conv_block(in_channels: int, out_channels: int, norm: str, dropout: float) -
 
 
 class PatchUNet(nn.Module):
-    """(N, 3, H, W) float images in [0, 1] -> (N, 1, H, W) logits; H and W divisible by 2**depth."""
+    """(N, 3, H, W) float images in [0, 1] -> (N, C, H, W) logits; H and W divisible by 2**depth.
+
+    C is 1 (the foreground) plus the instance head's channels.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -52,7 +57,7 @@ class PatchUNet(nn.Module):
         # decoder stage for width c: upsample 2c -> c, concatenate the skip (c), convolve 2c -> c
         self.upsamplers = nn.ModuleList(nn.ConvTranspose2d(2 * c, c, 2, stride=2) for c in reversed(widths))
         self.decoders = nn.ModuleList(conv_block(2 * c, c, cfg.norm, cfg.dropout) for c in reversed(widths))
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        self.head = nn.Conv2d(widths[0], output_channels(cfg.instance_head), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape, self.cfg.size_multiple)
@@ -86,6 +91,10 @@ def save_model(model: PatchUNet, path: Path, **metadata: object) -> None:
         torch.save({"model_config": dataclasses.asdict(model.cfg), "state_dict": model.state_dict(), **metadata}, tmp)
 
 
+MODEL_CONFIG_BEFORE_HEADS = {"instance_head": "none", "microns_per_pixel": 0.25}
+"""What a model file saved before these keys existed was: a foreground-only model of MoNuSeg at 40x."""
+
+
 def load_model(path: Path) -> PatchUNet:
     """Rebuild a PatchUNet, on the CPU in eval mode, from a file of `save_model` or a training
     checkpoint (`best.pt`, `last.pt`)."""
@@ -93,7 +102,7 @@ def load_model(path: Path) -> PatchUNet:
         raise PatchUNetError(f"{path}: model file not found")
     saved = load_tensor_file(path, "not a PatchUNet model file")
     try:
-        model = PatchUNet(ModelConfig(**saved["model_config"]))
+        model = PatchUNet(ModelConfig(**{**MODEL_CONFIG_BEFORE_HEADS, **saved["model_config"]}))
         model.load_state_dict(saved["state_dict"] if "state_dict" in saved else saved["model"])
     except Exception as exc:  # a missing key, a bad config or weights of another shape
         raise PatchUNetError(f"{path}: not a PatchUNet model file ({type(exc).__name__}: {first_line(exc)})") from None

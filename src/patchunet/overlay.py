@@ -1,4 +1,4 @@
-"""Pictures of a segmentation: nucleus contours drawn over the H&E image.
+"""Pictures of a segmentation: nucleus contours drawn over the H&E image, and the instance head's maps.
 
 Contours rather than filled masks, so the nucleus underneath stays visible to a reviewer.
 """
@@ -65,3 +65,18 @@ def match_overlay(
     prediction = draw_contours(prediction, predicted_labels, RED, false_positive, opacity)
     separator = np.full((image.shape[0], SEPARATOR_WIDTH, 3), 255, np.uint8)
     return np.hstack([truth, separator, prediction])
+
+
+def head_picture(maps: np.ndarray, head: str) -> np.ndarray | None:
+    """(H, W, 3) uint8 grey picture of what the instance head predicted, white = high: the boundary
+    probability, the normalised distance, or HoVer-Net's x and y offsets side by side (mid-grey = 0);
+    None for a model without a head."""
+    if head == "none":
+        return None
+    if head == "hover":
+        offsets = [np.clip((maps[c] + 1) / 2, 0, 1) for c in (1, 2)]
+        separator = np.ones((maps.shape[1], SEPARATOR_WIDTH), np.float32)
+        grey = np.hstack([offsets[0], separator, offsets[1]])
+    else:
+        grey = np.clip(maps[1], 0, 1)
+    return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)

@@ -43,6 +43,7 @@ def version_table(
             {
                 "version": number,
                 "aliases": ", ".join(sorted(a for a, v in aliases.items() if v == number)),
+                "heads": instance_heads(version.tags, params),
                 **{column: _number(version.tags.get(f"test_{score}")) for column, score in SCORE_COLUMNS.items()},
                 **{column: _number(params.get(key)) for column, key in PARAM_COLUMNS.items()},
                 "parameters": _number(metrics.get("model/parameters")),
@@ -52,9 +53,18 @@ def version_table(
                 "run_id": version.run_id,
             }
         )
-    columns = ["version", "aliases", *SCORE_COLUMNS, *PARAM_COLUMNS, "parameters", "s/image", "created"]
+    columns = ["version", "aliases", "heads", *SCORE_COLUMNS, *PARAM_COLUMNS, "parameters", "s/image", "created"]
     columns += ["run", "run_id"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def instance_heads(version_tags: Mapping[str, str], run_params: Mapping[str, str]) -> str:
+    """What the version predicts: "foreground" alone, or "foreground + <instance head>".
+
+    Versions registered before instance heads existed name none: they are foreground-only.
+    """
+    head = version_tags.get("instance_head") or run_params.get("model.instance_head") or "none"
+    return "foreground" if head == "none" else f"foreground + {head}"
 
 
 def _number(value: object) -> float:

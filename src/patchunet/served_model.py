@@ -19,7 +19,8 @@ from patchunet.tracking import WEIGHTS_ARTIFACT
 
 
 class ServedPatchUNet(PythonModel):
-    """(N, 3, H, W) float32 images in [0, 1] -> (N, 1, H, W) float32 logits; H, W divisible by 2**depth."""
+    """(N, 3, H, W) float32 images in [0, 1] -> (N, C, H, W) float32 logits (the foreground, then the
+    instance head's channels); H, W divisible by 2**depth."""
 
     def load_context(self, context: PythonModelContext) -> None:
         self.network = load_model(Path(context.artifacts[WEIGHTS_ARTIFACT]))

@@ -228,11 +228,12 @@ def get_run(run_id: str) -> Run:
         raise PatchUNetError(f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}") from None
 
 
-def image_signature() -> ModelSignature:
-    """(N, 3, H, W) float32 images in [0, 1] -> (N, 1, H, W) float32 logits, any N, H, W."""
+def image_signature(channels: int = 1) -> ModelSignature:
+    """(N, 3, H, W) float32 images in [0, 1] -> (N, channels, H, W) float32 logits, any N, H, W:
+    the foreground, then the instance head's channels."""
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1))]),
     )
 
 
@@ -247,6 +248,7 @@ def log_model(model: PatchUNet, input_example: np.ndarray, **metadata: object) -
     import mlflow.pyfunc
 
     import patchunet
+    from patchunet.heads import output_channels
     from patchunet.model import save_model
 
     package = Path(patchunet.__file__).parent
@@ -257,7 +259,7 @@ def log_model(model: PatchUNet, input_example: np.ndarray, **metadata: object) -
             name=MODEL_ARTIFACT,
             python_model=package / "served_model.py",
             artifacts={WEIGHTS_ARTIFACT: str(weights)},
-            signature=image_signature(),
+            signature=image_signature(output_channels(model.cfg.instance_head)),
             input_example=input_example,
             code_paths=[str(package)],
         )

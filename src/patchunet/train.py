@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from patchunet.config import TrainConfig
+from patchunet.config import InstanceHead, TrainConfig
 from patchunet.data import PatchDataset
 from patchunet.errors import PatchUNetError
+from patchunet.heads import head_loss
 from patchunet.io import atomic_file
-from patchunet.losses import bce_dice_loss
 from patchunet.metrics import PixelCounts
 from patchunet.model import load_tensor_file
 from patchunet.resources import worker_count
@@ -116,6 +116,9 @@ def fit(
 ) -> FitResult:
     """Train `model` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
 
+    Stops after `cfg.epochs`, on early stopping, or before an epoch that would end past
+    `cfg.max_minutes` of training (judged by the longest epoch so far).
+
     `resume` continues from `last.pt` exactly: weights, optimiser, scheduler, early stopping,
     history and RNG state. Without it, checkpoints already there are set aside, never deleted.
     `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
@@ -147,7 +150,7 @@ def fit(
     stopped = stopper.bad_epochs >= stopper.patience
 
     for epoch in range(len(history), cfg.epochs):
-        if stopped:
+        if stopped or out_of_time(history, cfg.max_minutes):
             break
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
@@ -161,8 +164,10 @@ def fit(
             generator=shuffle,
             num_workers=cfg.num_workers,
         )
-        train_loss = train_one_epoch(model, wrap(loader, len(loader), f"epoch {epoch + 1}"), optimizer, cfg, device)
-        val_loss, counts = evaluate(model, DataLoader(val_set, batch_size=cfg.batch_size), cfg, device)
+        train_loss = train_one_epoch(
+            model, wrap(loader, len(loader), f"epoch {epoch + 1}"), optimizer, cfg, device, train_set.head
+        )
+        val_loss, counts = evaluate(model, DataLoader(val_set, batch_size=cfg.batch_size), cfg, device, val_set.head)
         scheduler.step(val_loss)
         stopped = stopper.step(val_loss)
         result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, time.perf_counter() - started)
@@ -198,14 +203,15 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
     device: torch.device,
+    head: InstanceHead = "none",
 ) -> float:
     """One pass over the training batches; returns the mean loss per patch."""
     model.train()
     total, seen = 0.0, 0
-    for images, masks in batches:
-        images, masks = images.to(device), masks.to(device)
+    for images, targets in batches:
+        images, targets = images.to(device), targets.to(device)
         optimizer.zero_grad(set_to_none=True)
-        loss = bce_dice_loss(model(images), masks, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
+        loss = training_loss(model(images), targets, cfg, head)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(images)
@@ -215,20 +221,34 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device
+    model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device, head: InstanceHead = "none"
 ) -> tuple[float, PixelCounts]:
-    """Mean loss per patch, and pixel counts at THRESHOLD pooled over every val patch."""
+    """Mean loss per patch, and foreground pixel counts at THRESHOLD pooled over every val patch."""
     model.eval()
     counts = PixelCounts()
     total, seen = 0.0, 0
-    for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
         logits = model(images)
-        loss = bce_dice_loss(logits, masks, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
+        loss = training_loss(logits, targets, cfg, head)
         total += loss.item() * len(images)
         seen += len(images)
-        counts.add(torch.sigmoid(logits) > THRESHOLD, masks > 0.5)
+        counts.add(torch.sigmoid(logits[:, :1]) > THRESHOLD, targets[:, :1] > 0.5)
     return total / seen, counts
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, head: InstanceHead) -> torch.Tensor:
+    return head_loss(
+        logits, targets, head, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, head_weight=cfg.head_weight
+    )
+
+
+def out_of_time(history: list[EpochResult], max_minutes: float | None) -> bool:
+    """True when another epoch as long as the longest so far would end past `max_minutes`."""
+    if max_minutes is None or not history:
+        return False
+    spent = sum(r.seconds for r in history)
+    return spent + max(r.seconds for r in history) > 60 * max_minutes
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -230,11 +230,11 @@ class Objective:
         train_store, val_store = self.patch_sets(parse_section(PatchConfig, params, "patch"))
         augment_cfg = parse_section(AugmentConfig, params, "augment")
         augmentation = build_augmentation(augment_cfg) if train_cfg.online_augment else None
-        train_set = PatchDataset(train_store, augmentation, seed=train_cfg.seed)
+        train_set = PatchDataset(train_store, augmentation, seed=train_cfg.seed, head=model_cfg.instance_head)
         torch.manual_seed(train_cfg.seed)
         model = PatchUNet(model_cfg)
         described = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        val_set = PatchDataset(val_store)
+        val_set = PatchDataset(val_store, head=model_cfg.instance_head)
         self.log(f"trial {trial.number}: {described}; {len(train_set)} train / {len(val_set)} val patches")
 
         tags = {"optuna.study": self.cfg.study_name, "optuna.trial_number": trial.number}
