@@ -79,6 +79,14 @@ def build(row: str, model_cfg: ModelConfig, peer_head: InstanceHead) -> tuple[to
     return PatchUNet(dataclasses.replace(model_cfg, instance_head=head)), head
 
 
+def write_table(table: list[dict]) -> None:
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    with TABLE.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+
+
 def merged_with_earlier_rows(table: list[dict]) -> list[dict]:
     """This run's rows, plus the rows of reports/ablation.csv that it did not rerun, in ROWS order."""
     earlier = {}
@@ -149,13 +157,9 @@ def main() -> None:
             tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float)})
         print(f"ablation: {result}", flush=True)
         table.append(result)
+        write_table(merged_with_earlier_rows(table))  # after every row: an interrupted run keeps its rows
 
     table = merged_with_earlier_rows(table)
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    with TABLE.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
     columns = [k for k in table[0] if k != "postprocessing"]
     print(" | ".join(columns))
     for result in table:

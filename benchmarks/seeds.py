@@ -10,6 +10,9 @@ evaluate is out of date. Each seed is an
 MLflow run of the experiment `patchunet-seeds`; the table goes to reports/seeds.csv.
 
     .venv/bin/python benchmarks/seeds.py --seeds 1 2 --pipeline-seed
+    # or one process per core, sharing reports/seeds.csv:
+    taskset -c 0 .venv/bin/python benchmarks/seeds.py --seeds 1 --pipeline-seed --fresh &
+    taskset -c 1 .venv/bin/python benchmarks/seeds.py --seeds 2
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from patchunet import tracking
 from patchunet.config import MlflowConfig, ModelConfig, load_params, parse_section
 from patchunet.errors import PatchUNetError
 from patchunet.layout import TEST_METRICS, TRAIN_METRICS
+from patchunet.locking import exclusive_lock
 from patchunet.model import PatchUNet
 
 EXPERIMENT = "patchunet-seeds"
@@ -50,10 +54,22 @@ def pipeline_result(seed: int) -> dict:
     return {"seed": seed, "source": "dvc repro", "epochs": epochs, **{k: test[k] for k in SCORES}}
 
 
+def merged_with_earlier_rows(rows: list[dict]) -> list[dict]:
+    """These rows, plus the rows of reports/seeds.csv for other seeds of the same configuration
+    (`--fresh` starts a new table), by seed."""
+    earlier = {}
+    if TABLE.is_file():
+        with TABLE.open(newline="") as f:
+            earlier = {int(row["seed"]): row for row in csv.DictReader(f)}
+    merged = earlier | {row["seed"]: row for row in rows}
+    return [{k: (float(v) if k in SCORES else v) for k, v in merged[seed].items()} for seed in sorted(merged)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pipeline-seed", action="store_true", help="count the dvc repro result as train.seed's run")
+    parser.add_argument("--fresh", action="store_true", help="forget the rows of an earlier reports/seeds.csv")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
     model_cfg = parse_section(ModelConfig, params, "model")
@@ -62,6 +78,8 @@ def main() -> None:
     head = model_cfg.instance_head
 
     rows = []
+    if args.fresh:
+        TABLE.unlink(missing_ok=True)
     test = test_images()
     for seed in args.seeds:
         if args.pipeline_seed and seed == settings.train.seed:
@@ -82,11 +100,13 @@ def main() -> None:
 
     if args.pipeline_seed:  # read last, so the seeds can train while `dvc repro` still runs
         rows.insert(0, pipeline_result(settings.train.seed))
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    with TABLE.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    with exclusive_lock(str(TABLE)):  # seeds run as parallel processes (one per core) share the table
+        rows = merged_with_earlier_rows(rows)
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
+        with TABLE.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     print(f"{len(rows)} seeds ({', '.join(str(r['seed']) for r in rows)}), per-image means on the 14 test images:")
     for k in SCORES:
         values = [r[k] for r in rows]

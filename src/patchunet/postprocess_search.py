@@ -18,8 +18,16 @@ from patchunet.postprocess import instances_from_maps
 
 GRIDS: dict[str, dict[str, list]] = {
     "none": {"threshold": [0.4, 0.5, 0.6], "distance_sigma": [0.0, 1.0, 2.0], "watershed_h": [0.5, 1.0, 2.0]},
-    "boundary": {"threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.3, 0.5, 0.7], "min_marker_area": [5, 10, 20]},
-    "distance": {"threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.3, 0.4, 0.5, 0.6], "distance_sigma": [0.0, 1.0]},
+    "boundary": {
+        "threshold": [0.4, 0.5, 0.6],
+        "marker_threshold": [0.3, 0.5, 0.7, 0.85],
+        "min_marker_area": [5, 10, 20],
+    },
+    "distance": {
+        "threshold": [0.4, 0.5, 0.6],
+        "marker_threshold": [0.2, 0.3, 0.4, 0.5, 0.6],
+        "distance_sigma": [0.0, 1.0],
+    },
     "hover": {"threshold": [0.4, 0.5, 0.6], "marker_threshold": [0.3, 0.4, 0.5, 0.6], "distance_sigma": [0.0, 1.0]},
 }
 """The `eval` keys searched for each head, and their candidate values."""
