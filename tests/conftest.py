@@ -229,7 +229,7 @@ def make_evaluation_project(project: Path) -> tuple[Path, str]:
     make_train_project(project)
     (project / "data/raw/monuseg/test/images").mkdir(parents=True)
     write_synthetic_test_set(project)
-    update_params(project, eval={"window": 32, "overlap": 8, "samples": 2, "min_nucleus_area": 8})
+    update_params(project, eval={"window": 32, "overlap": 8, "samples": 2, "min_nucleus_area": 8, "threshold": 0.5})
     # a foreground-only model finds the synthetic nuclei after 2 tiny epochs, an instance head's loss slows
     # that start; the heads run through evaluate in test_dvc_pipeline (a real repro at the default head)
     update_params(project, model={"instance_head": "none"})

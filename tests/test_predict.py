@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -94,19 +95,19 @@ def random_model(folder: Path) -> Path:
     """A small PatchUNet with random weights: enough to run predict end to end in seconds."""
     import torch
 
-    from patchunet.config import ModelConfig
+    from patchunet.config import ModelConfig, load_params
     from patchunet.model import PatchUNet, save_model
 
     torch.manual_seed(0)
     path = folder / "random.pt"
-    save_model(
-        PatchUNet(
-            ModelConfig(
-                base_channels=4, depth=2, norm="batch", dropout=0.0, instance_head="none", microns_per_pixel=0.25
-            )
-        ),
-        path,
+    model = PatchUNet(
+        ModelConfig(base_channels=4, depth=2, norm="batch", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
     )
+    # centred on the checkout's eval.threshold, so its nuclei are the same whatever value val chose
+    threshold = load_params(REPO_ROOT / "params.yaml")["eval"]["threshold"]
+    with torch.no_grad():
+        model.head.bias += math.log(threshold / (1 - threshold))
+    save_model(model, path)
     return path
 
 
