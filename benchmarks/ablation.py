@@ -135,12 +135,12 @@ def main() -> None:
             if isinstance(network, PatchUNet):
                 save_model(network, MODELS / f"{row}.pt", patch_size=settings.patch.size)
             chosen = search_postprocessing(
-                [(p.maps, p.truth) for p in predict_images(network, head, val, settings, f"{row} val")],
+                [(p.maps, p.truth) for p in predict_images(network, val, settings, f"{row} val")],
                 head,
                 settings.eval,
             )[0]
             test_scores, seconds_per_image = score_predictions(
-                predict_images(network, head, test, settings, f"{row} test"), head, chosen.cfg
+                predict_images(network, test, settings, f"{row} test"), head, chosen.cfg
             )
             result = {
                 "row": row,

@@ -26,7 +26,7 @@ from patchunet.config import (
     parse_section,
 )
 from patchunet.data import PatchDataset
-from patchunet.inference import predict_maps
+from patchunet.inference import image_maps
 from patchunet.io import read_label_image, read_rgb_image
 from patchunet.layout import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
 from patchunet.metrics import score_segmentation, summarise_scores
@@ -100,9 +100,9 @@ def test_images() -> list[tuple[str, Path, Path]]:
 
 
 def predict_images(
-    network: torch.nn.Module, head: InstanceHead, images: list[tuple[str, Path, Path]], settings: Settings, desc: str
+    network: torch.nn.Module, images: list[tuple[str, Path, Path]], settings: Settings, desc: str
 ) -> list[Prediction]:
-    """The network's maps of whole images, with the `eval` sliding-window values."""
+    """The network's maps of whole images (its `cfg.instance_head`'s), with the `eval` sliding-window values."""
     cfg = settings.eval
     window = cfg.window or settings.patch.size
     network.eval().to(pick_device())
@@ -110,16 +110,7 @@ def predict_images(
     for image_id, image_path, label_path in tqdm(images, desc=desc, unit="image", leave=False):
         image = read_rgb_image(image_path)
         started = time.perf_counter()
-        maps = predict_maps(
-            network,
-            image,
-            window=window,
-            overlap=cfg.overlap,
-            batch_size=cfg.batch_size,
-            blend=cfg.blend,
-            tta=cfg.tta,
-            head=head,
-        )
+        maps = image_maps(network, image, cfg, window)
         predictions.append(Prediction(image_id, maps, read_label_image(label_path), time.perf_counter() - started))
     return predictions
 

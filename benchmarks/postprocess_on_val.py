@@ -29,7 +29,7 @@ def main() -> None:
     settings = Settings.load()
     model = load_model(args.model)
     head = model.cfg.instance_head
-    predictions = predict_images(model, head, val_images(), settings, "val")
+    predictions = predict_images(model, val_images(), settings, "val")
     results = search_postprocessing([(p.maps, p.truth) for p in predictions], head, settings.eval)
     print(f"{len(predictions)} val images, instance head {head}; per-image means; other eval values as in params.yaml")
     for result in results[: args.top]:

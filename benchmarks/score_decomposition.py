@@ -72,7 +72,7 @@ def main() -> None:
     for path in args.models:
         network = load_model(path if path.is_absolute() else ROOT / path)
         head = network.cfg.instance_head
-        predictions = predict_images(network, head, val, settings, path.name)
+        predictions = predict_images(network, val, settings, path.name)
         scores: dict[str, list] = {"pipeline": [], "true_foreground": [], "true_markers": []}
         for p in predictions:
             scores["pipeline"].append(score_segmentation(p.truth, instances_from_maps(p.maps, head, settings.eval)))

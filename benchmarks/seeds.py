@@ -90,7 +90,7 @@ def main() -> None:
         with tracking.run(EXPERIMENT, run_name=f"seed-{seed}"), tempfile.TemporaryDirectory() as checkpoints:
             tracking.log_params({"seed": seed, "model": dataclasses.asdict(model_cfg)})
             fit, _ = train_network(network, head, seeded, Path(checkpoints), f"seed {seed}")
-            scores, _ = score_predictions(predict_images(network, head, test, seeded, f"seed {seed} test"), head,
+            scores, _ = score_predictions(predict_images(network, test, seeded, f"seed {seed} test"), head,
                                           seeded.eval)  # fmt: skip
             tracking.log_metrics({f"test/{k}": scores[k] for k in SCORES})
         rows.append(

@@ -137,8 +137,20 @@ def segment_image(
 
     Maps and post-processing follow the model's instance head (`model.cfg.instance_head`).
     """
-    head = model.cfg.instance_head
-    maps = predict_maps(
+    maps = image_maps(model, image, cfg, window, progress)
+    return maps, instances_from_maps(maps, model.cfg.instance_head, cfg)
+
+
+def image_maps(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    cfg: EvalConfig,
+    window: int,
+    progress: Callable[[Iterable, int], Iterable] | None = None,
+) -> np.ndarray:
+    """`predict_maps` with the sliding-window `eval` params and the model's own head and device,
+    for callers that post-process the same maps several ways (segment_image, the val search)."""
+    return predict_maps(
         model,
         image,
         window=window,
@@ -146,11 +158,10 @@ def segment_image(
         batch_size=cfg.batch_size,
         blend=cfg.blend,
         tta=cfg.tta,
-        head=head,
+        head=model.cfg.instance_head,
         device=next(model.parameters()).device,
         progress=progress,
     )
-    return maps, instances_from_maps(maps, head, cfg)
 
 
 def _batched(items: list, size: int) -> Iterator[list]:
