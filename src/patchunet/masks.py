@@ -9,6 +9,7 @@ from skimage.draw import polygon as polygon_pixels
 
 from patchunet.errors import DataError
 from patchunet.io import Polygon, read_label_image, read_polygons, read_rgb_image
+from patchunet.metrics import PixelCounts
 from patchunet.monuseg import ImageRecord
 
 MIN_POLYGON_VERTICES = 3
@@ -27,11 +28,6 @@ class RasterReport:
     """Distinct ids left in the map (a polygon fully covered by later ones leaves none)."""
 
 
-def label_dtype(max_id: int) -> type[np.unsignedinteger]:
-    """uint16 where the ids fit, else uint32."""
-    return np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32
-
-
 def rasterize_polygons(polygons: list[Polygon], shape: tuple[int, int]) -> tuple[np.ndarray, RasterReport]:
     """Fill each polygon with its own id; returns (H, W) uint16/uint32 labels and a report.
 
@@ -41,7 +37,7 @@ def rasterize_polygons(polygons: list[Polygon], shape: tuple[int, int]) -> tuple
     Ids are 1..N over the non-degenerate polygons, in file order; later polygons win overlaps.
     """
     valid = [p for p in polygons if len(p) >= MIN_POLYGON_VERTICES]
-    labels = np.zeros(shape, dtype=label_dtype(len(valid)))
+    labels = np.zeros(shape, dtype=np.promote_types(np.min_scalar_type(len(valid)), np.uint16))
     overlap_pixels = 0
     for nucleus_id, vertices in enumerate(valid, start=1):
         rows, cols = polygon_pixels(vertices[:, 1] - 1.0, vertices[:, 0] - 1.0, shape=shape)
@@ -60,13 +56,6 @@ def count_nuclei(labels: np.ndarray) -> int:
     """Number of distinct non-zero ids: ids need not be contiguous."""
     ids = np.unique(labels)
     return int(np.count_nonzero(ids))
-
-
-def foreground_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of the nucleus (non-zero) pixels of two label maps; 1.0 when both are empty."""
-    fa, fb = a > 0, b > 0
-    union = np.count_nonzero(fa | fb)
-    return 1.0 if union == 0 else np.count_nonzero(fa & fb) / union
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +94,8 @@ def make_label_map(record: ImageRecord, prefer: str) -> LabelResult:
                 f"label map is {from_map.shape[1]}x{from_map.shape[0]} but its image "
                 f"{record.image.name} is {shape[1]}x{shape[0]}",
             )
-        from_map = from_map.astype(label_dtype(int(from_map.max())), copy=False)
-    iou = foreground_iou(from_xml, from_map) if from_xml is not None and from_map is not None else None
+        from_map = from_map.astype(np.promote_types(np.min_scalar_type(from_map.max()), np.uint16), copy=False)
+    iou = PixelCounts.between(from_map > 0, from_xml > 0).iou if from_xml is not None and from_map is not None else None
     use_xml = from_xml is not None and (prefer == "xml" or from_map is None)
     labels = from_xml if use_xml else from_map
     assert labels is not None  # pair_files guarantees an XML or an instance map

@@ -29,6 +29,13 @@ class PixelCounts:
     fp: int = 0
     fn: int = 0
 
+    @classmethod
+    def between(cls, predicted: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> PixelCounts:
+        """The counts of one pair of boolean arrays (or tensors) of the same shape."""
+        counts = cls()
+        counts.add(predicted, target)
+        return counts
+
     def add(self, predicted: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> None:
         """Accumulate from boolean arrays (or tensors) of the same shape."""
         self.tp += int((predicted & target).sum())
@@ -149,8 +156,7 @@ def summarise_scores(per_image: list[SegmentationScores]) -> dict[str, dict[str,
 
 def score_segmentation(true_labels: np.ndarray, predicted_labels: np.ndarray) -> SegmentationScores:
     """Pixel and instance counts of a predicted instance map against the true one (0 = background)."""
-    pixels = PixelCounts()
-    pixels.add(predicted_labels > 0, true_labels > 0)
+    pixels = PixelCounts.between(predicted_labels > 0, true_labels > 0)
     return SegmentationScores(pixels, instance_counts(true_labels, predicted_labels))
 
 

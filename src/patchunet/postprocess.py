@@ -30,7 +30,6 @@ from skimage.morphology import h_maxima, remove_small_holes, remove_small_object
 from skimage.segmentation import relabel_sequential, watershed
 
 from patchunet.config import EvalConfig, InstanceHead
-from patchunet.masks import label_dtype
 
 HOVER_SOBEL_SIZE = 21
 """Sobel kernel of HoVer-Net's post-processing on its offset maps, for 40x images (its own value)."""
@@ -116,7 +115,7 @@ def finished_labels(labels: np.ndarray, min_area: int) -> np.ndarray:
     too_small[0] = False
     labels[too_small[labels]] = 0
     labels, _, _ = relabel_sequential(labels)
-    return labels.astype(label_dtype(int(labels.max())))
+    return labels.astype(np.promote_types(np.min_scalar_type(labels.max()), np.uint16))
 
 
 def with_orphan_blobs(markers: np.ndarray, foreground: np.ndarray, count: int) -> np.ndarray:
