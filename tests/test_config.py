@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -5,6 +6,7 @@ from conftest import REPO_ROOT
 
 from patchunet.config import (
     AugmentConfig,
+    DashboardConfig,
     DataConfig,
     EvalConfig,
     MasksConfig,
@@ -34,6 +36,8 @@ PARAMS = load_params(REPO_ROOT / "params.yaml")
         (TrainConfig, "train"),
         (MlflowConfig, "mlflow"),
         (EvalConfig, "eval"),
+        (TuneConfig, "tune"),
+        (DashboardConfig, "dashboard"),
     ],
 )
 def test_repo_params_parse(cls, section: str) -> None:
@@ -53,8 +57,8 @@ def with_value(section: str, key: str, value) -> dict:
         (AugmentConfig, "augment", "copies", -1, "augment.copies: must be 0 or more"),
         (AugmentConfig, "augment", "scale_limit", 1.5, "augment.scale_limit: must be below 1"),
         (SplitConfig, "split", "val_fraction", 1.0, "split.val_fraction: must be between 0 and 1"),
-        (PatchConfig, "patch", "size", "big", "patch.size: must be a int"),
-        (PatchConfig, "patch", "size", True, "patch.size: must be a int"),
+        (PatchConfig, "patch", "size", "big", "patch.size: must be a valid integer, got 'big'"),
+        (PatchConfig, "patch", "size", True, "patch.size: must be a valid integer, got True"),
         (MasksConfig, "masks", "prefer", "png", "masks.prefer: must be one of"),
         (TrainConfig, "train", "batch_size", 0, "train.batch_size: must be positive"),
         (TrainConfig, "train", "early_stopping_patience", 0, "train.early_stopping_patience: must be 1 or more"),
@@ -79,6 +83,56 @@ def test_unknown_and_missing_keys_are_named() -> None:
         parse_section(PatchConfig, {"patch": {"size": 3}}, "patch")
     with pytest.raises(ConfigError, match="patch: section is missing"):
         parse_section(PatchConfig, {}, "patch")
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "values", "message"),
+    [
+        (TrainConfig, "train", {"online_augment": "yes"}, "train.online_augment: must be a valid boolean, got 'yes'"),
+        (TrainConfig, "train", {"lr": "1e-3"}, "train.lr: must be a valid number, got '1e-3'"),
+        (TrainConfig, "train", {"lr_factor": 0}, "train.lr_factor: must be between 0 and 1, got 0"),
+        (TrainConfig, "train", {"max_minutes": 0}, "train.max_minutes: must be positive, got 0"),
+        (ModelConfig, "model", {"dropout": 1.0}, "model.dropout: must be below 1, got 1.0"),
+        (TuneConfig, "tune", {"n_trials": 0}, "tune.n_trials: must be 1 or more, got 0"),
+        (
+            DashboardConfig,
+            "dashboard",
+            {"max_upload_mb": 0.5},
+            "dashboard.max_upload_mb: must be a valid integer, got 0.5",
+        ),
+        (PatchConfig, "patch", {"sise": 256}, "patch.sise: unknown key (expected one of ['size', 'stride'])"),
+        (
+            TrainConfig,
+            "train",
+            {"bce_weight": 0, "dice_weight": 0},
+            "train.bce_weight: bce_weight and dice_weight cannot",
+        ),
+    ],
+)
+def test_each_problem_is_one_line_naming_the_file_and_key(cls, section: str, values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_section(cls, {**PARAMS, section: {**PARAMS[section], **values}}, section)
+    assert str(caught.value).startswith(f"params.yaml {message}") and "\n" not in str(caught.value)
+
+
+def test_a_missing_key_is_named_even_beside_others() -> None:
+    without_lr = {k: v for k, v in PARAMS["train"].items() if k != "lr"}
+    with pytest.raises(ConfigError, match=r"^params\.yaml train\.lr: is missing$"):
+        parse_section(TrainConfig, {"train": without_lr}, "train")
+
+
+def test_a_misspelt_key_is_named_before_the_key_it_replaced() -> None:
+    with pytest.raises(ConfigError, match=r"^params\.yaml patch\.sise: unknown key"):
+        parse_section(PatchConfig, {"patch": {"sise": 256, "stride": 256}}, "patch")
+
+
+def test_configs_built_in_code_are_checked_as_params_yaml_is() -> None:
+    train = parse_section(TrainConfig, PARAMS, "train")
+    assert dataclasses.replace(train, epochs=1).epochs == 1
+    with pytest.raises(ConfigError, match=r"^params\.yaml train\.epochs: must be positive, got 0$"):
+        dataclasses.replace(train, epochs=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        train.epochs = 1  # type: ignore[misc]
 
 
 def test_ints_are_accepted_where_floats_are_expected() -> None:
