@@ -5,22 +5,23 @@ setting cannot silently come from code. Each stage parses only the sections it d
 dvc.yaml, and a bad value fails here, before any work, with the key that is wrong.
 
 The dataclasses are pydantic's, so a constraint is the field's type; `_section` turns pydantic's
-report into the project's one-line `ConfigError`, whether the values come from params.yaml or code.
+report into the project's one-line `ConfigError` (in pydantic's words), whether the values come
+from params.yaml or code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, dataclass_transform, get_args
+from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
 
 import yaml
 from pydantic import (
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -29,7 +30,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass
-from pydantic.fields import FieldInfo
 
 from patchunet.errors import ConfigError, PatchUNetError
 
@@ -46,8 +46,6 @@ _STRICT = ConfigDict(
     str_min_length=1,  # nor is "" or "  ": null says none
 )
 
-_BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
-
 
 @dataclass_transform(frozen_default=True)
 def _section(name: str) -> Callable[[type[T]], type[T]]:
@@ -55,18 +53,14 @@ def _section(name: str) -> Callable[[type[T]], type[T]]:
     raises ConfigError naming `name.key`, so `dataclasses.replace` fails the way params.yaml does."""
 
     def build(cls: type[T]) -> type[T]:
-        section = dataclass(frozen=True, config=_STRICT)(cls)
-        validate = section.__init__
-
-        @functools.wraps(validate)
-        def __init__(self: T, *args: Any, **kwargs: Any) -> None:
+        def one_line_error(config_cls: type, values: Any, handler: ModelWrapValidatorHandler) -> Any:
             try:
-                validate(self, *args, **kwargs)
+                return handler(values)
             except ValidationError as exc:
-                raise _config_error(section, name, exc) from None
+                raise _config_error(config_cls, name, exc) from None
 
-        section.__init__ = __init__  # type: ignore[method-assign]
-        return section
+        cls._one_line_error = model_validator(mode="wrap")(classmethod(one_line_error))  # type: ignore[attr-defined]
+        return dataclass(frozen=True, config=_STRICT)(cls)
 
     return build
 
@@ -75,36 +69,14 @@ def _config_error(cls: type, section: str, exc: ValidationError) -> ConfigError:
     """Pydantic's first problem as one line; a misspelt key comes before the missing one it replaced."""
     error = min(exc.errors(), key=lambda e: e["type"] != "unexpected_keyword_argument")
     key = ".".join([section, *map(str, error["loc"])])
-    fields: dict[str, FieldInfo] = cls.__pydantic_fields__  # type: ignore[attr-defined]
-    field = fields.get(str(error["loc"][0])) if error["loc"] else None
-    got = f", got {error['input']!r}"
     match error["type"]:
         case "missing":
             problem = "is missing"
         case "unexpected_keyword_argument":
-            problem = f"unknown key (expected one of {sorted(fields)})"
-        case "string_too_short":
-            optional = field is not None and type(None) in get_args(field.annotation)
-            problem = "is an empty string" + ("; write null for none" if optional else "")
-        case "literal_error":
-            problem = f"must be one of {error['ctx']['expected']}{got}"
-        case kind if kind in _BOUNDS and field is not None:
-            problem = _out_of_range(field, _BOUNDS[kind]) + got
-        case _:  # "Input should be a valid integer", "... a finite number"
-            problem = error["msg"].replace("Input should be", "must be") + got
+            problem = f"unknown key (expected one of {sorted(f.name for f in dataclasses.fields(cls))})"
+        case _:  # "Input should be less than 1", "... a valid integer", "... a finite number"
+            problem = f"{error['msg']}, got {error['input']!r}"
     return ConfigError(key, problem)
-
-
-def _out_of_range(field: FieldInfo, failed: str) -> str:
-    """A field's bounds in words: an open or closed range whole ("between 0 and 1"), else the side
-    that failed ("below 1" for a scale limit in [0, 1))."""
-    b = {k: getattr(m, k) for m in field.metadata for k in _BOUNDS.values() if hasattr(m, k)}
-    if {"gt", "lt"} <= b.keys() or {"ge", "le"} <= b.keys():
-        return f"must be between {b.get('gt', b.get('ge'))} and {b.get('lt', b.get('le'))}"
-    limit = b[failed]
-    if failed == "gt":
-        return "must be positive" if limit == 0 else f"must be above {limit}"
-    return {"ge": f"must be {limit} or more", "lt": f"must be below {limit}", "le": f"must be {limit} or less"}[failed]
 
 
 @_section("data")
