@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -5,6 +6,7 @@ from conftest import REPO_ROOT
 
 from patchunet.config import (
     AugmentConfig,
+    DashboardConfig,
     DataConfig,
     EvalConfig,
     MasksConfig,
@@ -34,6 +36,8 @@ PARAMS = load_params(REPO_ROOT / "params.yaml")
         (TrainConfig, "train"),
         (MlflowConfig, "mlflow"),
         (EvalConfig, "eval"),
+        (TuneConfig, "tune"),
+        (DashboardConfig, "dashboard"),
     ],
 )
 def test_repo_params_parse(cls, section: str) -> None:
@@ -47,24 +51,30 @@ def with_value(section: str, key: str, value) -> dict:
 @pytest.mark.parametrize(
     ("cls", "section", "key", "value", "message"),
     [
-        (PatchConfig, "patch", "stride", 0, "patch.stride: must be positive"),
-        (PatchConfig, "patch", "size", -4, "patch.size: must be positive"),
+        (PatchConfig, "patch", "stride", 0, "patch.stride: Input should be greater than 0"),
+        (PatchConfig, "patch", "size", -4, "patch.size: Input should be greater than 0"),
         (PatchConfig, "patch", "stride", 512, "larger than patch.size"),
-        (AugmentConfig, "augment", "copies", -1, "augment.copies: must be 0 or more"),
-        (AugmentConfig, "augment", "scale_limit", 1.5, "augment.scale_limit: must be below 1"),
-        (SplitConfig, "split", "val_fraction", 1.0, "split.val_fraction: must be between 0 and 1"),
-        (PatchConfig, "patch", "size", "big", "patch.size: must be a int"),
-        (PatchConfig, "patch", "size", True, "patch.size: must be a int"),
-        (MasksConfig, "masks", "prefer", "png", "masks.prefer: must be one of"),
-        (TrainConfig, "train", "batch_size", 0, "train.batch_size: must be positive"),
-        (TrainConfig, "train", "early_stopping_patience", 0, "train.early_stopping_patience: must be 1 or more"),
+        (AugmentConfig, "augment", "copies", -1, "augment.copies: Input should be greater than or equal to 0"),
+        (AugmentConfig, "augment", "scale_limit", 1.5, "augment.scale_limit: Input should be less than 1"),
+        (SplitConfig, "split", "val_fraction", 1.0, "split.val_fraction: Input should be less than 1"),
+        (PatchConfig, "patch", "size", "big", "patch.size: Input should be a valid integer, got 'big'"),
+        (PatchConfig, "patch", "size", True, "patch.size: Input should be a valid integer, got True"),
+        (MasksConfig, "masks", "prefer", "png", "masks.prefer: Input should be 'xml' or 'instance_map', got 'png'"),
+        (TrainConfig, "train", "batch_size", 0, "train.batch_size: Input should be greater than 0"),
+        (
+            TrainConfig,
+            "train",
+            "early_stopping_patience",
+            0,
+            "train.early_stopping_patience: Input should be greater than or equal to 1",
+        ),
         (TrainConfig, "train", "lr_factor", 1.5, "train.lr_factor"),
-        (ModelConfig, "model", "depth", 0, "model.depth: must be between 1 and 6"),
+        (ModelConfig, "model", "depth", 0, "model.depth: Input should be greater than or equal to 1"),
         (EvalConfig, "eval", "overlap", -1, "eval.overlap: must be at least 0"),
-        (EvalConfig, "eval", "threshold", 1.0, "eval.threshold: must be between 0 and 1"),
-        (EvalConfig, "eval", "blend", "cosine", "eval.blend: must be one of"),
-        (EvalConfig, "eval", "batch_size", 0, "eval.batch_size: must be positive"),
-        (ModelConfig, "model", "norm", "layer", "model.norm: must be one of"),
+        (EvalConfig, "eval", "threshold", 1.0, "eval.threshold: Input should be less than 1"),
+        (EvalConfig, "eval", "blend", "cosine", "eval.blend: Input should be 'gaussian' or 'linear', got 'cosine'"),
+        (EvalConfig, "eval", "batch_size", 0, "eval.batch_size: Input should be greater than 0"),
+        (ModelConfig, "model", "norm", "layer", "model.norm: Input should be 'batch' or 'group', got 'layer'"),
     ],
 )
 def test_bad_values_name_their_key(cls, section, key, value, message) -> None:
@@ -79,6 +89,61 @@ def test_unknown_and_missing_keys_are_named() -> None:
         parse_section(PatchConfig, {"patch": {"size": 3}}, "patch")
     with pytest.raises(ConfigError, match="patch: section is missing"):
         parse_section(PatchConfig, {}, "patch")
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "values", "message"),
+    [
+        (
+            TrainConfig,
+            "train",
+            {"online_augment": "yes"},
+            "train.online_augment: Input should be a valid boolean, got 'yes'",
+        ),
+        (TrainConfig, "train", {"lr": "1e-3"}, "train.lr: Input should be a valid number, got '1e-3'"),
+        (TrainConfig, "train", {"lr_factor": 0}, "train.lr_factor: Input should be greater than 0, got 0"),
+        (TrainConfig, "train", {"max_minutes": 0}, "train.max_minutes: Input should be greater than 0, got 0"),
+        (ModelConfig, "model", {"dropout": 1.0}, "model.dropout: Input should be less than 1, got 1.0"),
+        (TuneConfig, "tune", {"n_trials": 0}, "tune.n_trials: Input should be greater than or equal to 1, got 0"),
+        (
+            DashboardConfig,
+            "dashboard",
+            {"max_upload_mb": 0.5},
+            "dashboard.max_upload_mb: Input should be a valid integer, got 0.5",
+        ),
+        (PatchConfig, "patch", {"sise": 256}, "patch.sise: unknown key (expected one of ['size', 'stride'])"),
+        (
+            TrainConfig,
+            "train",
+            {"bce_weight": 0, "dice_weight": 0},
+            "train.bce_weight: bce_weight and dice_weight cannot",
+        ),
+    ],
+)
+def test_each_problem_is_one_line_naming_the_file_and_key(cls, section: str, values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_section(cls, {**PARAMS, section: {**PARAMS[section], **values}}, section)
+    assert str(caught.value).startswith(f"params.yaml {message}") and "\n" not in str(caught.value)
+
+
+def test_a_missing_key_is_named_even_beside_others() -> None:
+    without_lr = {k: v for k, v in PARAMS["train"].items() if k != "lr"}
+    with pytest.raises(ConfigError, match=r"^params\.yaml train\.lr: is missing$"):
+        parse_section(TrainConfig, {"train": without_lr}, "train")
+
+
+def test_a_misspelt_key_is_named_before_the_key_it_replaced() -> None:
+    with pytest.raises(ConfigError, match=r"^params\.yaml patch\.sise: unknown key"):
+        parse_section(PatchConfig, {"patch": {"sise": 256, "stride": 256}}, "patch")
+
+
+def test_configs_built_in_code_are_checked_as_params_yaml_is() -> None:
+    train = parse_section(TrainConfig, PARAMS, "train")
+    assert dataclasses.replace(train, epochs=1).epochs == 1
+    with pytest.raises(ConfigError, match=r"^params\.yaml train\.epochs: Input should be greater than 0, got 0$"):
+        dataclasses.replace(train, epochs=0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        train.epochs = 1  # type: ignore[misc]
 
 
 def test_ints_are_accepted_where_floats_are_expected() -> None:
@@ -114,14 +179,14 @@ def test_eval_window_defaults_to_the_patch_size_and_must_suit_the_model() -> Non
     ],
 )
 def test_non_finite_floats_are_refused(cls, section: str, key: str, value: float) -> None:
-    with pytest.raises(ConfigError, match=rf"{section}\.{key}: must be a finite number, got {value}"):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be a finite number, got {value}"):
         parse_section(cls, with_value(section, key, value), section)
 
 
 def test_yaml_nan_is_refused_as_written(tmp_path: Path) -> None:
     text = (REPO_ROOT / "params.yaml").read_text().replace("lr: 0.001", "lr: .nan")
     (tmp_path / "params.yaml").write_text(text)
-    with pytest.raises(ConfigError, match=r"train\.lr: must be a finite number, got nan"):
+    with pytest.raises(ConfigError, match=r"train\.lr: Input should be a finite number, got nan"):
         parse_section(TrainConfig, load_params(tmp_path / "params.yaml"), "train")
 
 
@@ -132,17 +197,18 @@ def test_non_finite_search_range_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cls", "section", "key", "message"),
+    ("cls", "section", "key"),
     [
-        (MlflowConfig, "mlflow", "experiment", "mlflow.experiment: is an empty string"),
-        (MlflowConfig, "mlflow", "registered_model", "mlflow.registered_model: is an empty string"),
-        (MlflowConfig, "mlflow", "tracking_uri", "mlflow.tracking_uri: is an empty string; write null for none"),
-        (TuneConfig, "tune", "study_name", "tune.study_name: is an empty string"),
-        (DataConfig, "data", "source", "data.source: is an empty string; write null for none"),
+        (MlflowConfig, "mlflow", "experiment"),
+        (MlflowConfig, "mlflow", "registered_model"),
+        (MlflowConfig, "mlflow", "tracking_uri"),  # null, not "", says none
+        (TuneConfig, "tune", "study_name"),
+        (DataConfig, "data", "source"),
     ],
 )
-def test_empty_strings_are_refused(cls, section: str, key: str, message: str) -> None:
+def test_empty_strings_are_refused(cls, section: str, key: str) -> None:
     for blank in ("", "  "):
+        message = rf"^params\.yaml {section}\.{key}: String should have at least 1 character, got '{blank}'$"
         with pytest.raises(ConfigError, match=message):
             parse_section(cls, with_value(section, key, blank), section)
 

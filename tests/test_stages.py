@@ -101,9 +101,9 @@ def test_patch_size_larger_than_the_image_is_one_line(small_project: Path, synth
 @pytest.mark.parametrize(
     ("section", "values", "message"),
     [
-        ("patch", {"stride": 0}, "patch.stride: must be positive"),
+        ("patch", {"stride": 0}, "patch.stride: Input should be greater than 0, got 0"),
         ("augment", {"copies": -1}, "augment.copies"),
-        ("augment", {"rotate_limit": float("nan")}, "augment.rotate_limit: must be a finite number, got nan"),
+        ("augment", {"rotate_limit": float("nan")}, "augment.rotate_limit: Input should be a finite number, got nan"),
     ],
 )
 def test_bad_parameters_stop_the_stage_before_any_work(stage_project: Path, section, values, message) -> None:

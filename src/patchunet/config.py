@@ -3,25 +3,83 @@
 params.yaml is the single source of every value: these dataclasses have no defaults, so a
 setting cannot silently come from code. Each stage parses only the sections it declares in
 dvc.yaml, and a bad value fails here, before any work, with the key that is wrong.
+
+The dataclasses are pydantic's, so a constraint is the field's type; `_section` turns pydantic's
+report into the project's one-line `ConfigError` (in pydantic's words), whether the values come
+from params.yaml or code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
 
 import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
 from patchunet.errors import ConfigError, PatchUNetError
 
 T = TypeVar("T")
 
+AtLeastOne = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
 
-@dataclasses.dataclass(frozen=True)
+_STRICT = ConfigDict(
+    extra="forbid",
+    strict=True,  # no coercion: "4" is not 4 and true is not 1 (an int still counts as a float)
+    allow_inf_nan=False,  # .nan and .inf are no setting
+    str_strip_whitespace=True,
+    str_min_length=1,  # nor is "" or "  ": null says none
+)
+
+
+@dataclass_transform(frozen_default=True)
+def _section(name: str) -> Callable[[type[T]], type[T]]:
+    """A frozen pydantic dataclass for the params.yaml section `name`. Building it with a bad value
+    raises ConfigError naming `name.key`, so `dataclasses.replace` fails the way params.yaml does."""
+
+    def build(cls: type[T]) -> type[T]:
+        def one_line_error(config_cls: type, values: Any, handler: ModelWrapValidatorHandler) -> Any:
+            try:
+                return handler(values)
+            except ValidationError as exc:
+                raise _config_error(config_cls, name, exc) from None
+
+        cls._one_line_error = model_validator(mode="wrap")(classmethod(one_line_error))  # type: ignore[attr-defined]
+        return dataclass(frozen=True, config=_STRICT)(cls)
+
+    return build
+
+
+def _config_error(cls: type, section: str, exc: ValidationError) -> ConfigError:
+    """Pydantic's first problem as one line; a misspelt key comes before the missing one it replaced."""
+    error = min(exc.errors(), key=lambda e: e["type"] != "unexpected_keyword_argument")
+    key = ".".join([section, *map(str, error["loc"])])
+    match error["type"]:
+        case "missing":
+            problem = "is missing"
+        case "unexpected_keyword_argument":
+            problem = f"unknown key (expected one of {sorted(f.name for f in dataclasses.fields(cls))})"
+        case _:  # "Input should be less than 1", "... a valid integer", "... a finite number"
+            problem = f"{error['msg']}, got {error['input']!r}"
+    return ConfigError(key, problem)
+
+
+@_section("data")
 class DataConfig:
     """Where the raw MoNuSeg data comes from. `source` may be overridden by MONUSEG_DIR."""
 
@@ -32,63 +90,48 @@ class DataConfig:
     test_zip_sha256: str
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("masks")
 class MasksConfig:
     """How label maps are made when an image has both an XML and an instance map."""
 
     prefer: Literal["xml", "instance_map"]
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("split")
 class SplitConfig:
     """Image-level train/val split of the official training images."""
 
     seed: int
-    val_fraction: float
+    val_fraction: Fraction
     stratify_by_organ: bool
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError("split.val_fraction", f"must be between 0 and 1, got {self.val_fraction}")
 
-
-@dataclasses.dataclass(frozen=True)
+@_section("patch")
 class PatchConfig:
     """Square patches of `size` pixels, taken every `stride` pixels."""
 
-    size: int
-    stride: int
+    size: PositiveInt
+    stride: PositiveInt
 
-    def __post_init__(self) -> None:
-        if self.size <= 0:
-            raise ConfigError("patch.size", f"must be positive, got {self.size}")
-        if self.stride <= 0:
-            raise ConfigError("patch.stride", f"must be positive, got {self.stride}")
+    @model_validator(mode="after")
+    def _stride_covers_every_pixel(self) -> PatchConfig:
         if self.stride > self.size:
             raise ConfigError(
                 "patch.stride", f"{self.stride} is larger than patch.size {self.size}: pixels would be skipped"
             )
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("augment")
 class AugmentConfig:
     """Offline augmentation of training images; limits are albumentations' ranges."""
 
-    copies: int
+    copies: NonNegativeInt
     seed: int
-    rotate_limit: float
-    scale_limit: float
-    shift_limit: float
-    stain_jitter: float
-
-    def __post_init__(self) -> None:
-        if self.copies < 0:
-            raise ConfigError("augment.copies", f"must be 0 or more, got {self.copies}")
-        for name in ("rotate_limit", "scale_limit", "shift_limit", "stain_jitter"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"augment.{name}", f"must be 0 or more, got {getattr(self, name)}")
-        if self.scale_limit >= 1:
-            raise ConfigError("augment.scale_limit", f"must be below 1, got {self.scale_limit}")
+    rotate_limit: NonNegativeFloat
+    scale_limit: Annotated[float, Field(ge=0, lt=1)]
+    shift_limit: NonNegativeFloat
+    stain_jitter: NonNegativeFloat
 
 
 GROUPS = 8
@@ -100,29 +143,23 @@ plain baseline), each nucleus's boundary, its distance to the boundary, or HoVer
 horizontal and vertical distances to its centre."""
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("model")
 class ModelConfig:
     """PatchUNet's shape: width of the first stage, number of pooling stages, regularisation,
     what it predicts besides the foreground, and the scale of the images it learns from."""
 
-    base_channels: int
-    depth: int
+    base_channels: PositiveInt
+    depth: Annotated[int, Field(ge=1, le=6)]
     norm: Literal["batch", "group"]
-    dropout: float
+    dropout: Annotated[float, Field(ge=0, lt=1)]
     instance_head: InstanceHead
-    microns_per_pixel: float
+    microns_per_pixel: PositiveFloat
 
-    def __post_init__(self) -> None:
-        if self.base_channels < 1:
-            raise ConfigError("model.base_channels", f"must be positive, got {self.base_channels}")
+    @model_validator(mode="after")
+    def _groups_divide_the_channels(self) -> ModelConfig:
         if self.norm == "group" and self.base_channels % GROUPS:
             raise ConfigError("model.base_channels", f"must be a multiple of {GROUPS} for group norm")
-        if not 1 <= self.depth <= 6:
-            raise ConfigError("model.depth", f"must be between 1 and 6, got {self.depth}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError("model.dropout", f"must be in [0, 1), got {self.dropout}")
-        if self.microns_per_pixel <= 0:
-            raise ConfigError("model.microns_per_pixel", f"must be above 0, got {self.microns_per_pixel}")
+        return self
 
     @property
     def size_multiple(self) -> int:
@@ -130,80 +167,56 @@ class ModelConfig:
         return 2**self.depth
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("train")
 class TrainConfig:
     """The training loop: optimiser, loss weights, callbacks and data loading."""
 
     seed: int
-    epochs: int
-    batch_size: int
-    lr: float
-    bce_weight: float
-    dice_weight: float
-    head_weight: float
-    max_minutes: float | None
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: PositiveFloat
+    bce_weight: NonNegativeFloat
+    dice_weight: NonNegativeFloat
+    head_weight: NonNegativeFloat
+    max_minutes: Annotated[float | None, Field(gt=0)]
     online_augment: bool
-    early_stopping_patience: int
+    early_stopping_patience: AtLeastOne
     early_stopping_min_delta: float
-    lr_patience: int
-    lr_factor: float
+    lr_patience: NonNegativeInt
+    lr_factor: Fraction
     min_lr: float
-    num_workers: int
+    num_workers: NonNegativeInt
 
-    def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"train.{name}", f"must be positive, got {value}")
-        if self.bce_weight < 0 or self.dice_weight < 0 or self.bce_weight + self.dice_weight == 0:
-            raise ConfigError("train.bce_weight", "bce_weight and dice_weight must be >= 0 and not both 0")
-        if self.head_weight < 0:
-            raise ConfigError("train.head_weight", f"must be 0 or more, got {self.head_weight}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError("train.max_minutes", f"must be above 0 or null, got {self.max_minutes}")
-        if not 0 < self.lr_factor < 1:
-            raise ConfigError("train.lr_factor", f"must be between 0 and 1, got {self.lr_factor}")
-        if self.early_stopping_patience < 1:
-            raise ConfigError("train.early_stopping_patience", f"must be 1 or more, got {self.early_stopping_patience}")
-        for name in ("lr_patience", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}", f"must be 0 or more, got {getattr(self, name)}")
+    @model_validator(mode="after")
+    def _some_loss(self) -> TrainConfig:
+        if self.bce_weight + self.dice_weight == 0:
+            raise ConfigError("train.bce_weight", "bce_weight and dice_weight cannot both be 0")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("eval")
 class EvalConfig:
     """Whole-image inference and post-processing, for evaluation and `patchunet predict`."""
 
-    window: int | None  # None: patch.size
+    window: Annotated[int | None, Field(gt=0)]  # None: patch.size
     overlap: int
     blend: Literal["gaussian", "linear"]
-    batch_size: int
+    batch_size: PositiveInt
     tta: bool
-    threshold: float
-    min_nucleus_area: int
-    max_hole_area: int
-    distance_sigma: float
-    watershed_h: float
-    marker_threshold: float
-    min_marker_area: int
-    samples: int
+    threshold: Fraction
+    min_nucleus_area: NonNegativeInt
+    max_hole_area: NonNegativeInt
+    distance_sigma: NonNegativeFloat
+    watershed_h: PositiveFloat
+    marker_threshold: Fraction
+    min_marker_area: NonNegativeInt
+    samples: NonNegativeInt
 
-    def __post_init__(self) -> None:
-        if self.window is not None and self.window <= 0:
-            raise ConfigError("eval.window", f"must be positive, got {self.window}")
+    @model_validator(mode="after")
+    def _overlap_fits_the_window(self) -> EvalConfig:
         if self.overlap < 0 or (self.window is not None and self.overlap >= self.window):
             raise ConfigError("eval.overlap", f"must be at least 0 and smaller than eval.window, got {self.overlap}")
-        if self.batch_size < 1:
-            raise ConfigError("eval.batch_size", f"must be positive, got {self.batch_size}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError("eval.threshold", f"must be between 0 and 1, got {self.threshold}")
-        if not 0.0 < self.marker_threshold < 1.0:
-            raise ConfigError("eval.marker_threshold", f"must be between 0 and 1, got {self.marker_threshold}")
-        for name in ("min_nucleus_area", "max_hole_area", "distance_sigma", "min_marker_area", "samples"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"eval.{name}", f"must be 0 or more, got {getattr(self, name)}")
-        if self.watershed_h <= 0:
-            raise ConfigError("eval.watershed_h", f"must be above 0, got {self.watershed_h}")
+        return self
 
     def window_for(self, patch_size: int, size_multiple: int) -> int:
         """The sliding window: `window`, or else `patch.size`; the model must accept it."""
@@ -226,30 +239,27 @@ class Dimension:
     choices: tuple | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("tune")
 class TuneConfig:
     """The Optuna study: storage, budget, pruning and the search space over params.yaml keys."""
 
     study_name: str
     storage: str
     experiment: str
-    n_trials: int
-    epochs_per_trial: int
-    workers: int
+    n_trials: AtLeastOne
+    epochs_per_trial: AtLeastOne
+    workers: AtLeastOne
     seed: int
     pruner: Literal["median", "successive_halving", "none"]
-    pruner_warmup_epochs: int
+    pruner_warmup_epochs: NonNegativeInt
     space: dict
 
-    def __post_init__(self) -> None:
-        for name in ("n_trials", "epochs_per_trial", "workers"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"tune.{name}", f"must be 1 or more, got {getattr(self, name)}")
-        if self.pruner_warmup_epochs < 0:
-            raise ConfigError("tune.pruner_warmup_epochs", f"must be 0 or more, got {self.pruner_warmup_epochs}")
+    @model_validator(mode="after")
+    def _space_is_searchable(self) -> TuneConfig:
         if not self.space:
             raise ConfigError("tune.space", "is empty: name at least one params.yaml key to search")
         self.dimensions  # noqa: B018 - validates every entry now
+        return self
 
     @property
     def dimensions(self) -> list[Dimension]:
@@ -277,7 +287,7 @@ def _dimension(key: str, spec: Any) -> Dimension:
     return Dimension(key, low=low, high=high, log=bool(log))
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("mlflow")
 class MlflowConfig:
     """Where runs go; MLFLOW_TRACKING_URI overrides `tracking_uri`."""
 
@@ -286,70 +296,21 @@ class MlflowConfig:
     registered_model: str
 
 
-@dataclasses.dataclass(frozen=True)
+@_section("dashboard")
 class DashboardConfig:
     """The Streamlit review app: what it accepts for live inference, and where its run links point."""
 
     mlflow_ui_url: str  # where `mlflow ui` serves; ignored when the tracking URI is already a server
-    max_upload_mb: int
-    max_image_side: int
-
-    def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_image_side"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"dashboard.{name}", f"must be 1 or more, got {getattr(self, name)}")
+    max_upload_mb: AtLeastOne
+    max_image_side: AtLeastOne
 
 
 def parse_section(cls: type[T], params: dict[str, Any], section: str) -> T:
-    """Build `cls` from `params[section]`, naming the exact key that is missing or wrong."""
+    """Build `cls` from `params[section]`; a missing, unknown or bad key raises ConfigError naming it."""
     raw = params.get(section)
     if not isinstance(raw, dict):
         raise ConfigError(section, "section is missing or not a mapping")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}", f"unknown key (expected one of {sorted(fields)})")
-    values = {}
-    for name in fields:
-        key = f"{section}.{name}"
-        if name not in raw:
-            raise ConfigError(key, "is missing")
-        values[name] = _checked(raw[name], hints[name], key)
-    return cls(**values)
-
-
-def _checked(value: Any, hint: Any, key: str) -> Any:
-    """Check one YAML value against a type hint; ints are accepted where floats are expected.
-
-    Empty strings and non-finite numbers (.nan, .inf) are refused for every key: no setting means either.
-    """
-    if isinstance(value, str) and not value.strip():
-        optional = type(None) in get_args(hint)
-        raise ConfigError(key, "is an empty string" + ("; write null for none" if optional else ""))
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value}")
-    origin = get_origin(hint)
-    if origin is Literal:
-        if value not in get_args(hint):
-            raise ConfigError(key, f"must be one of {list(get_args(hint))}, got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in get_args(hint):
-            try:
-                return _checked(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(key, f"has the wrong type: {value!r}")
-    if hint is type(None):
-        if value is not None:
-            raise ConfigError(key, f"must be empty, got {value!r}")
-        return None
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
-        raise ConfigError(key, f"must be a {hint.__name__}, got {value!r}")
-    return value
+    return cls(**{str(k): v for k, v in raw.items()})  # YAML keys need not be strings
 
 
 def load_params(path: Path) -> dict[str, Any]:
