@@ -1,36 +1,39 @@
 """The training loop and its callbacks: early stopping, reduce-LR-on-plateau, checkpointing.
 
-Nothing here prints or touches MLflow: the caller passes `progress` (for a bar) and
-`on_epoch_end` (for logging), so the same loop serves `dvc repro train`, the tuner and tests.
+`fit` takes built objects (see `builder`) and a device, and neither chooses the device nor makes
+the loaders: that is the caller's part, and the seam where distributed training slots in. Nothing
+here prints or touches MLflow: callers pass `callbacks` (logging, pruning) and `progress` (a bar),
+so the same loop serves `dvc repro train`, each tuning trial, the benchmarks and the tests.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from patchunet.config import InstanceHead, TrainConfig
-from patchunet.data import PatchDataset
-from patchunet.errors import PatchUNetError
 from patchunet.heads import head_loss
-from patchunet.io import atomic_file
 from patchunet.metrics import PixelCounts
-from patchunet.model import load_tensor_file
-from patchunet.resources import worker_count
+from patchunet.training.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside_checkpoints,
+)
 
-BEST_CHECKPOINT = "best.pt"
-LAST_CHECKPOINT = "last.pt"
-PREVIOUS_PREFIX = "previous-"
-"""Folders of an earlier run's checkpoints, set aside by a fresh run: previous-<time of its last.pt>."""
-THRESHOLD = 0.5
-"""Probability above which a pixel counts as nucleus for val Dice and IoU."""
+VAL_THRESHOLD = 0.5
+"""Probability above which a pixel counts as nucleus for the val Dice and IoU of each epoch.
+
+Fixed on purpose, and not `eval.threshold`: val Dice picks the best epoch (best.pt), and
+`eval.threshold` is chosen on val *after* training, for whole-image post-processing. Tying the two
+would make the choice of weights depend on a value tuned on those weights, and retrain on its change.
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,9 @@ class EpochResult:
     val_iou: float
     lr: float
     seconds: float
+
+
+EpochCallback = Callable[[EpochResult], None]
 
 
 @dataclasses.dataclass
@@ -59,6 +65,10 @@ class EarlyStopping:
             self.best, self.bad_epochs = val_loss, 0
         else:
             self.bad_epochs += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
         return self.bad_epochs >= self.patience
 
 
@@ -95,106 +105,113 @@ class FitResult:
         return [{k: getattr(r, k) for k in HISTORY_COLUMNS} for r in self.history]
 
 
-def pick_device() -> torch.device:
-    """CUDA where present, else the CPU with one thread per available core."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    torch.set_num_threads(worker_count())
-    return torch.device("cpu")
+@dataclasses.dataclass
+class LoopState:
+    """What a checkpoint must hold besides the weights for a resumed run to end as an unbroken one."""
 
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    stopper: EarlyStopping
+    shuffle: torch.Generator
+    history: list[EpochResult] = dataclasses.field(default_factory=list)
 
-def fit(
-    model: torch.nn.Module,
-    train_set: PatchDataset,
-    val_set: PatchDataset,
-    cfg: TrainConfig,
-    checkpoint_dir: Path,
-    resume: bool = False,
-    on_epoch_end: Callable[[EpochResult], None] | None = None,
-    progress: Callable[[Iterable, int, str], Iterable] | None = None,
-    extra_state: dict | None = None,
-) -> FitResult:
-    """Train `model` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
-
-    Stops after `cfg.epochs`, on early stopping, or before an epoch that would end past
-    `cfg.max_minutes` of training (judged by the longest epoch so far).
-
-    `resume` continues from `last.pt` exactly: weights, optimiser, scheduler, early stopping,
-    history and RNG state. Without it, checkpoints already there are set aside, never deleted.
-    `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
-    `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
-    """
-    device = pick_device()
-    model.to(device)
-    previous = None if resume else set_aside_checkpoints(checkpoint_dir)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
-    )
-    stopper = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    history: list[EpochResult] = []
-    if resume:
-        state = load_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        stopper.best, stopper.bad_epochs = state["early_stopping"]["best"], state["early_stopping"]["bad_epochs"]
-        history = [EpochResult(**row) for row in state["history"]]
-        torch.set_rng_state(state["rng"]["torch"])
-        shuffle.set_state(state["rng"]["shuffle"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    wrap = progress or (lambda batches, total, description: batches)
-    stopped = stopper.bad_epochs >= stopper.patience
-
-    for epoch in range(len(history), cfg.epochs):
-        if stopped or out_of_time(history, cfg.max_minutes):
-            break
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
-        train_set.set_epoch(epoch)
-        # drop_last: a final batch of one patch would break BatchNorm at a 1x1 bottleneck
-        loader = DataLoader(
-            train_set,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(train_set) > cfg.batch_size,
-            generator=shuffle,
-            num_workers=cfg.num_workers,
+    @classmethod
+    def start(cls, model: torch.nn.Module, cfg: TrainConfig, shuffle: torch.Generator) -> LoopState:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
         )
-        train_loss = train_one_epoch(
-            model, wrap(loader, len(loader), f"epoch {epoch + 1}"), optimizer, cfg, device, train_set.head
+        return cls(
+            optimizer, scheduler, EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta), shuffle
         )
-        val_loss, counts = evaluate(model, DataLoader(val_set, batch_size=cfg.batch_size), cfg, device, val_set.head)
-        scheduler.step(val_loss)
-        stopped = stopper.step(val_loss)
-        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, time.perf_counter() - started)
-        is_best = not history or result.val_dice > max(r.val_dice for r in history)
-        history.append(result)
-        state = {
+
+    def checkpoint(self, model: torch.nn.Module, epoch: int, extra_state: dict | None) -> dict:
+        return {
             "epoch": epoch,
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "early_stopping": dataclasses.asdict(stopper),
-            "history": [dataclasses.asdict(r) for r in history],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": dataclasses.asdict(self.stopper),
+            "history": [dataclasses.asdict(r) for r in self.history],
             "rng": {
                 "torch": torch.get_rng_state(),
-                "shuffle": shuffle.get_state(),
+                "shuffle": self.shuffle.get_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
             **(extra_state or {}),
         }
+
+    def restore(self, model: torch.nn.Module, state: dict) -> None:
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stopper.best, self.stopper.bad_epochs = (
+            state["early_stopping"]["best"],
+            state["early_stopping"]["bad_epochs"],
+        )
+        self.history = [EpochResult(**row) for row in state["history"]]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def fit(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+    progress: Callable[[Iterable, int, str], Iterable] | None = None,
+    extra_state: dict | None = None,
+) -> FitResult:
+    """Train `model` on `device` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
+
+    `train_loader` shuffles with its own seeded generator (`builder.make_loaders`), whose state the
+    checkpoints keep. Stops after `cfg.epochs`, on early stopping, or before an epoch that would
+    end past `cfg.max_minutes` of training (judged by the longest epoch so far).
+
+    `resume` continues from `last.pt` exactly: weights, optimiser, scheduler, early stopping,
+    history and RNG state. Without it, checkpoints already there are set aside, never deleted.
+    `callbacks` run after each epoch's checkpoints are written, in order.
+    `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
+    `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
+    """
+    model.to(device)
+    previous = None if resume else set_aside_checkpoints(checkpoint_dir)
+    loop = LoopState.start(model, cfg, train_loader.generator)
+    torch.manual_seed(cfg.seed)
+    if resume:
+        loop.restore(model, load_checkpoint(checkpoint_dir / LAST_CHECKPOINT))
+    wrap = progress or (lambda batches, total, description: batches)
+
+    for epoch in range(len(loop.history), cfg.epochs):
+        if loop.stopper.stopped or out_of_time(loop.history, cfg.max_minutes):
+            break
+        started = time.perf_counter()
+        lr = loop.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
+        train_loader.dataset.set_epoch(epoch)
+        batches = wrap(train_loader, len(train_loader), f"epoch {epoch + 1}")
+        train_loss = train_one_epoch(model, batches, loop.optimizer, cfg, device, train_loader.dataset.head)
+        val_loss, counts = evaluate(model, val_loader, cfg, device, val_loader.dataset.head)
+        loop.scheduler.step(val_loss)
+        loop.stopper.step(val_loss)
+        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, time.perf_counter() - started)
+        is_best = not loop.history or result.val_dice > max(r.val_dice for r in loop.history)
+        loop.history.append(result)
+        state = loop.checkpoint(model, epoch, extra_state)
         save_checkpoint(state, checkpoint_dir / LAST_CHECKPOINT)
         if is_best:
             save_checkpoint(state, checkpoint_dir / BEST_CHECKPOINT)
-        if on_epoch_end:
-            on_epoch_end(result)
+        for callback in callbacks:
+            callback(result)
 
-    best_epoch = max(history, key=lambda r: r.val_dice).epoch
-    return FitResult(history, best_epoch, stopped, previous)
+    best_epoch = max(loop.history, key=lambda r: r.val_dice).epoch
+    return FitResult(loop.history, best_epoch, loop.stopper.stopped, previous)
 
 
 def train_one_epoch(
@@ -223,7 +240,7 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device, head: InstanceHead = "none"
 ) -> tuple[float, PixelCounts]:
-    """Mean loss per patch, and foreground pixel counts at THRESHOLD pooled over every val patch."""
+    """Mean loss per patch, and foreground pixel counts at VAL_THRESHOLD pooled over every val patch."""
     model.eval()
     counts = PixelCounts()
     total, seen = 0.0, 0
@@ -233,7 +250,7 @@ def evaluate(
         loss = training_loss(logits, targets, cfg, head)
         total += loss.item() * len(images)
         seen += len(images)
-        counts.add(torch.sigmoid(logits[:, :1]) > THRESHOLD, targets[:, :1] > 0.5)
+        counts.add(torch.sigmoid(logits[:, :1]) > VAL_THRESHOLD, targets[:, :1] > 0.5)  # targets are 0 or 1
     return total / seen, counts
 
 
@@ -249,35 +266,3 @@ def out_of_time(history: list[EpochResult], max_minutes: float | None) -> bool:
         return False
     spent = sum(r.seconds for r in history)
     return spent + max(r.seconds for r in history) > 60 * max_minutes
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint of `fit`: tensors and plain values only, so loading it runs no code."""
-    if not path.is_file():
-        raise PatchUNetError(f"{path}: no checkpoint to resume from; train without --resume first")
-    return load_tensor_file(path, "unreadable checkpoint")
-
-
-def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
-    """Move `best.pt` and `last.pt` of an earlier run into a new `previous-<time>` folder beside them.
-
-    A fresh run must never resume an earlier run's `last.pt` by mistake, nor throw away the
-    training of a run that crashed. Returns the folder, or None when there was nothing to move.
-    """
-    found = [checkpoint_dir / name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (checkpoint_dir / name).is_file()]
-    if not found:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(found[0].stat().st_mtime))
-    for attempt in itertools.count(1):
-        folder = checkpoint_dir / (f"{PREVIOUS_PREFIX}{stamp}" + (f"-{attempt}" if attempt > 1 else ""))
-        with contextlib.suppress(FileExistsError):  # never into an existing folder: it holds an earlier run
-            folder.mkdir()
-            break
-    for path in found:
-        path.rename(folder / path.name)
-    return folder
