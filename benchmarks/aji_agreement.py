@@ -80,7 +80,7 @@ def model_predictor(model_file: Path, params_file: Path):
     from patchunet.inference import segment_image
     from patchunet.io import read_rgb_image
     from patchunet.model import load_model
-    from patchunet.train import pick_device
+    from patchunet.training.devices import pick_device
 
     if not model_file.is_file():
         raise SystemExit(f"{model_file}: no trained model; run `dvc repro`, or pass --labels-dir")

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from patchunet.augment import build_augmentation
 from patchunet.config import (
     AugmentConfig,
     EvalConfig,
@@ -25,7 +24,6 @@ from patchunet.config import (
     load_params,
     parse_section,
 )
-from patchunet.data import PatchDataset
 from patchunet.inference import image_maps
 from patchunet.io import read_label_image, read_rgb_image
 from patchunet.layout import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
@@ -34,7 +32,10 @@ from patchunet.monuseg import pair_files, raw_dirs
 from patchunet.patches import PatchSet
 from patchunet.postprocess import instances_from_maps
 from patchunet.split import read_split
-from patchunet.train import BEST_CHECKPOINT, EpochResult, FitResult, fit, load_checkpoint, pick_device
+from patchunet.training.builder import make_datasets, make_loaders
+from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
+from patchunet.training.devices import pick_device
+from patchunet.training.loop import EpochResult, FitResult, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,9 +62,8 @@ def train_network(
     """Train `network` in place on the pipeline's patch stores as the train stage does; load its
     best epoch; return the fit and the training seconds. One line per epoch."""
     train_cfg = settings.train
-    augmentation = build_augmentation(settings.augment) if train_cfg.online_augment else None
-    train_set = PatchDataset(PatchSet.load(ROOT / PATCH_DIR / "train"), augmentation, train_cfg.seed, head=head)
-    val_set = PatchDataset(PatchSet.load(ROOT / PATCH_DIR / "val"), head=head)
+    stores = PatchSet.load(ROOT / PATCH_DIR / "train"), PatchSet.load(ROOT / PATCH_DIR / "val")
+    train_loader, val_loader = make_loaders(*make_datasets(head, train_cfg, settings.augment, *stores), train_cfg)
 
     def report(result: EpochResult) -> None:
         print(
@@ -73,7 +73,7 @@ def train_network(
         )
 
     started = time.perf_counter()
-    result = fit(network, train_set, val_set, train_cfg, checkpoint_dir, on_epoch_end=report)
+    result = fit(network, train_loader, val_loader, train_cfg, pick_device(), checkpoint_dir, callbacks=[report])
     seconds = time.perf_counter() - started
     network.load_state_dict(load_checkpoint(checkpoint_dir / BEST_CHECKPOINT)["model"])
     return result, seconds

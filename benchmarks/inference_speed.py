@@ -22,7 +22,7 @@ from patchunet.inference import segment_image
 from patchunet.io import read_rgb_image
 from patchunet.layout import MODEL_FILE, RAW_DIR
 from patchunet.model import load_model
-from patchunet.train import pick_device
+from patchunet.training.devices import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

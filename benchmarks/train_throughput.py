@@ -1,6 +1,6 @@
 """Training throughput (patches per second) and peak memory of the default PatchUNet.
 
-Runs the library's own training step (`patchunet.train.train_one_epoch`) on the default
+Runs the library's own training step (`patchunet.training.loop.train_one_epoch`) on the default
 params.yaml model, batch size, loader workers and online augmentation, over patches of the
 default size: the real patch store when `dvc repro patches` has made it, else random patches
 of the same size. Prints the median of several timed passes, and peak resident memory.
@@ -25,7 +25,8 @@ from patchunet.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfi
 from patchunet.data import PatchDataset
 from patchunet.model import PatchUNet, parameter_count
 from patchunet.patches import PatchSet
-from patchunet.train import pick_device, train_one_epoch
+from patchunet.training.devices import pick_device
+from patchunet.training.loop import train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -42,7 +42,7 @@ from patchunet.metrics import score_segmentation, summarise_scores
 from patchunet.model import load_model
 from patchunet.monuseg import organ_of, pair_files, raw_dirs
 from patchunet.overlay import head_picture, match_overlay
-from patchunet.train import pick_device
+from patchunet.training.devices import pick_device
 
 EVAL_PARAMS_TAG = "eval_params"
 

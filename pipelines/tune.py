@@ -10,36 +10,26 @@ with the best value and params, to the parent run.
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import yaml
 
 from patchunet import tracking
-from patchunet.cli import run_stage
+from patchunet.cli import log_to_stdout, run_stage
 from patchunet.config import AugmentConfig, MlflowConfig, TuneConfig, load_params, parse_section
-from patchunet.errors import ConfigError, PatchUNetError
-from patchunet.io import atomic_directory, read_rgb_image
+from patchunet.errors import PatchUNetError
+from patchunet.io import atomic_directory, read_rgb_image, write_csv
 from patchunet.layout import RAW_DIR, SPLIT_FILE, TUNE_DIR, labels_dir
 from patchunet.monuseg import raw_dirs
 from patchunet.split import read_split
-from patchunet.tune import (
-    PARENT_RUN_ATTR,
-    Objective,
-    PatchCache,
-    best_params,
-    check_settings,
-    counted_trials,
-    enqueue_defaults,
-    load_study,
-    run_worker,
-    settings_fingerprint,
-    trial_rows,
-    validate_space,
-    write_figures,
-)
+from patchunet.tuning.objective import PatchCache
+from patchunet.tuning.report import best_params, log_summary, trial_rows, write_figures
+from patchunet.tuning.space import validate_space
+from patchunet.tuning.study import check_settings, enqueue_defaults, load_study, parent_run, settings_fingerprint
+from patchunet.tuning.workers import check_workers, counted_trials, run_trials
 
 IMAGES = raw_dirs(RAW_DIR).images["train"]
 
@@ -50,24 +40,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="processes sharing the study (default: tune.workers)")
     parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set for the worker processes
     args = parser.parse_args()
+    log_to_stdout(f"[worker {args.worker_index}] " if args.worker_index else "")
     params = load_params(args.params)
     cfg = parse_section(TuneConfig, params, "tune")
     workers = args.workers or cfg.workers
-    if workers < 1:
-        raise ConfigError("tune.workers", f"--workers must be 1 or more, got {workers}")
-    if workers > 1 and cfg.storage.startswith("sqlite"):
-        raise ConfigError(
-            "tune.storage",
-            f"{cfg.storage} cannot serve {workers} worker processes safely; use journal:optuna.journal "
-            "(one machine) or a PostgreSQL URL (several)",
-        )
+    check_workers(cfg, workers)
     split = read_split(SPLIT_FILE)
-    first_image = read_rgb_image(IMAGES / f"{split['train'][0]}.tif")
-    validate_space(cfg, params, min(first_image.shape[:2]))
+    validate_space(cfg, params, min(read_rgb_image(IMAGES / f"{split['train'][0]}.tif").shape[:2]))
     tracking.connect(tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri))
-
+    patch_sets = PatchCache(split, IMAGES, labels_dir("train"), parse_section(AugmentConfig, params, "augment"))
     if args.worker_index is not None:
-        run_trials(cfg, params, split, args.worker_index)
+        run_trials(cfg, params, patch_sets, args.worker_index)
         return
 
     study = load_study(cfg)
@@ -75,49 +58,19 @@ def main() -> None:
     if enqueue_defaults(study, cfg.dimensions, params):
         print("tune: trial 0 runs the params.yaml values, as the untuned baseline")
     parent_run_id = parent_run(study, cfg)
-    before = counted_trials(study)
-    print(f"tune: study {cfg.study_name} in {cfg.storage} holds {before} of {cfg.n_trials} trials; {workers} worker(s)")
+    held = counted_trials(study)
+    print(f"tune: study {cfg.study_name} in {cfg.storage} holds {held} of {cfg.n_trials} trials; {workers} worker(s)")
     if workers == 1:
-        run_trials(cfg, params, split, 0)
+        run_trials(cfg, params, patch_sets, 0)
     else:
         command = [sys.executable, __file__, "--params", str(args.params)]
         processes = [subprocess.Popen([*command, "--worker-index", str(i)]) for i in range(workers)]
-        exit_codes = [process.wait() for process in processes]  # every worker, even after one fails
-        if any(exit_codes):
+        if any([process.wait() for process in processes]):  # a list: wait for every worker, even after one fails
             raise PatchUNetError("tune: a worker process failed; see its output above")
     summarise(load_study(cfg), cfg, params, parent_run_id)
 
 
-def parent_run(study, cfg: TuneConfig) -> str:
-    """The study's MLflow parent run: the one it recorded, or a new one if there is none yet."""
-    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-    if run_id:
-        try:
-            tracking.get_run(run_id)
-            return run_id
-        except PatchUNetError:
-            print(f"tune: parent run {run_id} is not in this MLflow store; starting a new one")
-    with tracking.run(cfg.experiment, run_name=cfg.study_name, tags={"optuna.study": cfg.study_name}) as active:
-        run_id = active.info.run_id
-    study.set_user_attr(PARENT_RUN_ATTR, run_id)
-    return run_id
-
-
-def run_trials(cfg: TuneConfig, params: dict, split: dict, worker_index: int) -> None:
-    """One worker process (or the only one): trials until the study holds tune.n_trials."""
-    study = load_study(cfg, worker_index)
-    augment = parse_section(AugmentConfig, params, "augment")
-    objective = Objective(
-        params,
-        cfg,
-        PatchCache(split, IMAGES, labels_dir("train"), augment),
-        study.user_attrs[PARENT_RUN_ATTR],
-        log=lambda line: print(f"[worker {worker_index}] {line}" if worker_index else line, flush=True),
-    )
-    run_worker(study, objective, cfg.n_trials)
-
-
-def summarise(study, cfg: TuneConfig, params: dict, parent_run_id: str) -> None:
+def summarise(study: optuna.Study, cfg: TuneConfig, params: dict, parent_run_id: str) -> None:
     """reports/tune/ and the parent run: best value and params, trials table, figures."""
     rows = trial_rows(study, cfg.dimensions)
     states = [row["state"] for row in rows]
@@ -126,30 +79,10 @@ def summarise(study, cfg: TuneConfig, params: dict, parent_run_id: str) -> None:
     best = best_params(study, cfg, params)
     with atomic_directory(TUNE_DIR) as staging:
         (staging / "best_params.yaml").write_text(yaml.safe_dump(best, sort_keys=False))
-        with (staging / "trials.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(staging / "trials.csv", rows)
         figures = write_figures(study, cfg.dimensions, staging / "figures")
     with tracking.run(cfg.experiment, run_id=parent_run_id):
-        tracking.log_metrics(
-            {
-                "best/val_dice": best["val_dice"],
-                "best/trial": best["best_trial"],
-                "trials/complete": states.count("COMPLETE"),
-                "trials/pruned": states.count("PRUNED"),
-            }
-        )
-        tracking.set_tags(
-            {
-                **{f"best.{key}": value for key, value in study.best_trial.params.items()},
-                "tune.n_trials": cfg.n_trials,
-                "tune.epochs_per_trial": cfg.epochs_per_trial,
-                "tune.pruner": cfg.pruner,
-                "tune.storage": cfg.storage,
-            }
-        )
-        tracking.log_artifact(TUNE_DIR)
+        log_summary(study, cfg, best, states, TUNE_DIR)
     print(
         f"tune: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
         f"{states.count('FAIL')} failed; best val dice {best['val_dice']:.4f} (trial {best['best_trial']}) "

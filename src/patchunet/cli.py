@@ -8,6 +8,7 @@ module imports nothing heavy, so `patchunet --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -39,6 +40,17 @@ def run_stage(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def log_to_stdout(prefix: str = "") -> None:
+    """Show the library's progress lines (logger `patchunet`, INFO and up) on stdout, one per line,
+    beside the entry point's own prints; `prefix` starts each (e.g. "[worker 1] ")."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+    logger = logging.getLogger("patchunet")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def find_project_root(start: Path) -> Path:

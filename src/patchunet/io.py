@@ -10,6 +10,7 @@ umask gives, as with any other tool.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,14 @@ def write_json(path: Path, content: object) -> None:
     """Write `content` as indented JSON, atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Rows as a CSV table with a header (`columns`, else the first row's keys), written atomically."""
+    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def write_label_tiff(path: Path, labels: np.ndarray) -> None:

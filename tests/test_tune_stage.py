@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import csv
-import json
 import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import REPO_ROOT, make_tune_project, mlflow_client, params_changed, run_pipeline, update_params
+from conftest import make_tune_project, mlflow_client, params_changed, run_pipeline, update_params
 
-from patchunet import tracking
-from patchunet.config import Dimension, TuneConfig, load_params, parse_section
-from patchunet.errors import ConfigError
-from patchunet.tune import (
-    Objective,
-    PatchCache,
-    apply_overrides,
-    enqueue_defaults,
-    load_study,
-    open_storage,
-    run_worker,
-    validate_space,
-)
+from patchunet.tuning.study import open_storage
 
 
 def tune(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -134,50 +121,6 @@ def test_sqlite_storage_refuses_several_workers(tmp_path: Path) -> None:
     assert "params.yaml tune.storage: sqlite:///optuna.db cannot serve 2 worker processes" in result.stderr
 
 
-def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: Path) -> None:
-    project = make_tune_project(tmp_path / "project")
-    params = load_params(project / "params.yaml")
-    cfg = parse_section(TuneConfig, params, "tune")
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    tracking.connect(uri)
-    study = optuna.create_study(
-        storage=f"sqlite:///{project / 'optuna.db'}",
-        direction="maximize",
-        pruner=optuna.pruners.ThresholdPruner(lower=1.1),  # no Dice reaches 1.1: prune after epoch 1
-    )
-    with tracking.run(cfg.experiment) as parent:
-        pass
-    split = json.loads((project / "data/interim/split.json").read_text())
-    cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
-    run_worker(study, Objective(params, cfg, cache, parent.info.run_id, log=lambda _: None), n_trials=2)
-
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
-    assert [len(t.intermediate_values) for t in study.trials] == [1, 1]
-    client = mlflow_client(uri)
-    children = client.search_runs([parent.info.experiment_id], "tags.optuna.state = 'PRUNED'")
-    assert len(children) == 2
-    for child in children:
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [0]
-
-
-@pytest.mark.parametrize(
-    ("space", "message"),
-    [
-        ({"train.lr": {"low": 1e-2, "high": 1e-2, "log": True}}, "tune.space.train.lr: empty range"),
-        ({"patch.size": {"choices": [2048]}}, "tune.space.patch.size: 2048 is larger than the images (1000 px)"),
-        ({"patch.size": {"choices": [128, 200]}}, "tune.space.patch.size: 200 is not divisible by 16"),
-        ({"train.nope": {"low": 1, "high": 2}}, "tune.space.train.nope: params.yaml has no key train.nope"),
-        ({}, "tune.space: is empty"),
-        ({"patch.size": {"low": 128, "high": 256}}, "tune.space.patch.size: must be {choices"),
-    ],
-)
-def test_bad_search_spaces_are_refused_with_the_key(space: dict, message: str) -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        cfg = parse_section(TuneConfig, {**params, "tune": {**params["tune"], "space": space}}, "tune")
-        validate_space(cfg, params, image_side=1000)
-
-
 def test_bad_search_space_stops_the_stage_in_one_line(tmp_path: Path) -> None:
     project = make_tune_project(tmp_path / "project")
     space = {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "patch.size": {"choices": [16, 128]}}
@@ -185,32 +128,3 @@ def test_bad_search_space_stops_the_stage_in_one_line(tmp_path: Path) -> None:
     result = tune(project)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: params.yaml tune.space.patch.size: 128 is larger than the images (64 px)"
-
-
-def test_overrides_set_the_stride_with_the_size() -> None:
-    params = {"patch": {"size": 256, "stride": 256}, "train": {"lr": 1e-3}}
-    merged = apply_overrides(params, {"patch.size": 128, "train.lr": 0.005})
-    assert merged == {"patch": {"size": 128, "stride": 128}, "train": {"lr": 0.005}}
-    assert params["patch"]["size"] == 256  # the input is left alone
-
-
-def test_the_params_yaml_values_are_the_first_trial_of_a_new_study(tmp_path: Path) -> None:
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db", direction="maximize")
-    dimensions = [Dimension("train.lr", low=1e-4, high=1e-2, log=True), Dimension("patch.size", choices=(128, 256))]
-    params = {"train": {"lr": 1e-3}, "patch": {"size": 256, "stride": 256}}
-    assert not enqueue_defaults(study, dimensions, {"train": {"lr": 1.0}, "patch": {"size": 256}})  # outside
-    assert enqueue_defaults(study, dimensions, params)
-    trial = study.ask()
-    assert trial.params == {} and trial.suggest_float("train.lr", 1e-4, 1e-2, log=True) == 1e-3
-    assert trial.suggest_categorical("patch.size", [128, 256]) == 256
-    assert not enqueue_defaults(study, dimensions, params)  # the study has trials now
-
-
-def test_a_study_is_loaded_not_recreated(tmp_path: Path) -> None:
-    params = load_params(REPO_ROOT / "params.yaml")
-    cfg = parse_section(
-        TuneConfig, {**params, "tune": {**params["tune"], "storage": f"sqlite:///{tmp_path}/o.db"}}, "tune"
-    )
-    first = load_study(cfg)
-    first.set_user_attr("marker", 1)
-    assert load_study(cfg, worker_index=1).user_attrs["marker"] == 1

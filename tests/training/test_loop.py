@@ -6,18 +6,14 @@ import torch
 from conftest import REPO_ROOT, disc_patches
 from test_model import write_code_running_file
 
+import patchunet.training.loop
 from patchunet.config import ModelConfig, TrainConfig, load_params, parse_section
 from patchunet.data import PatchDataset
 from patchunet.errors import PatchUNetError
 from patchunet.model import PatchUNet
-from patchunet.train import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    EarlyStopping,
-    fit,
-    load_checkpoint,
-    set_aside_checkpoints,
-)
+from patchunet.training.builder import make_loaders
+from patchunet.training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
+from patchunet.training.loop import EarlyStopping, EpochResult, FitResult, fit, out_of_time
 
 TINY_MODEL = ModelConfig(
     base_channels=8, depth=2, norm="batch", dropout=0.1, instance_head="none", microns_per_pixel=0.25
@@ -35,6 +31,13 @@ def datasets() -> tuple[PatchDataset, PatchDataset]:
     return PatchDataset(disc_patches(16, seed=1)), PatchDataset(disc_patches(8, seed=2))
 
 
+def train(
+    model: PatchUNet, train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig, folder: Path, **kwargs
+) -> FitResult:
+    """`fit` on the CPU, with the loaders the builder makes."""
+    return fit(model, *make_loaders(train_set, val_set, cfg), cfg, torch.device("cpu"), folder, **kwargs)
+
+
 def tiny_model(seed: int = 0) -> PatchUNet:
     torch.manual_seed(seed)
     return PatchUNet(TINY_MODEL)
@@ -49,29 +52,25 @@ def test_early_stopping_stops_at_the_expected_epoch() -> None:
 
 
 def test_fit_stops_at_the_expected_epoch_on_a_scripted_val_loss(tmp_path: Path, monkeypatch) -> None:
-    import patchunet.train
-
     scripted = iter([1.0, 0.9, 0.95, 0.895, 0.92, 0.5, 0.4])
-    real_evaluate = patchunet.train.evaluate
+    real_evaluate = patchunet.training.loop.evaluate
 
     def scripted_evaluate(*args, **kwargs):
         _, counts = real_evaluate(*args, **kwargs)
         return next(scripted), counts
 
-    monkeypatch.setattr(patchunet.train, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(patchunet.training.loop, "evaluate", scripted_evaluate)
     cfg = dataclasses.replace(TINY_TRAIN, epochs=7, early_stopping_patience=3, early_stopping_min_delta=0.01)
-    result = fit(tiny_model(), *datasets(), cfg, tmp_path)
+    result = train(tiny_model(), *datasets(), cfg, tmp_path)
     assert result.stopped_early
     assert [r.val_loss for r in result.history] == [1.0, 0.9, 0.95, 0.895, 0.92]
 
 
 def test_learning_rate_drops_on_a_plateau_and_is_logged_for_the_epoch_it_trained(tmp_path: Path, monkeypatch) -> None:
-    import patchunet.train
-
-    real_evaluate = patchunet.train.evaluate
-    monkeypatch.setattr(patchunet.train, "evaluate", lambda *a, **k: (1.0, real_evaluate(*a, **k)[1]))
+    real_evaluate = patchunet.training.loop.evaluate
+    monkeypatch.setattr(patchunet.training.loop, "evaluate", lambda *a, **k: (1.0, real_evaluate(*a, **k)[1]))
     cfg = dataclasses.replace(TINY_TRAIN, epochs=4, lr_patience=1, lr_factor=0.5, early_stopping_patience=10)
-    result = fit(tiny_model(), *datasets(), cfg, tmp_path)
+    result = train(tiny_model(), *datasets(), cfg, tmp_path)
     # epoch 0 sets the best; epochs 1 and 2 do not improve, so the rate halves after epoch 2
     assert [r.lr for r in result.history] == [0.01, 0.01, 0.01, 0.005]
 
@@ -79,7 +78,7 @@ def test_learning_rate_drops_on_a_plateau_and_is_logged_for_the_epoch_it_trained
 def test_training_lowers_the_loss_and_leaves_checkpoints(tmp_path: Path) -> None:
     train_set, val_set = datasets()
     seen = []
-    result = fit(tiny_model(), train_set, val_set, TINY_TRAIN, tmp_path, on_epoch_end=seen.append)
+    result = train(tiny_model(), train_set, val_set, TINY_TRAIN, tmp_path, callbacks=[seen.append])
     assert [r.epoch for r in seen] == [0, 1]
     assert result.history[1].train_loss < result.history[0].train_loss
     assert (tmp_path / BEST_CHECKPOINT).is_file() and (tmp_path / LAST_CHECKPOINT).is_file()
@@ -110,12 +109,12 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: 
 
     cfg = dataclasses.replace(TINY_TRAIN, num_workers=num_workers)
     straight = tiny_model()
-    fit(straight, *fresh_datasets(), cfg, tmp_path / "straight")
+    train(straight, *fresh_datasets(), cfg, tmp_path / "straight")
 
     with pytest.raises(Killed):
-        fit(tiny_model(), *fresh_datasets(), cfg, tmp_path / "killed", on_epoch_end=kill_after_first_epoch)
+        train(tiny_model(), *fresh_datasets(), cfg, tmp_path / "killed", callbacks=[kill_after_first_epoch])
     resumed = tiny_model(seed=123)  # different initial weights: everything must come from the checkpoint
-    result = fit(resumed, *fresh_datasets(), cfg, tmp_path / "killed", resume=True)
+    result = train(resumed, *fresh_datasets(), cfg, tmp_path / "killed", resume=True)
 
     assert [r.epoch for r in result.history] == [0, 1]
     for name, tensor in straight.state_dict().items():
@@ -129,16 +128,16 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
         load_checkpoint(evil)
     assert "\n" not in str(error.value)
     with pytest.raises(PatchUNetError):
-        fit(tiny_model(), *datasets(), TINY_TRAIN, tmp_path, resume=True)
+        train(tiny_model(), *datasets(), TINY_TRAIN, tmp_path, resume=True)
     assert not marker.exists()
 
 
 def test_a_fresh_run_sets_the_previous_runs_checkpoints_aside(tmp_path: Path) -> None:
-    first = fit(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path)
+    first = train(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path)
     assert first.previous_checkpoints is None
     kept = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)["model"]
 
-    second = fit(tiny_model(seed=1), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path)
+    second = train(tiny_model(seed=1), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path)
     folder = second.previous_checkpoints
     assert folder is not None and folder.parent == tmp_path and folder.name.startswith("previous-")
     assert sorted(p.name for p in folder.iterdir()) == [BEST_CHECKPOINT, LAST_CHECKPOINT]
@@ -147,22 +146,7 @@ def test_a_fresh_run_sets_the_previous_runs_checkpoints_aside(tmp_path: Path) ->
     assert (tmp_path / LAST_CHECKPOINT).is_file()  # the new run's own
 
 
-def test_setting_aside_never_overwrites_an_earlier_folder(tmp_path: Path) -> None:
-    import os
-
-    folders = []
-    for run in range(3):
-        (tmp_path / LAST_CHECKPOINT).write_text(f"run {run}")
-        os.utime(tmp_path / LAST_CHECKPOINT, (1_700_000_000, 1_700_000_000))  # same second each time
-        folders.append(set_aside_checkpoints(tmp_path))
-    assert len(set(folders)) == 3
-    assert [(f / LAST_CHECKPOINT).read_text() for f in folders] == ["run 0", "run 1", "run 2"]
-    assert set_aside_checkpoints(tmp_path) is None
-
-
 def test_the_time_budget_stops_before_an_epoch_that_would_end_past_it() -> None:
-    from patchunet.train import EpochResult, out_of_time
-
     def epochs(*seconds: float) -> list[EpochResult]:
         return [EpochResult(n, 1.0, 1.0, 0.5, 0.3, 1e-3, s) for n, s in enumerate(seconds)]
 
@@ -175,7 +159,7 @@ def test_the_time_budget_stops_before_an_epoch_that_would_end_past_it() -> None:
 def test_fit_with_a_time_budget_runs_one_epoch_and_says_it_stopped(tmp_path: Path) -> None:
     train_set, val_set = datasets()
     cfg = dataclasses.replace(TINY_TRAIN, epochs=5, max_minutes=1e-6)
-    result = fit(tiny_model(), train_set, val_set, cfg, tmp_path)
+    result = train(tiny_model(), train_set, val_set, cfg, tmp_path)
     assert len(result.history) == 1 and result.best_epoch == 0
 
 
@@ -185,7 +169,7 @@ def test_fit_trains_each_instance_head(tmp_path: Path, head: str) -> None:
     val_set = PatchDataset(disc_patches(8, seed=2), head=head)
     torch.manual_seed(0)
     model = PatchUNet(dataclasses.replace(TINY_MODEL, instance_head=head))
-    result = fit(model, train_set, val_set, dataclasses.replace(TINY_TRAIN, epochs=3), tmp_path)
+    result = train(model, train_set, val_set, dataclasses.replace(TINY_TRAIN, epochs=3), tmp_path)
     assert result.history[-1].train_loss < result.history[0].train_loss
     from patchunet.heads import output_channels
 

@@ -1,0 +1,71 @@
+"""One way from configs to the objects `fit` trains: used by the train stage, every tuning trial
+and the benchmarks, so that they train the same thing the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from patchunet.augment import build_augmentation
+from patchunet.config import AugmentConfig, InstanceHead, ModelConfig, TrainConfig
+from patchunet.data import PatchDataset
+from patchunet.model import PatchUNet
+from patchunet.patches import PatchSet
+from patchunet.training.run_log import EpochLogger
+
+
+@dataclasses.dataclass
+class Training:
+    """A model, its loaders and its per-epoch logger, ready for `fit`."""
+
+    model: PatchUNet
+    train_loader: DataLoader
+    val_loader: DataLoader
+    log_epoch: EpochLogger
+
+
+def build_training(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    augment_cfg: AugmentConfig,
+    train_store: PatchSet,
+    val_store: PatchSet,
+    *,
+    label: str = "",
+    checkpoint_dir: Path | None = None,
+) -> Training:
+    """The model (initial weights from `train.seed` alone), data sets, loaders and epoch logger.
+
+    `label` starts each epoch's log line (e.g. "trial 3 "); `checkpoint_dir`, where given, is where
+    `fit` writes the checkpoints the logger sends to the active MLflow run.
+    """
+    train_set, val_set = make_datasets(model_cfg.instance_head, train_cfg, augment_cfg, train_store, val_store)
+    torch.manual_seed(train_cfg.seed)
+    model = PatchUNet(model_cfg)
+    train_loader, val_loader = make_loaders(train_set, val_set, train_cfg)
+    return Training(model, train_loader, val_loader, EpochLogger(train_cfg.epochs, label, checkpoint_dir))
+
+
+def make_datasets(
+    head: InstanceHead, train_cfg: TrainConfig, augment_cfg: AugmentConfig, train_store: PatchSet, val_store: PatchSet
+) -> tuple[PatchDataset, PatchDataset]:
+    """Train patches, augmented online when `train.online_augment`; val patches as they are."""
+    augmentation = build_augmentation(augment_cfg) if train_cfg.online_augment else None
+    return PatchDataset(train_store, augmentation, seed=train_cfg.seed, head=head), PatchDataset(val_store, head=head)
+
+
+def make_loaders(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig) -> tuple[DataLoader, DataLoader]:
+    """The train loader shuffles with its own generator seeded by `train.seed`, which `fit` checkpoints."""
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        # a final batch of one patch would break BatchNorm at a 1x1 bottleneck
+        drop_last=len(train_set) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        num_workers=cfg.num_workers,
+    )
+    return train_loader, DataLoader(val_set, batch_size=cfg.batch_size)

@@ -1,0 +1,71 @@
+"""The checkpoints of `fit`: saved atomically, loaded without running code, set aside never deleted,
+and the MLflow run a checkpoint belongs to, for `--resume`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import torch
+
+from patchunet.config import ModelConfig
+from patchunet.errors import PatchUNetError
+from patchunet.io import atomic_file
+from patchunet.model import load_tensor_file
+
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+PREVIOUS_PREFIX = "previous-"
+"""Folders of an earlier run's checkpoints, set aside by a fresh run: previous-<time of its last.pt>."""
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint of `fit`: tensors and plain values only, so loading it runs no code."""
+    if not path.is_file():
+        raise PatchUNetError(f"{path}: no checkpoint to resume from; train without --resume first")
+    return load_tensor_file(path, "unreadable checkpoint")
+
+
+def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
+    """Move `best.pt` and `last.pt` of an earlier run into a new `previous-<time>` folder beside them.
+
+    A fresh run must never resume an earlier run's `last.pt` by mistake, nor throw away the
+    training of a run that crashed. Returns the folder, or None when there was nothing to move.
+    """
+    found = [checkpoint_dir / name for name in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (checkpoint_dir / name).is_file()]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(found[0].stat().st_mtime))
+    for attempt in itertools.count(1):
+        folder = checkpoint_dir / (f"{PREVIOUS_PREFIX}{stamp}" + (f"-{attempt}" if attempt > 1 else ""))
+        with contextlib.suppress(FileExistsError):  # never into an existing folder: it holds an earlier run
+            folder.mkdir()
+            break
+    for path in found:
+        path.rename(folder / path.name)
+    return folder
+
+
+def resumable_run_id(checkpoint_dir: Path, model_cfg: ModelConfig) -> str:
+    """The MLflow run of `checkpoint_dir`/last.pt, refusing a checkpoint of another model shape.
+
+    Resuming continues the same MLflow run, so the checkpoint must name it (`fit`'s `extra_state`).
+    """
+    path = checkpoint_dir / LAST_CHECKPOINT
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("model_config") != dataclasses.asdict(model_cfg):
+        raise PatchUNetError(
+            f"{path}: was trained with model params {checkpoint.get('model_config')}, "
+            f"params.yaml now has {dataclasses.asdict(model_cfg)}: restore them, or train without --resume"
+        )
+    if not checkpoint.get("mlflow_run_id"):
+        raise PatchUNetError(f"{path}: names no MLflow run; train without --resume")
+    return checkpoint["mlflow_run_id"]

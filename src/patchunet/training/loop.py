@@ -1,0 +1,268 @@
+"""The training loop and its callbacks: early stopping, reduce-LR-on-plateau, checkpointing.
+
+`fit` takes built objects (see `builder`) and a device, and neither chooses the device nor makes
+the loaders: that is the caller's part, and the seam where distributed training slots in. Nothing
+here prints or touches MLflow: callers pass `callbacks` (logging, pruning) and `progress` (a bar),
+so the same loop serves `dvc repro train`, each tuning trial, the benchmarks and the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from patchunet.config import InstanceHead, TrainConfig
+from patchunet.heads import head_loss
+from patchunet.metrics import PixelCounts
+from patchunet.training.checkpoints import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside_checkpoints,
+)
+
+VAL_THRESHOLD = 0.5
+"""Probability above which a pixel counts as nucleus for the val Dice and IoU of each epoch.
+
+Fixed on purpose, and not `eval.threshold`: val Dice picks the best epoch (best.pt), and
+`eval.threshold` is chosen on val *after* training, for whole-image post-processing. Tying the two
+would make the choice of weights depend on a value tuned on those weights, and retrain on its change.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    val_iou: float
+    lr: float
+    seconds: float
+
+
+EpochCallback = Callable[[EpochResult], None]
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Stop once val loss has not improved by `min_delta` for `patience` epochs in a row."""
+
+    patience: int
+    min_delta: float
+    best: float = float("inf")
+    bad_epochs: int = 0
+
+    def step(self, val_loss: float) -> bool:
+        """Record one epoch's val loss; True when training should stop."""
+        if val_loss < self.best - self.min_delta:
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr")
+
+
+@dataclasses.dataclass
+class FitResult:
+    history: list[EpochResult]
+    best_epoch: int
+    stopped_early: bool
+    previous_checkpoints: Path | None = None
+    """Where a fresh run moved the checkpoints it found (`set_aside_checkpoints`), if any."""
+
+    @property
+    def best(self) -> EpochResult:
+        return next(r for r in self.history if r.epoch == self.best_epoch)
+
+    def summary(self) -> dict[str, float | int | bool]:
+        """The best epoch's scores and how the run ended (epochs count from 0, as MLflow steps)."""
+        best = self.best
+        return {
+            "best_epoch": best.epoch,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+            "val_dice": best.val_dice,
+            "val_iou": best.val_iou,
+            "val_loss": best.val_loss,
+            "train_loss": best.train_loss,
+        }
+
+    def history_rows(self) -> list[dict[str, float | int]]:
+        """One row per epoch with HISTORY_COLUMNS, for plots/train.csv."""
+        return [{k: getattr(r, k) for k in HISTORY_COLUMNS} for r in self.history]
+
+
+@dataclasses.dataclass
+class LoopState:
+    """What a checkpoint must hold besides the weights for a resumed run to end as an unbroken one."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    stopper: EarlyStopping
+    shuffle: torch.Generator
+    history: list[EpochResult] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def start(cls, model: torch.nn.Module, cfg: TrainConfig, shuffle: torch.Generator) -> LoopState:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+        )
+        return cls(
+            optimizer, scheduler, EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta), shuffle
+        )
+
+    def checkpoint(self, model: torch.nn.Module, epoch: int, extra_state: dict | None) -> dict:
+        return {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "early_stopping": dataclasses.asdict(self.stopper),
+            "history": [dataclasses.asdict(r) for r in self.history],
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "shuffle": self.shuffle.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            **(extra_state or {}),
+        }
+
+    def restore(self, model: torch.nn.Module, state: dict) -> None:
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stopper.best, self.stopper.bad_epochs = (
+            state["early_stopping"]["best"],
+            state["early_stopping"]["bad_epochs"],
+        )
+        self.history = [EpochResult(**row) for row in state["history"]]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def fit(
+    model: torch.nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+    progress: Callable[[Iterable, int, str], Iterable] | None = None,
+    extra_state: dict | None = None,
+) -> FitResult:
+    """Train `model` on `device` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
+
+    `train_loader` shuffles with its own seeded generator (`builder.make_loaders`), whose state the
+    checkpoints keep. Stops after `cfg.epochs`, on early stopping, or before an epoch that would
+    end past `cfg.max_minutes` of training (judged by the longest epoch so far).
+
+    `resume` continues from `last.pt` exactly: weights, optimiser, scheduler, early stopping,
+    history and RNG state. Without it, checkpoints already there are set aside, never deleted.
+    `callbacks` run after each epoch's checkpoints are written, in order.
+    `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
+    `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
+    """
+    model.to(device)
+    previous = None if resume else set_aside_checkpoints(checkpoint_dir)
+    loop = LoopState.start(model, cfg, train_loader.generator)
+    torch.manual_seed(cfg.seed)
+    if resume:
+        loop.restore(model, load_checkpoint(checkpoint_dir / LAST_CHECKPOINT))
+    wrap = progress or (lambda batches, total, description: batches)
+
+    for epoch in range(len(loop.history), cfg.epochs):
+        if loop.stopper.stopped or out_of_time(loop.history, cfg.max_minutes):
+            break
+        started = time.perf_counter()
+        lr = loop.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
+        train_loader.dataset.set_epoch(epoch)
+        batches = wrap(train_loader, len(train_loader), f"epoch {epoch + 1}")
+        train_loss = train_one_epoch(model, batches, loop.optimizer, cfg, device, train_loader.dataset.head)
+        val_loss, counts = evaluate(model, val_loader, cfg, device, val_loader.dataset.head)
+        loop.scheduler.step(val_loss)
+        loop.stopper.step(val_loss)
+        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, time.perf_counter() - started)
+        is_best = not loop.history or result.val_dice > max(r.val_dice for r in loop.history)
+        loop.history.append(result)
+        state = loop.checkpoint(model, epoch, extra_state)
+        save_checkpoint(state, checkpoint_dir / LAST_CHECKPOINT)
+        if is_best:
+            save_checkpoint(state, checkpoint_dir / BEST_CHECKPOINT)
+        for callback in callbacks:
+            callback(result)
+
+    best_epoch = max(loop.history, key=lambda r: r.val_dice).epoch
+    return FitResult(loop.history, best_epoch, loop.stopper.stopped, previous)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    device: torch.device,
+    head: InstanceHead = "none",
+) -> float:
+    """One pass over the training batches; returns the mean loss per patch."""
+    model.train()
+    total, seen = 0.0, 0
+    for images, targets in batches:
+        images, targets = images.to(device), targets.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = training_loss(model(images), targets, cfg, head)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(images)
+        seen += len(images)
+    return total / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device, head: InstanceHead = "none"
+) -> tuple[float, PixelCounts]:
+    """Mean loss per patch, and foreground pixel counts at VAL_THRESHOLD pooled over every val patch."""
+    model.eval()
+    counts = PixelCounts()
+    total, seen = 0.0, 0
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        logits = model(images)
+        loss = training_loss(logits, targets, cfg, head)
+        total += loss.item() * len(images)
+        seen += len(images)
+        counts.add(torch.sigmoid(logits[:, :1]) > VAL_THRESHOLD, targets[:, :1] > 0.5)  # targets are 0 or 1
+    return total / seen, counts
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, head: InstanceHead) -> torch.Tensor:
+    return head_loss(
+        logits, targets, head, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, head_weight=cfg.head_weight
+    )
+
+
+def out_of_time(history: list[EpochResult], max_minutes: float | None) -> bool:
+    """True when another epoch as long as the longest so far would end past `max_minutes`."""
+    if max_minutes is None or not history:
+        return False
+    spent = sum(r.seconds for r in history)
+    return spent + max(r.seconds for r in history) > 60 * max_minutes

@@ -1,0 +1,66 @@
+"""What a training run records in MLflow: its inputs once, then each epoch (with one log line)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from patchunet import tracking
+from patchunet.training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
+from patchunet.training.loop import EpochResult
+
+log = logging.getLogger(__name__)
+
+
+class EpochLogger:
+    """After each epoch: metrics to the active MLflow run (step = epoch), the checkpoints in
+    `checkpoint_dir` as its artifacts when one is given, and one line to the log."""
+
+    def __init__(self, epochs: int, label: str = "", checkpoint_dir: Path | None = None) -> None:
+        self.epochs, self.label, self.checkpoint_dir = epochs, label, checkpoint_dir
+        self.best_dice = -1.0
+
+    def __call__(self, result: EpochResult) -> None:
+        tracking.log_metrics(
+            {
+                "train/loss": result.train_loss,
+                "val/loss": result.val_loss,
+                "val/dice": result.val_dice,
+                "val/iou": result.val_iou,
+                "lr": result.lr,
+                "time/epoch_seconds": result.seconds,
+            },
+            step=result.epoch,
+        )
+        if self.checkpoint_dir is not None:
+            tracking.log_artifact(self.checkpoint_dir / LAST_CHECKPOINT, artifact_path="checkpoints")
+            if result.val_dice > self.best_dice:
+                tracking.log_artifact(self.checkpoint_dir / BEST_CHECKPOINT, artifact_path="checkpoints")
+        self.best_dice = max(self.best_dice, result.val_dice)
+        log.info(
+            f"{self.label}epoch {result.epoch + 1:3d}/{self.epochs}  train loss {result.train_loss:.4f}  "
+            f"val loss {result.val_loss:.4f}  val dice {result.val_dice:.4f}  val iou {result.val_iou:.4f}  "
+            f"lr {result.lr:.1e}  {result.seconds:.0f} s"
+        )
+
+
+def log_run_inputs(
+    sections: Mapping[str, Any], dataset: Mapping[str, int], parameters: int, commit: str, data_hash: str
+) -> None:
+    """A fresh run's params (its params.yaml `sections`, as config dataclasses, and the `dataset`
+    sizes), model size, and provenance tags: the git commit (also where MLflow's UI looks for it)
+    and the DVC hash of its data."""
+    tracking.log_params({name: dataclasses.asdict(cfg) for name, cfg in sections.items()})
+    tracking.log_params({"dataset": dataset})
+    tracking.log_metrics({"model/parameters": parameters})
+    tracking.set_tags({"git_commit": commit, "mlflow.source.git.commit": commit, "dvc_data_hash": data_hash})
+
+
+def log_best(summary: Mapping[str, Any]) -> None:
+    """The best epoch's scores (`FitResult.summary`), once training ends."""
+    tracking.log_metrics(
+        {"best/val_dice": summary["val_dice"], "best/val_iou": summary["val_iou"], "best/epoch": summary["best_epoch"]}
+    )

@@ -1,0 +1,1 @@
+"""Tuning: the Optuna study and its storage, the search space, the trial objective, workers and reports."""

@@ -1,0 +1,38 @@
+"""A trial on tiny synthetic images, with real SQLite Optuna and MLflow stores."""
+
+import json
+from pathlib import Path
+
+import optuna
+from conftest import make_tune_project, mlflow_client
+
+from patchunet import tracking
+from patchunet.config import TuneConfig, load_params, parse_section
+from patchunet.tuning.objective import Objective, PatchCache
+from patchunet.tuning.workers import run_worker
+
+
+def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: Path) -> None:
+    project = make_tune_project(tmp_path / "project")
+    params = load_params(project / "params.yaml")
+    cfg = parse_section(TuneConfig, params, "tune")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    tracking.connect(uri)
+    study = optuna.create_study(
+        storage=f"sqlite:///{project / 'optuna.db'}",
+        direction="maximize",
+        pruner=optuna.pruners.ThresholdPruner(lower=1.1),  # no Dice reaches 1.1: prune after epoch 1
+    )
+    with tracking.run(cfg.experiment) as parent:
+        pass
+    split = json.loads((project / "data/interim/split.json").read_text())
+    cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
+    run_worker(study, Objective(params, cfg, cache, parent.info.run_id), n_trials=2, lock=str(tmp_path))
+
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert [len(t.intermediate_values) for t in study.trials] == [1, 1]
+    client = mlflow_client(uri)
+    children = client.search_runs([parent.info.experiment_id], "tags.optuna.state = 'PRUNED'")
+    assert len(children) == 2
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [0]
