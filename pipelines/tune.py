@@ -25,6 +25,7 @@ from patchunet.io import atomic_directory, read_rgb_image
 from patchunet.layout import RAW_DIR, SPLIT_FILE, TUNE_DIR, labels_dir
 from patchunet.monuseg import raw_dirs
 from patchunet.split import read_split
+from patchunet.tracking import names
 from patchunet.tune import (
     PARENT_RUN_ATTR,
     Objective,
@@ -97,8 +98,8 @@ def parent_run(study, cfg: TuneConfig) -> str:
             return run_id
         except PatchUNetError:
             print(f"tune: parent run {run_id} is not in this MLflow store; starting a new one")
-    with tracking.run(cfg.experiment, run_name=cfg.study_name, tags={"optuna.study": cfg.study_name}) as active:
-        run_id = active.info.run_id
+    with tracking.run(cfg.experiment, run_name=cfg.study_name, tags={names.OPTUNA_STUDY: cfg.study_name}) as active:
+        run_id = active.run_id
     study.set_user_attr(PARENT_RUN_ATTR, run_id)
     return run_id
 
@@ -134,10 +135,10 @@ def summarise(study, cfg: TuneConfig, params: dict, parent_run_id: str) -> None:
     with tracking.run(cfg.experiment, run_id=parent_run_id):
         tracking.log_metrics(
             {
-                "best/val_dice": best["val_dice"],
-                "best/trial": best["best_trial"],
-                "trials/complete": states.count("COMPLETE"),
-                "trials/pruned": states.count("PRUNED"),
+                names.BEST_VAL_DICE: best["val_dice"],
+                names.BEST_TRIAL: best["best_trial"],
+                names.TRIALS_COMPLETE: states.count("COMPLETE"),
+                names.TRIALS_PRUNED: states.count("PRUNED"),
             }
         )
         tracking.set_tags(

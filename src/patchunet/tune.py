@@ -41,6 +41,7 @@ from patchunet.locking import exclusive_lock
 from patchunet.model import PatchUNet
 from patchunet.patches import PatchSet
 from patchunet.tiles import labelled_tiles
+from patchunet.tracking import names
 from patchunet.train import EpochResult, fit
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -237,11 +238,11 @@ class Objective:
         val_set = PatchDataset(val_store, head=model_cfg.instance_head)
         self.log(f"trial {trial.number}: {described}; {len(train_set)} train / {len(val_set)} val patches")
 
-        tags = {"optuna.study": self.cfg.study_name, "optuna.trial_number": trial.number}
+        tags = {names.OPTUNA_STUDY: self.cfg.study_name, names.OPTUNA_TRIAL_NUMBER: trial.number}
         with tracking.run(
             self.cfg.experiment, parent_run_id=self.parent_run_id, run_name=f"trial {trial.number}", tags=tags
         ):
-            tracking.log_params({**values, "trial.number": trial.number, "train.epochs": train_cfg.epochs})
+            tracking.log_params({**values, names.TRIAL_PARAM: trial.number, names.EPOCHS_PARAM: train_cfg.epochs})
             state, value = TrialState.COMPLETE, 0.0
             with tempfile.TemporaryDirectory(prefix="patchunet-trial-") as checkpoints:
                 try:
@@ -254,10 +255,10 @@ class Objective:
                         on_epoch_end=lambda epoch: self.report(trial, epoch),
                     )
                     value = result.best.val_dice
-                    tracking.log_metrics({"objective/val_dice": value})
+                    tracking.log_metrics({names.OBJECTIVE: value})
                 except optuna.TrialPruned:
                     state = TrialState.PRUNED
-            tracking.set_tags({"optuna.state": state.name})
+            tracking.set_tags({names.OPTUNA_STATE: state.name})
         if state == TrialState.PRUNED:
             self.log(f"trial {trial.number}: pruned")
             raise optuna.TrialPruned()
@@ -267,7 +268,7 @@ class Objective:
     def report(self, trial: optuna.Trial, epoch: EpochResult) -> None:
         """Log the epoch to the child run and to Optuna; prune here if the pruner says so."""
         tracking.log_metrics(
-            {"train/loss": epoch.train_loss, "val/loss": epoch.val_loss, "val/dice": epoch.val_dice},
+            {names.TRAIN_LOSS: epoch.train_loss, names.VAL_LOSS: epoch.val_loss, names.VAL_DICE: epoch.val_dice},
             step=epoch.epoch,
         )
         self.log(
