@@ -92,7 +92,7 @@ def main() -> None:
             fit, _ = train_network(network, head, seeded, Path(checkpoints), f"seed {seed}")
             scores, _ = score_predictions(predict_images(network, test, seeded, f"seed {seed} test"), head,
                                           seeded.eval)  # fmt: skip
-            tracking.log_metrics({f"test/{k}": scores[k] for k in SCORES})
+            tracking.log_metrics({tracking.names.score_metric(k): scores[k] for k in SCORES})
         rows.append(
             {"seed": seed, "source": "this script", "epochs": len(fit.history), **{k: scores[k] for k in SCORES}}
         )

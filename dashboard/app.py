@@ -8,7 +8,6 @@ stages do), plus the local test images on the Samples page.
 from __future__ import annotations
 
 import streamlit as st
-from mlflow.exceptions import MlflowException
 
 from patchunet.errors import PatchUNetError
 
@@ -55,6 +54,6 @@ if problem:
     st.stop()
 try:
     navigation.run()
-except (PatchUNetError, MlflowException) as exc:  # e.g. the server went away since the last check
+except PatchUNetError as exc:  # e.g. tracking's TrackingError: the server went away since the last check
     st.cache_data.clear()
     unavailable(f"MLflow at {cfg.tracking_uri} could not be read: {str(exc).splitlines()[0]}")

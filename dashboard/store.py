@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 import tifffile
 
-from patchunet import review, tracking
+from patchunet import tracking
 from patchunet.config import (
     DashboardConfig,
     EvalConfig,
@@ -31,6 +31,9 @@ from patchunet.config import (
     parse_section,
 )
 from patchunet.errors import PatchUNetError
+from patchunet.tracking import names
+
+import review
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the server log per download
 
@@ -88,7 +91,7 @@ def version_table(uri: str, model_name: str, ui_url: str) -> pd.DataFrame:
     for version in versions:
         with contextlib.suppress(PatchUNetError):  # a deleted run leaves its version without params
             runs[version.run_id] = tracking.get_run(version.run_id)
-    return review.version_table(versions, tracking.registered_aliases(model_name), runs, ui_url)
+    return review.version_table(versions, runs, ui_url)
 
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
@@ -101,19 +104,19 @@ def metric_histories(uri: str, run_id: str, metrics: tuple[str, ...]) -> dict[st
 def trials(uri: str, experiment: str) -> pd.DataFrame:
     """Every Optuna trial logged to `experiment`, with its best val Dice (the study's objective).
 
-    A complete trial logged it as objective/val_dice; a pruned one has only its per-epoch val/dice.
+    A complete trial logged it as its objective; a pruned one has only its per-epoch val Dice.
     """
     tracking.connect(uri)
     runs = tracking.experiment_runs(experiment)
     best = {}
     for run in runs:
-        if "optuna.trial_number" not in run.data.tags:
+        if names.OPTUNA_TRIAL_NUMBER not in run.tags:
             continue
-        if "objective/val_dice" in run.data.metrics:
-            best[run.info.run_id] = run.data.metrics["objective/val_dice"]
+        if names.OBJECTIVE in run.metrics:
+            best[run.run_id] = run.metrics[names.OBJECTIVE]
         else:
-            values = [value for _, value in tracking.metric_history(run.info.run_id, "val/dice")]
-            best[run.info.run_id] = max(values, default=float("nan"))
+            values = [value for _, value in tracking.metric_history(run.run_id, names.VAL_DICE)]
+            best[run.run_id] = max(values, default=float("nan"))
     return review.trial_table(runs, best)
 
 
@@ -128,13 +131,13 @@ def artifact_bytes(uri: str, run_id: str, artifact_path: str) -> bytes | None:
 
 def per_image_scores(uri: str, run_id: str) -> pd.DataFrame | None:
     """The evaluate stage's per-image test scores of a run, indexed by image id, or None."""
-    content = artifact_bytes(uri, run_id, "evaluation/test_per_image.csv")
+    content = artifact_bytes(uri, run_id, names.PER_IMAGE_ARTIFACT)
     return None if content is None else pd.read_csv(io.BytesIO(content)).set_index("image_id")
 
 
 def logged_prediction(uri: str, run_id: str, image_id: str) -> np.ndarray | None:
     """The instance map the evaluate stage predicted for a sample test image, or None."""
-    content = artifact_bytes(uri, run_id, f"evaluation/samples/{image_id}_labels.tif")
+    content = artifact_bytes(uri, run_id, f"{names.SAMPLES_ARTIFACT}/{image_id}_labels.tif")
     return None if content is None else tifffile.imread(io.BytesIO(content))
 
 

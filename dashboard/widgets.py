@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from patchunet import review
+from patchunet.tracking import names
 
+import review
 import store
 
 
@@ -41,5 +42,5 @@ def pick_versions(table: pd.DataFrame, label: str, key: str, limit: int | None =
 
 def champion_index(table: pd.DataFrame) -> int:
     """Row of the champion in `table`, else of the newest version."""
-    holders = table.index[table["aliases"].str.split(", ").apply(lambda names: "champion" in names)]
+    holders = table.index[table["aliases"].str.split(", ").apply(lambda aliases: names.CHAMPION in aliases)]
     return int(holders[0]) if len(holders) else 0

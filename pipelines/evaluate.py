@@ -5,16 +5,14 @@ instance metrics against the test labels. Writes metrics/test.json (per-image me
 dataset-level aggregates), reports/test_per_image.csv, and reports/samples/<id>.png with the
 predicted instance map <id>_labels.tif and, for a model with an instance head, its map <id>_head.png.
 Logs the same as test/... metrics and artifacts to the
-training run named in models/run.json, and tags its registered model version with the scores.
+training run named in models/run.json; `register` then registers its model with these scores.
+metrics/test.json names the eval protocol (`eval_protocol`): scores compare only under the same one.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
-import hashlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from patchunet import tracking
 from patchunet.cli import run_stage
 from patchunet.config import EvalConfig, MlflowConfig, PatchConfig, load_params, parse_section
 from patchunet.errors import DataError
+from patchunet.evaluation.protocol import protocol_hash, sample_ids
 from patchunet.inference import segment_image
 from patchunet.io import (
     atomic_directory,
@@ -44,8 +43,6 @@ from patchunet.monuseg import organ_of, pair_files, raw_dirs
 from patchunet.overlay import head_picture, match_overlay
 from patchunet.training.devices import pick_device
 
-EVAL_PARAMS_TAG = "eval_params"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -56,9 +53,9 @@ def main() -> None:
     patch_cfg = parse_section(PatchConfig, params, "patch")
     mlflow_cfg = parse_section(MlflowConfig, params, "mlflow")
 
-    run_record = {key: read_json_value(RUN_FILE, key) for key in ("run_id", "registered_model", "version")}
+    run_id = read_json_value(RUN_FILE, "run_id")
     tracking.connect(tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri))
-    tracking.get_run(run_record["run_id"])  # fails now, not after the whole test set
+    tracking.get_run(run_id)  # fails now, not after the whole test set
     model = load_model(MODEL_FILE).to(pick_device())
     window = cfg.window_for(patch_cfg.size, model.cfg.size_multiple)
     records = pair_files(raw_dirs(RAW_DIR), "test")
@@ -106,57 +103,19 @@ def main() -> None:
             "window": window,
             "tta": cfg.tta,
             "seconds_per_image": round(statistics.median(r["seconds"] for r in rows), 2),
+            "eval_protocol": protocol_hash(cfg, window),
         }
         write_json(TEST_METRICS, summary)
         with atomic_file(TEST_PER_IMAGE) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    log_to_mlflow(run_record, mlflow_cfg.experiment, summary, protocol_hash(cfg, window))
+    tracking.log_evaluation(mlflow_cfg.experiment, run_id, summary, [TEST_METRICS, TEST_PER_IMAGE], SAMPLES_DIR)
 
     mean, pooled = summary["per_image_mean"], summary["dataset"]
     print(
         f"evaluate: per-image mean dice {mean['dice']:.4f} aji {mean['aji']:.4f} aji+ {mean['aji_plus']:.4f} "
-        f"pq {mean['pq']:.4f} f1 {mean['f1']:.4f}; dataset aji {pooled['aji']:.4f}; logged to run "
-        f"{run_record['run_id']} and {run_record['registered_model']} version {run_record['version']}"
-    )
-
-
-def protocol_hash(cfg: EvalConfig, window: int) -> str:
-    """Which evaluation protocol gave the scores: register compares versions only under the same one."""
-    settings = {**dataclasses.asdict(cfg), "window": window, "samples": None}
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def sample_ids(image_ids: list[str], count: int) -> set[str]:
-    """`count` ids spread evenly over the sorted ids: the same images for every model version."""
-    ordered = sorted(image_ids)
-    count = min(count, len(ordered))
-    return {ordered[i * len(ordered) // count] for i in range(count)}
-
-
-def log_to_mlflow(run_record: dict, experiment: str, summary: dict, eval_params_hash: str) -> None:
-    """test/<score> (per-image means) and test/dataset/<score> on the run; scores as version tags."""
-    mean, pooled = summary["per_image_mean"], summary["dataset"]
-    with tracking.run(experiment, run_id=run_record["run_id"]):
-        tracking.log_metrics(
-            {
-                **{f"test/{name}": value for name, value in mean.items()},
-                **{f"test/dataset/{name}": value for name, value in pooled.items()},
-                "test/seconds_per_image": summary["seconds_per_image"],
-            }
-        )
-        for path in (TEST_METRICS, TEST_PER_IMAGE):
-            tracking.log_artifact(path, artifact_path="evaluation")
-        tracking.log_artifact(SAMPLES_DIR, artifact_path="evaluation/samples")
-    tracking.set_version_tags(
-        run_record["registered_model"],
-        run_record["version"],
-        {
-            **{f"test_{name}": round(value, 4) for name, value in mean.items()},
-            "test_seconds_per_image": summary["seconds_per_image"],
-            EVAL_PARAMS_TAG: eval_params_hash,
-        },
+        f"pq {mean['pq']:.4f} f1 {mean['f1']:.4f}; dataset aji {pooled['aji']:.4f}; logged to run {run_id}"
     )
 
 

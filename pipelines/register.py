@@ -1,8 +1,12 @@
-"""DVC stage `register`: the evaluated model version becomes `challenger`, and maybe `champion`.
+"""DVC stage `register`: the evaluated model becomes a registered version, `challenger`, and maybe `champion`.
 
-Reads the version from models/run.json and its test AJI (per-image mean) from metrics/test.json.
-The `champion` alias moves to it only when that AJI beats the current champion's (or there is
-no champion); the reason goes into the version's `promotion` tag and models/registry.json.
+Registers the model that the training run of models/run.json logged, tagged with what training
+noted (`version_tags`) and with the test scores and eval protocol of metrics/test.json, so that only
+evaluated models reach the registry. A run that has a version already (made at training by the
+order before this one, or by an earlier register) keeps it and gets the tags: one version per run.
+The `champion` alias moves to it only when its test AJI (per-image mean) beats the current
+champion's, under the same eval protocol (or there is no champion); the reason goes into the
+version's `promotion` tag and models/registry.json.
 """
 
 from __future__ import annotations
@@ -15,11 +19,6 @@ from patchunet.cli import run_stage
 from patchunet.config import MlflowConfig, load_params, parse_section
 from patchunet.io import read_json_value, write_json
 from patchunet.layout import REGISTRY_FILE, RUN_FILE, TEST_METRICS
-from patchunet.promotion import decide_promotion
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-AJI_TAG = "test_aji"
-EVAL_TAG = "eval_params"  # the evaluate stage's hash of its eval params
 
 
 def main() -> None:
@@ -27,36 +26,31 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     mlflow_cfg = parse_section(MlflowConfig, load_params(args.params), "mlflow")
-    version = read_json_value(RUN_FILE, "version")
-    aji = read_json_value(TEST_METRICS, "per_image_mean", "aji")
+    run_id, model_uri = (read_json_value(RUN_FILE, key) for key in ("run_id", "model_uri"))
+    training_tags = read_json_value(RUN_FILE).get("version_tags", {})  # none in a run.json of the old order
+    summary = {key: read_json_value(TEST_METRICS, key) for key in ("per_image_mean", "seconds_per_image")}
+    protocol = read_json_value(TEST_METRICS, "eval_protocol")
     name = mlflow_cfg.registered_model
 
     tracking.connect(tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri))
-    candidate = tracking.get_version(name, version)  # one line if the store does not hold it
-    champion = tracking.version_by_alias(name, CHAMPION)
-    champion_version = int(champion.version) if champion else None
-    champion_aji = float(champion.tags[AJI_TAG]) if champion and AJI_TAG in champion.tags else None
-    same_protocol = champion is None or champion.tags.get(EVAL_TAG) == candidate.tags.get(EVAL_TAG)
-    decision = decide_promotion(version, aji, champion_version, champion_aji, same_protocol)
-
-    tracking.set_alias(name, CHALLENGER, version)
-    if decision.promote:
-        tracking.set_alias(name, CHAMPION, version)
-    tracking.set_version_tags(name, version, {"promotion": decision.reason})
-    now_champion = version if decision.promote else champion_version
+    tracking.get_run(run_id)  # one line if the store does not hold it
+    tags = {**training_tags, **tracking.score_tags(summary, protocol)}
+    candidate = tracking.register_run_model(name, run_id, model_uri, tags)
+    done = tracking.promote(candidate)
     write_json(
         REGISTRY_FILE,
         {
             "registered_model": name,
-            "version": version,
-            "test_aji": aji,
-            "champion": now_champion,
-            "challenger": version,
-            "promoted": decision.promote,
-            "reason": decision.reason,
+            "version": done.version,
+            "run_id": run_id,
+            "test_aji": summary["per_image_mean"]["aji"],
+            "champion": done.champion,
+            "challenger": done.version,
+            "promoted": done.promotion.promote,
+            "reason": done.promotion.reason,
         },
     )
-    print(f"register: {name} v{version} is challenger; champion is v{now_champion} ({decision.reason})")
+    print(f"register: {name} v{done.version} is challenger; champion is v{done.champion} ({done.promotion.reason})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""DVC stage `train`: PatchUNet on the patch store, tracked in MLflow and registered.
+"""DVC stage `train`: PatchUNet on the patch store, tracked in MLflow, its model logged in the run.
 
-Writes models/patchunet.pt (best epoch by val Dice), models/run.json (the MLflow run and model
-version, for the evaluate stage), metrics/train.json and plots/train.csv. Checkpoints go to
+Writes models/patchunet.pt (best epoch by val Dice), models/run.json (the MLflow run, its logged
+model and the tags its registered version will carry: `register` registers it once evaluated),
+metrics/train.json and plots/train.csv. Checkpoints go to
 models/checkpoints/ and to the run's artifacts after every epoch; `--resume` continues a killed
 run from the last one, in the same MLflow run. A fresh run moves the checkpoints it finds into
 models/checkpoints/previous-<time>/. Ctrl-C or SIGTERM ends the MLflow run KILLED; a run that
@@ -34,7 +35,7 @@ from patchunet.io import write_csv, write_json
 from patchunet.layout import CHECKPOINT_DIR, MODEL_FILE, PATCH_DIR, RUN_FILE, TRAIN_METRICS, TRAIN_PLOTS
 from patchunet.model import check_input_size, parameter_count, save_model
 from patchunet.patches import PatchSet
-from patchunet.provenance import dvc_output_hash, git_commit
+from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint, resumable_run_id, set_aside_checkpoints
 from patchunet.training.devices import pick_device
@@ -90,7 +91,7 @@ def main() -> None:
 
     with (
         tracking.run(mlflow_cfg.experiment, run_id=run_id) as active,
-        tracking.recorded_as_running(active.info.run_id, ACTIVE_RUN_RECORD),
+        tracking.recorded_as_running(active.run_id, ACTIVE_RUN_RECORD),
     ):
         if not args.resume:
             dataset = {"patch_size": patch_size, "train_patches": train_patches, "val_patches": val_patches}
@@ -108,48 +109,43 @@ def main() -> None:
             progress=lambda batches, total, desc: tqdm(
                 batches, total=total, desc=desc, unit="batch", leave=False, mininterval=1
             ),
-            extra_state={"mlflow_run_id": active.info.run_id, "model_config": dataclasses.asdict(model_cfg)},
+            extra_state={"mlflow_run_id": active.run_id, "model_config": dataclasses.asdict(model_cfg)},
         )
         model.load_state_dict(load_checkpoint(CHECKPOINT_DIR / BEST_CHECKPOINT)["model"])
         model.cpu().eval()
         summary = {**result.summary(), "parameters": parameter_count(model)}
         log_best(summary)
         example = np.zeros((1, 3, 2 * model_cfg.size_multiple, 2 * model_cfg.size_multiple), np.float32)
-        model_uri = tracking.log_model(model, example, patch_size=patch_size, mlflow_run_id=active.info.run_id)
-        version = tracking.register_model(
-            model_uri,
-            mlflow_cfg.registered_model,
-            tags={
-                "lr": train_cfg.lr,
-                "batch_size": train_cfg.batch_size,
-                "patch_size": patch_size,
-                "base_channels": model_cfg.base_channels,
-                "depth": model_cfg.depth,
-                "instance_head": model_cfg.instance_head,
-                "microns_per_pixel": model_cfg.microns_per_pixel,
-                "val_dice": round(summary["val_dice"], 4),
-                "val_iou": round(summary["val_iou"], 4),
-                "best_epoch": summary["best_epoch"],
-            },
-        )
+        model_uri = tracking.log_model(model, example, patch_size=patch_size, mlflow_run_id=active.run_id)
+        version_tags = {
+            "lr": train_cfg.lr,
+            "batch_size": train_cfg.batch_size,
+            "patch_size": patch_size,
+            "base_channels": model_cfg.base_channels,
+            "depth": model_cfg.depth,
+            tracking.names.INSTANCE_HEAD_TAG: model_cfg.instance_head,
+            "microns_per_pixel": model_cfg.microns_per_pixel,
+            "val_dice": round(summary["val_dice"], 4),
+            "val_iou": round(summary["val_iou"], 4),
+            "best_epoch": summary["best_epoch"],
+        }
 
-    save_model(model, MODEL_FILE, patch_size=patch_size, mlflow_run_id=active.info.run_id)
+    save_model(model, MODEL_FILE, patch_size=patch_size, mlflow_run_id=active.run_id)
     write_json(
         RUN_FILE,
         {
-            "run_id": active.info.run_id,
+            "run_id": active.run_id,
             "tracking_uri": uri,
             "model_uri": model_uri,
-            "registered_model": mlflow_cfg.registered_model,
-            "version": int(version.version),
+            "version_tags": version_tags,
         },
     )
     write_json(TRAIN_METRICS, summary)
     write_csv(TRAIN_PLOTS, result.history_rows(), HISTORY_COLUMNS)
     print(
         f"train: best epoch {summary['best_epoch']} (counting from 0) of {summary['epochs_run']}: val dice "
-        f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches; registered "
-        f"{mlflow_cfg.registered_model} version {version.version}, run {active.info.run_id}"
+        f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches; model logged "
+        f"to run {active.run_id}, registered by `register` once evaluated"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import REPO_ROOT, TEST_DIR, make_train_project, mlflow_client, train_in
+
+from patchunet import tracking
 
 REAL_IMAGE = "TCGA-2Z-A9J9-01A-01-TS1.tif"
 
@@ -60,6 +63,9 @@ def test_predict_writes_labels_overlay_and_csvs_for_tiff_and_png(trained, real_m
 
 def test_predict_takes_the_champion_from_the_registry(trained, real_monuseg: Path, tmp_path) -> None:
     project, uri = trained
+    record = json.loads((project / "models/run.json").read_text())
+    tracking.connect(uri)
+    tracking.register_run_model("patchunet", record["run_id"], record["model_uri"], {})  # as `register` does
     mlflow_client(uri).set_registered_model_alias("patchunet", "champion", "1")
     out = tmp_path / "out"
     result = predict(project, uri, str(real_monuseg / TEST_DIR / REAL_IMAGE), "--out", str(out))

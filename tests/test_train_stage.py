@@ -62,15 +62,16 @@ def test_checkpoints_are_run_artifacts_under_mlartifacts(trained) -> None:
     assert list((project / "mlartifacts").rglob("best.pt"))
 
 
-def test_registered_version_loads_back_and_predicts_like_the_saved_model(trained) -> None:
+def test_training_logs_the_model_in_its_run_and_registers_nothing(trained) -> None:
+    """`register` makes the version, after evaluation: a crashed or unevaluated run never reaches the registry."""
     project, uri = trained
     run = json.loads((project / "models/run.json").read_text())
-    version = client(uri).get_model_version("patchunet", run["version"])
-    assert version.run_id == run["run_id"]
-    assert {"lr", "patch_size", "base_channels", "depth", "val_dice", "val_iou"} <= set(version.tags)
+    assert "version" not in run
+    assert {"lr", "patch_size", "base_channels", "depth", "val_dice", "val_iou"} <= set(run["version_tags"])
 
     tracking.connect(uri)
-    registered = tracking.load_logged_model(f"models:/patchunet/{run['version']}")
+    assert tracking.list_versions("patchunet") == []
+    registered = tracking.load_logged_model(run["model_uri"])
     local = load_model(project / "models/patchunet.pt")
     x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32))
     with torch.no_grad():
@@ -93,7 +94,7 @@ def test_resume_continues_the_same_run(train_project: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "epoch   3/3" in result.stdout and "epoch   1/3" not in result.stdout
     second = json.loads((project / "models/run.json").read_text())
-    assert second["run_id"] == first["run_id"] and second["version"] == 2
+    assert second["run_id"] == first["run_id"] and "version" not in second
     assert [m.step for m in client(uri).get_metric_history(first["run_id"], "val/dice")] == [0, 1, 2]
 
 
@@ -155,14 +156,13 @@ def test_training_against_a_real_mlflow_server(train_project: Path, mlflow_serve
     server = client(mlflow_server)
     run = server.get_run(run_info["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
-    version = server.get_model_version("patchunet", run_info["version"])
-    assert version.run_id == run_info["run_id"]
     assert {a.path for a in server.list_artifacts(run_info["run_id"], "checkpoints")} == {
         "checkpoints/best.pt",
         "checkpoints/last.pt",
     }
     tracking.connect(mlflow_server)
-    registered = tracking.load_logged_model(f"models:/patchunet/{run_info['version']}")
+    assert tracking.list_versions("patchunet") == []  # `register` makes the version, once evaluated
+    registered = tracking.load_logged_model(run_info["model_uri"])
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(registered(x), load_model(train_project / "models/patchunet.pt")(x))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from patchunet import review
-
+import review
 import store
 import widgets
 

@@ -8,13 +8,14 @@ import io
 import numpy as np
 import streamlit as st
 
-from patchunet import review
 from patchunet.errors import PatchUNetError
 from patchunet.io import read_label_image, read_rgb_image
 from patchunet.layout import RAW_DIR, labels_dir
 from patchunet.metrics import score_segmentation
 from patchunet.overlay import truth_and_prediction_overlay
+from patchunet.tracking import names
 
+import review
 import store
 import widgets
 
@@ -82,7 +83,7 @@ for column, version in zip(st.columns(len(versions)), versions, strict=True):
         st.markdown(f"Dice **{scores['dice']:.4f}** · AJI **{scores['aji']:.4f}** · PQ **{scores['pq']:.4f}**")
         st.caption(f"Nuclei predicted: {int(predicted.max())}, {source}")
         if show_head:
-            head_png = store.artifact_bytes(cfg.tracking_uri, run_id, f"evaluation/samples/{image_id}_head.png")
+            head_png = store.artifact_bytes(cfg.tracking_uri, run_id, f"{names.SAMPLES_ARTIFACT}/{image_id}_head.png")
             if head_png is None:
                 st.caption(
                     "No head map: this version predicts the foreground only, or this image was not a logged sample."

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from patchunet import review
+from patchunet.tracking import names
 
+import review
 import store
 
 cfg = store.settings()
@@ -30,8 +31,8 @@ with history:
     st.plotly_chart(review.history_figure(review.optimisation_history(chosen)), key="history")
 with space:
     st.subheader("Learning rate x patch size")
-    if {"train.lr", "patch.size"} <= set(chosen.columns):
+    if {names.LR_PARAM, names.PATCH_SIZE_PARAM} <= set(chosen.columns):
         st.plotly_chart(review.lr_patch_figure(chosen), key="lr_patch")
     else:
-        st.caption("This study did not search both train.lr and patch.size.")
-st.dataframe(chosen, hide_index=True, column_config={"train.lr": st.column_config.NumberColumn(format="%.2e")})
+        st.caption(f"This study did not search both {names.LR_PARAM} and {names.PATCH_SIZE_PARAM}.")
+st.dataframe(chosen, hide_index=True, column_config={names.LR_PARAM: st.column_config.NumberColumn(format="%.2e")})

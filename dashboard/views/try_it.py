@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from patchunet import review
 from patchunet.errors import DataError, PatchUNetError
 from patchunet.io import read_rgb_image, write_label_tiff
 from patchunet.overlay import prediction_overlay
 from patchunet.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
 
+import review
 import store
 import widgets
 

@@ -23,9 +23,9 @@ STAGES = {
     "masks": "rasterise XML polygons (or take instance maps) into data/interim/*/labels",
     "split": "split the training images by image, stratified by organ, into data/interim/split.json",
     "patches": "tile train/val images into patches plus augmented copies in data/processed/patches",
-    "train": "train PatchUNet on the patches, log the run to MLflow and register the model (--resume)",
+    "train": "train PatchUNet on the patches, log the run and its model to MLflow (--resume)",
     "evaluate": "segment every test image whole, score Dice/IoU/AJI/PQ/F1, log them to the training run",
-    "register": "make the new model version challenger, and champion if its test AJI beats the champion's",
+    "register": "register the evaluated model: challenger, and champion if its test AJI beats the champion's",
     "tune": "Optuna study over tune.space (lr, patch size), resumable, --workers N; best params to reports/tune",
 }
 
@@ -109,8 +109,12 @@ def main(argv: list[str] | None = None) -> None:
 def start_dashboard(root: Path, port: int, address: str, extra: list[str]) -> None:
     """Become `streamlit run dashboard/app.py` in `root`: exec, not a child process, so a signal
     that stops `patchunet dashboard` (Ctrl-C, SIGTERM from a service manager) stops the server."""
+    import importlib.util
+
     from patchunet.config import DashboardConfig, load_params, parse_section
 
+    if importlib.util.find_spec("streamlit") is None:
+        raise PatchUNetError('the dashboard needs its extra: pip install -e ".[dashboard]" (or ".[dev]")')
     max_upload_mb = parse_section(DashboardConfig, load_params(root / "params.yaml"), "dashboard").max_upload_mb
     command = dashboard_command(root, port, address, extra, max_upload_mb=max_upload_mb)
     os.chdir(root)

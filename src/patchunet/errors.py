@@ -41,6 +41,10 @@ class SourceError(PatchUNetError):
     """The MoNuSeg source cannot be found, read or downloaded."""
 
 
+class TrackingError(PatchUNetError):
+    """The MLflow store cannot be reached, read or written."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message as one line, for a PatchUNetError built from a library's exception
     (torch's and MLflow's run to many lines)."""

@@ -29,9 +29,9 @@ def test_each_epoch_logs_its_metrics_at_its_step_and_one_line(store: str, caplog
         log_epoch(epoch(1, 0.5))
     client = mlflow_client(store)
     for name in ("train/loss", "val/loss", "val/dice", "val/iou", "lr", "time/epoch_seconds"):
-        assert [m.step for m in client.get_metric_history(active.info.run_id, name)] == [0, 1], name
-    assert [m.value for m in client.get_metric_history(active.info.run_id, "val/dice")] == [0.25, 0.5]
-    assert not client.list_artifacts(active.info.run_id)  # no checkpoint folder given: none logged
+        assert [m.step for m in client.get_metric_history(active.run_id, name)] == [0, 1], name
+    assert [m.value for m in client.get_metric_history(active.run_id, "val/dice")] == [0.25, 0.5]
+    assert not client.list_artifacts(active.run_id)  # no checkpoint folder given: none logged
     assert caplog.messages[1] == (
         "trial 3 epoch   2/2  train loss 0.9000  val loss 1.1000  val dice 0.5000  val iou 0.2500  lr 1.0e-03  2 s"
     )
@@ -47,8 +47,8 @@ def test_checkpoints_are_logged_as_artifacts_best_only_when_it_improves(store: s
             for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
                 (folder / name).write_text(f"epoch {n}")  # what fit leaves; best.pt only changes on a better dice
             log_epoch(epoch(n, dice))
-            best = mlflow_client(store).download_artifacts(active.info.run_id, f"checkpoints/{BEST_CHECKPOINT}")
+            best = mlflow_client(store).download_artifacts(active.run_id, f"checkpoints/{BEST_CHECKPOINT}")
             uploads.append(Path(best).read_text())
     assert uploads == ["epoch 0", "epoch 0", "epoch 2"]
-    names = {a.path for a in mlflow_client(store).list_artifacts(active.info.run_id, "checkpoints")}
+    names = {a.path for a in mlflow_client(store).list_artifacts(active.run_id, "checkpoints")}
     assert names == {"checkpoints/best.pt", "checkpoints/last.pt"}

@@ -27,12 +27,12 @@ def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: 
         pass
     split = json.loads((project / "data/interim/split.json").read_text())
     cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
-    run_worker(study, Objective(params, cfg, cache, parent.info.run_id), n_trials=2, lock=str(tmp_path))
+    run_worker(study, Objective(params, cfg, cache, parent.run_id), n_trials=2, lock=str(tmp_path))
 
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert [len(t.intermediate_values) for t in study.trials] == [1, 1]
     client = mlflow_client(uri)
-    children = client.search_runs([parent.info.experiment_id], "tags.optuna.state = 'PRUNED'")
+    children = client.search_runs([client.get_run(parent.run_id).info.experiment_id], "tags.optuna.state = 'PRUNED'")
     assert len(children) == 2
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [0]

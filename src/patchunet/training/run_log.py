@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from patchunet import tracking
+from patchunet.tracking import names
 from patchunet.training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
 from patchunet.training.loop import EpochResult
 
@@ -26,12 +27,12 @@ class EpochLogger:
     def __call__(self, result: EpochResult) -> None:
         tracking.log_metrics(
             {
-                "train/loss": result.train_loss,
-                "val/loss": result.val_loss,
-                "val/dice": result.val_dice,
-                "val/iou": result.val_iou,
+                names.TRAIN_LOSS: result.train_loss,
+                names.VAL_LOSS: result.val_loss,
+                names.VAL_DICE: result.val_dice,
+                names.VAL_IOU: result.val_iou,
                 "lr": result.lr,
-                "time/epoch_seconds": result.seconds,
+                names.EPOCH_SECONDS: result.seconds,
             },
             step=result.epoch,
         )
@@ -55,12 +56,16 @@ def log_run_inputs(
     and the DVC hash of its data."""
     tracking.log_params({name: dataclasses.asdict(cfg) for name, cfg in sections.items()})
     tracking.log_params({"dataset": dataset})
-    tracking.log_metrics({"model/parameters": parameters})
-    tracking.set_tags({"git_commit": commit, "mlflow.source.git.commit": commit, "dvc_data_hash": data_hash})
+    tracking.log_metrics({names.PARAMETER_COUNT: parameters})
+    tracking.set_tags({names.GIT_COMMIT: commit, names.MLFLOW_GIT_COMMIT: commit, names.DVC_DATA_HASH: data_hash})
 
 
 def log_best(summary: Mapping[str, Any]) -> None:
     """The best epoch's scores (`FitResult.summary`), once training ends."""
     tracking.log_metrics(
-        {"best/val_dice": summary["val_dice"], "best/val_iou": summary["val_iou"], "best/epoch": summary["best_epoch"]}
+        {
+            names.BEST_VAL_DICE: summary["val_dice"],
+            names.BEST_VAL_IOU: summary["val_iou"],
+            names.BEST_EPOCH: summary["best_epoch"],
+        }
     )

@@ -24,6 +24,7 @@ from patchunet import tracking
 from patchunet.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, TuneConfig, parse_section
 from patchunet.patches import PatchSet
 from patchunet.tiles import labelled_tiles
+from patchunet.tracking import names
 from patchunet.training.builder import Training, build_training
 from patchunet.training.devices import pick_device
 from patchunet.training.loop import EpochResult, fit
@@ -80,13 +81,13 @@ class Objective:
             f"trial {trial.number}: {described}; {len(train_store.index)} train / {len(val_store.index)} val patches"
         )
 
-        tags = {"optuna.study": self.cfg.study_name, "optuna.trial_number": trial.number}
+        tags = {names.OPTUNA_STUDY: self.cfg.study_name, names.OPTUNA_TRIAL_NUMBER: trial.number}
         with tracking.run(
             self.cfg.experiment, parent_run_id=self.parent_run_id, run_name=f"trial {trial.number}", tags=tags
         ):
-            tracking.log_params({**values, "trial.number": trial.number, "train.epochs": train_cfg.epochs})
+            tracking.log_params({**values, names.TRIAL_PARAM: trial.number, names.EPOCHS_PARAM: train_cfg.epochs})
             value = train(trial, training, train_cfg)
-            tracking.set_tags({"optuna.state": (TrialState.PRUNED if value is None else TrialState.COMPLETE).name})
+            tracking.set_tags({names.OPTUNA_STATE: (TrialState.PRUNED if value is None else TrialState.COMPLETE).name})
         if value is None:
             log.info(f"trial {trial.number}: pruned")
             raise optuna.TrialPruned()
@@ -110,7 +111,7 @@ def train(trial: optuna.Trial, training: Training, train_cfg: TrainConfig) -> fl
             )
         except optuna.TrialPruned:
             return None
-    tracking.log_metrics({"objective/val_dice": result.best.val_dice})
+    tracking.log_metrics({names.OBJECTIVE: result.best.val_dice})
     return result.best.val_dice
 
 

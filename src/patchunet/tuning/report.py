@@ -12,6 +12,7 @@ import optuna
 
 from patchunet import tracking
 from patchunet.config import Dimension, TuneConfig
+from patchunet.tracking import names
 from patchunet.tuning.space import apply_overrides
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,10 @@ def log_summary(study: optuna.Study, cfg: TuneConfig, best: dict[str, Any], stat
     `reports` folder, on the active run (the study's parent run)."""
     tracking.log_metrics(
         {
-            "best/val_dice": best["val_dice"],
-            "best/trial": best["best_trial"],
-            "trials/complete": states.count("COMPLETE"),
-            "trials/pruned": states.count("PRUNED"),
+            names.BEST_VAL_DICE: best["val_dice"],
+            names.BEST_TRIAL: best["best_trial"],
+            names.TRIALS_COMPLETE: states.count("COMPLETE"),
+            names.TRIALS_PRUNED: states.count("PRUNED"),
         }
     )
     tracking.set_tags(

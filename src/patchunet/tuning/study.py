@@ -14,6 +14,7 @@ import optuna
 from patchunet import tracking
 from patchunet.config import Dimension, TuneConfig
 from patchunet.errors import ConfigError, PatchUNetError
+from patchunet.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def parent_run(study: optuna.Study, cfg: TuneConfig) -> str:
             return run_id
         except PatchUNetError:
             log.warning(f"tune: parent run {run_id} is not in this MLflow store; starting a new one")
-    with tracking.run(cfg.experiment, run_name=cfg.study_name, tags={"optuna.study": cfg.study_name}) as active:
-        run_id = active.info.run_id
+    with tracking.run(cfg.experiment, run_name=cfg.study_name, tags={names.OPTUNA_STUDY: cfg.study_name}) as active:
+        run_id = active.run_id
     study.set_user_attr(PARENT_RUN_ATTR, run_id)
     return run_id

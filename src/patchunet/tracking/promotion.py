@@ -1,4 +1,4 @@
-"""When a newly registered model version takes the `champion` alias.
+"""When a newly registered model version takes the `champion` alias, and moving it there.
 
 Every new version becomes the `challenger`; it becomes `champion` only when its test AJI beats
 the current champion's, or when there is no champion yet. The reason is written down so a
@@ -8,6 +8,10 @@ reviewer sees why the alias moved, or did not.
 from __future__ import annotations
 
 import dataclasses
+
+from patchunet.tracking import names
+from patchunet.tracking.client import set_alias, set_version_tags, version_by_alias
+from patchunet.tracking.records import VersionSummary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,3 +51,32 @@ def decide_promotion(
     return Promotion(
         False, f"test AJI {candidate_aji:.4f} does not beat champion v{champion_version}'s {champion_aji:.4f}"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """What `promote` did: the candidate is challenger; champion is `champion` now."""
+
+    version: int
+    champion: int | None
+    promotion: Promotion
+
+
+def promote(candidate: VersionSummary) -> Registration:
+    """Make `candidate` the challenger, and the champion if `decide_promotion` says so; the reason
+    goes into its `promotion` tag."""
+    name = candidate.name
+    champion = version_by_alias(name, names.CHAMPION)
+    champion_version = champion.version if champion else None
+    decision = decide_promotion(
+        candidate.version,
+        candidate.scores["aji"],
+        champion_version,
+        champion.scores.get("aji") if champion else None,
+        same_protocol=champion is None or champion.eval_protocol == candidate.eval_protocol,
+    )
+    set_alias(name, names.CHALLENGER, candidate.version)
+    if decision.promote:
+        set_alias(name, names.CHAMPION, candidate.version)
+    set_version_tags(name, candidate.version, {names.PROMOTION_TAG: decision.reason})
+    return Registration(candidate.version, candidate.version if decision.promote else champion_version, decision)

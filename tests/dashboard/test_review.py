@@ -1,4 +1,4 @@
-"""The dashboard's tables and figures, from MLflow entities built as the store returns them."""
+"""The dashboard's tables and figures, from the records `tracking` returns."""
 
 from __future__ import annotations
 
@@ -6,27 +6,33 @@ import math
 import re
 
 import pytest
-from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
-from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from patchunet import review
+from patchunet.tracking import RunSummary, VersionSummary
+
+import review
 
 UI = "http://127.0.0.1:5000"
 
 
-def make_run(run_id: str, params: dict, metrics: dict | None = None, tags: dict | None = None, name: str = "") -> Run:
-    info = RunInfo(run_id, "7", "user", "FINISHED", 0, 1, "active", run_name=name or run_id)
-    data = RunData(
-        metrics=[Metric(k, v, 0, 0) for k, v in (metrics or {}).items()],
-        params=[Param(k, str(v)) for k, v in params.items()],
-        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+def make_run(
+    run_id: str, params: dict, metrics: dict | None = None, tags: dict | None = None, name: str = ""
+) -> RunSummary:
+    return RunSummary(
+        run_id=run_id,
+        experiment_id="7",
+        name=name or run_id,
+        status="FINISHED",
+        params={k: str(v) for k, v in params.items()},
+        metrics=dict(metrics or {}),
+        tags={k: str(v) for k, v in (tags or {}).items()},
     )
-    return Run(info, data)
 
 
-def make_version(number: int, run_id: str, scores: dict[str, float], created_ms: int) -> ModelVersion:
-    tags = [ModelVersionTag(f"test_{k}", str(v)) for k, v in scores.items()]
-    return ModelVersion("patchunet", str(number), created_ms, run_id=run_id, tags=tags)
+def make_version(
+    number: int, run_id: str, scores: dict[str, float], created_ms: int, aliases: tuple[str, ...] = ()
+) -> VersionSummary:
+    tags = {f"test_{k}": str(v) for k, v in scores.items()}
+    return VersionSummary("patchunet", number, run_id, created_ms, aliases, tags)
 
 
 @pytest.fixture
@@ -52,10 +58,12 @@ def table():
     }
     versions = [
         make_version(3, "c", {}, 3_000),  # not evaluated yet
-        make_version(2, "b", {"dice": 0.80, "aji": 0.66, "pq": 0.60, "seconds_per_image": 2.5}, 2_000),
+        make_version(
+            2, "b", {"dice": 0.80, "aji": 0.66, "pq": 0.60, "seconds_per_image": 2.5}, 2_000, ("challenger", "champion")
+        ),
         make_version(1, "a", {"dice": 0.82, "aji": 0.64, "pq": 0.61, "seconds_per_image": 1.8}, 1_000),
     ]
-    return review.version_table(versions, {"champion": 2, "challenger": 2}, runs, UI)
+    return review.version_table(versions, runs, UI)
 
 
 def test_version_table_has_one_row_per_version_with_aliases_scores_params_and_link(table) -> None:

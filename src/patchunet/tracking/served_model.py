@@ -15,7 +15,7 @@ import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from patchunet.model import load_model
-from patchunet.tracking import WEIGHTS_ARTIFACT
+from patchunet.tracking.names import WEIGHTS_ARTIFACT
 
 
 class ServedPatchUNet(PythonModel):

@@ -1,23 +1,25 @@
 """Every MLflow call of the project: tracking URI, experiments, runs, models, registry and aliases.
 
-The URI is the MLFLOW_TRACKING_URI variable, else `mlflow.tracking_uri` in params.yaml, else
-the embedded `sqlite:///mlflow.db` (the registry needs a database). Local stores keep their
-artifacts under `mlartifacts/`; a tracking server keeps them where it was told to.
+Reads hand back the records of `records.py`; a store that fails a call raises TrackingError.
+The URI is the MLFLOW_TRACKING_URI variable, else `mlflow.tracking_uri` in params.yaml, else the
+embedded `sqlite:///mlflow.db` (the registry needs a database). Local stores keep their artifacts
+under `mlartifacts/`; a tracking server keeps them where it was told to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import mlflow
 import numpy as np
@@ -29,20 +31,36 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from sqlalchemy.exc import SQLAlchemyError
 
-from patchunet.errors import PatchUNetError, first_line
+from patchunet.errors import PatchUNetError, TrackingError, first_line
 from patchunet.io import write_json
 from patchunet.locking import exclusive_lock
+from patchunet.tracking.names import MODEL_ARTIFACT, WEIGHTS_ARTIFACT
+from patchunet.tracking.records import ActiveRun, RunSummary, VersionSummary
 
 if TYPE_CHECKING:
     from patchunet.model import PatchUNet
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = Path("mlartifacts")
-MODEL_ARTIFACT = "model"
-WEIGHTS_ARTIFACT = "weights"
-"""The logged model's artifact that holds the file of `model.save_model`."""
 WEIGHTS_FILE = "patchunet.pt"
 HEALTH_TIMEOUT_S = 5
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def store_call(function: Callable[P, R]) -> Callable[P, R]:
+    """`function`, with an MLflow failure (a server that went away, a broken store) raised as one
+    TrackingError line, so callers need not know MLflow's exceptions."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except (MlflowException, SQLAlchemyError) as exc:  # MLflow does not wrap every database error
+            raise TrackingError(f"MLflow at {mlflow.get_tracking_uri()}: {first_line(exc)}") from None
+
+    return wrapper
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -100,6 +118,7 @@ def check_health(uri: str) -> None:
         ) from None
 
 
+@store_call
 def ensure_experiment(name: str) -> str:
     """Id of experiment `name`, created with artifacts under mlartifacts/ for a local store."""
     client = MlflowClient()
@@ -119,7 +138,7 @@ def run(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, Any] | None = None,
-) -> Iterator[Run]:
+) -> Iterator[ActiveRun]:
     """Start (or, with `run_id`, reopen) a run, a child of `parent_run_id` if given.
 
     The run ends FAILED if the block raises, KILLED on Ctrl-C.
@@ -133,7 +152,7 @@ def run(
         tags={k: str(v) for k, v in (tags or {}).items()} or None,
     ) as active:
         try:
-            yield active
+            yield ActiveRun(active.info.run_id)
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")
             raise
@@ -220,12 +239,24 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
-def get_run(run_id: str) -> Run:
+def get_run(run_id: str) -> RunSummary:
     """The run `run_id` of the current tracking URI, or one line saying it is not there."""
     try:
-        return MlflowClient().get_run(run_id)
+        return run_summary(MlflowClient().get_run(run_id))
     except MlflowException:
         raise PatchUNetError(f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}") from None
+
+
+def run_summary(found: Run) -> RunSummary:
+    return RunSummary(
+        run_id=found.info.run_id,
+        experiment_id=found.info.experiment_id,
+        name=found.info.run_name or "",
+        status=found.info.status,
+        params=dict(found.data.params),
+        metrics=dict(found.data.metrics),
+        tags=dict(found.data.tags),
+    )
 
 
 def image_signature(channels: int = 1) -> ModelSignature:
@@ -251,17 +282,16 @@ def log_model(model: PatchUNet, input_example: np.ndarray, **metadata: object) -
     from patchunet.heads import output_channels
     from patchunet.model import save_model
 
-    package = Path(patchunet.__file__).parent
     with tempfile.TemporaryDirectory(prefix="patchunet-model-") as folder:
         weights = Path(folder) / WEIGHTS_FILE
         save_model(model, weights, **metadata)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
-            python_model=package / "served_model.py",
+            python_model=Path(__file__).with_name("served_model.py"),
             artifacts={WEIGHTS_ARTIFACT: str(weights)},
             signature=image_signature(output_channels(model.cfg.instance_head)),
             input_example=input_example,
-            code_paths=[str(package)],
+            code_paths=[str(Path(patchunet.__file__).parent)],
         )
     return info.model_uri
 
@@ -294,22 +324,55 @@ def load_logged_model(model_uri: str) -> PatchUNet:
         return load_model(local / weights)
 
 
-def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> ModelVersion:
+def version_summary(found: ModelVersion, aliases: Mapping[str, int]) -> VersionSummary:
+    number = int(found.version)
+    return VersionSummary(
+        name=found.name,
+        version=number,
+        run_id=found.run_id,
+        created_ms=int(found.creation_timestamp),
+        aliases=tuple(sorted(alias for alias, held in aliases.items() if held == number)),
+        tags=dict(found.tags),
+    )
+
+
+@store_call
+def register_run_model(name: str, run_id: str, model_uri: str, tags: Mapping[str, Any]) -> VersionSummary:
+    """The version of `name` that holds run `run_id`'s model, tagged with `tags`.
+
+    One version per run: the run's newest version if it has one (a store from before `register`
+    came after `evaluate` made it at training; or `register` run again), else a new version of
+    `model_uri`, created with its tags, so that no version is ever seen without them.
+    """
+    existing = [v for v in list_versions(name) if v.run_id == run_id]
+    if not existing:
+        return register_model(model_uri, name, tags)
+    set_version_tags(name, existing[0].version, tags)
+    return get_version(name, existing[0].version)
+
+
+@store_call
+def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> VersionSummary:
     """Register `model_uri` as a new version of `name`, tagged with `tags`."""
-    return mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    created = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return get_version(name, int(created.version))
 
 
-def get_version(name: str, version: int) -> ModelVersion:
+@store_call
+def get_version(name: str, version: int) -> VersionSummary:
     try:
-        return MlflowClient().get_model_version(name, str(version))
+        found = MlflowClient().get_model_version(name, str(version))
     except MlflowException:
         raise PatchUNetError(f"model {name} version {version} not found in {mlflow.get_registry_uri()}") from None
+    return version_summary(found, registered_aliases(name))
 
 
-def list_versions(name: str) -> list[ModelVersion]:
+@store_call
+def list_versions(name: str) -> list[VersionSummary]:
     """Every version of registered model `name`, newest first; empty if it is not registered."""
-    versions = MlflowClient().search_model_versions(f"name = '{name}'")
-    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+    aliases = registered_aliases(name)
+    versions = [version_summary(v, aliases) for v in MlflowClient().search_model_versions(f"name = '{name}'")]
+    return sorted(versions, key=lambda v: v.version, reverse=True)
 
 
 def registered_aliases(name: str) -> dict[str, int]:
@@ -324,17 +387,20 @@ def registered_aliases(name: str) -> dict[str, int]:
     return {alias: int(version) for alias, version in model.aliases.items()}
 
 
+@store_call
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of every logged value of metric `key` in run `run_id`, by step."""
     return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
 
 
-def experiment_runs(experiment: str) -> list[Run]:
+@store_call
+def experiment_runs(experiment: str) -> list[RunSummary]:
     """Every run of experiment `experiment`, newest first; empty if there is no such experiment."""
     found = MlflowClient().get_experiment_by_name(experiment)
     if found is None:
         return []
-    return MlflowClient().search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+    runs = MlflowClient().search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
+    return [run_summary(r) for r in runs]
 
 
 def download_artifact(run_id: str, artifact_path: str, destination: Path) -> Path | None:
@@ -351,20 +417,23 @@ def download_artifact(run_id: str, artifact_path: str, destination: Path) -> Pat
     return Path(local)
 
 
+@store_call
 def set_version_tags(name: str, version: int, tags: Mapping[str, Any]) -> None:
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
 
 
-def version_by_alias(name: str, alias: str) -> ModelVersion | None:
+def version_by_alias(name: str, alias: str) -> VersionSummary | None:
     """The version of `name` that holds `alias`, or None (also when the model is not registered)."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
+        found = MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+    return version_summary(found, registered_aliases(name))
 
 
+@store_call
 def set_alias(name: str, alias: str, version: int) -> None:
     """Point `alias` at `version`, taking it from whichever version held it."""
     MlflowClient().set_registered_model_alias(name, alias, str(version))

@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from patchunet import tracking
-from patchunet.errors import PatchUNetError
+from patchunet.errors import PatchUNetError, TrackingError
 
 
 def test_flatten_joins_nested_keys_with_dots() -> None:
@@ -46,13 +46,13 @@ def test_read_helpers_against_a_real_sqlite_store(tmp_path: Path, monkeypatch: p
         for step, value in [(1, 0.5), (0, 0.25), (2, 0.75)]:
             tracking.log_metrics({"val/dice": value}, step=step)
         tracking.log_artifact(tmp_path / "note.txt", artifact_path="evaluation")
-    run_id = active.info.run_id
+    run_id = active.run_id
     with tracking.run("exp", run_name="second"):
         pass
 
     assert tracking.metric_history(run_id, "val/dice") == [(0, 0.25), (1, 0.5), (2, 0.75)]
     assert tracking.metric_history(run_id, "val/loss") == []
-    assert [r.info.run_name for r in tracking.experiment_runs("exp")] == ["second", "first"]
+    assert [r.name for r in tracking.experiment_runs("exp")] == ["second", "first"]
     copied = tracking.download_artifact(run_id, "evaluation/note.txt", tmp_path / "download")
     assert copied is not None and copied.read_text() == "hello"
     assert tracking.download_artifact(run_id, "evaluation/absent.txt", tmp_path / "download") is None
@@ -64,6 +64,12 @@ def test_read_helpers_against_a_real_sqlite_store(tmp_path: Path, monkeypatch: p
     tracking.set_alias("m", "champion", 1)
     tracking.set_alias("m", "challenger", 2)
     assert tracking.registered_aliases("m") == {"champion": 1, "challenger": 2}
+    assert [(v.version, v.run_id, v.aliases) for v in tracking.list_versions("m")] == [
+        (2, run_id, ("challenger",)),
+        (1, run_id, ("champion",)),
+    ]
+    assert tracking.version_by_alias("m", "champion").version == 1
+    assert tracking.version_by_alias("m", "nobody") is None
 
 
 def test_an_unsupported_scheme_is_one_line() -> None:
@@ -139,8 +145,8 @@ def logged_model(tmp_path_factory: pytest.TempPathFactory):
         with tracking.run("exp") as active:
             model_uri = tracking.log_model(network, np.zeros((1, 3, 8, 8), np.float32), patch_size=32)
         version = tracking.register_model(model_uri, "m", tags={})
-        tracking.set_alias("m", "champion", int(version.version))
-    return uri, active.info.run_id, model_uri, network
+        tracking.set_alias("m", "champion", version.version)
+    return uri, active.run_id, model_uri, network
 
 
 def test_a_logged_model_loads_back_from_its_weights_file_by_any_uri(logged_model, monkeypatch) -> None:
@@ -198,13 +204,76 @@ def test_a_run_whose_process_is_gone_is_failed_at_the_next_start(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
     record = tmp_path / "checkpoints" / "active_run.json"
-    with tracking.run("exp") as active, tracking.recorded_as_running(active.info.run_id, record):
+    with tracking.run("exp") as active, tracking.recorded_as_running(active.run_id, record):
         assert json.loads(record.read_text())["pid"] == os.getpid()
         assert tracking.fail_abandoned_run(record) is None  # this process is alive: left alone
-        assert MlflowClient().get_run(active.info.run_id).info.status == "RUNNING"
+        assert MlflowClient().get_run(active.run_id).info.status == "RUNNING"
         # as a SIGKILL leaves it: the record of a process that is gone, the run still RUNNING
-        gone = {"run_id": active.info.run_id, "pid": finished_process_id(), "host": socket.gethostname()}
+        gone = {"run_id": active.run_id, "pid": finished_process_id(), "host": socket.gethostname()}
         record.write_text(json.dumps(gone))
-        assert tracking.fail_abandoned_run(record) == active.info.run_id
-        assert MlflowClient().get_run(active.info.run_id).info.status == "FAILED"
+        assert tracking.fail_abandoned_run(record) == active.run_id
+        assert MlflowClient().get_run(active.run_id).info.status == "FAILED"
         assert not record.exists()
+
+
+def test_reads_hand_back_the_projects_records_not_mlflow_entities(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.run("exp", run_name="parent") as parent:
+        tracking.log_params({"train": {"lr": 0.01}})
+        tracking.log_metrics({"val/dice": 0.5})
+    with tracking.run("exp", parent_run_id=parent.run_id, tags={"optuna.trial_number": 3}) as child:
+        pass
+    assert isinstance(parent, tracking.ActiveRun)
+    found = tracking.get_run(parent.run_id)
+    assert isinstance(found, tracking.RunSummary)
+    assert (found.name, found.status, found.params, found.metrics) == (
+        "parent",
+        "FINISHED",
+        {"train.lr": "0.01"},
+        {"val/dice": 0.5},
+    )
+    assert found.parent_run_id is None
+    assert tracking.get_run(child.run_id).parent_run_id == parent.run_id
+    assert tracking.get_run(child.run_id).tags[tracking.names.OPTUNA_TRIAL_NUMBER] == "3"
+
+
+def test_a_store_that_fails_a_read_raises_the_projects_error(tmp_path: Path, monkeypatch) -> None:
+    """The dashboard catches PatchUNetError alone: an MLflow failure must arrive as one."""
+    monkeypatch.chdir(tmp_path)
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "mlflow.db").write_bytes(b"no longer a database" * 100)  # as a store that breaks while in use
+    with pytest.raises(TrackingError, match=r"^MLflow at sqlite:///.*mlflow\.db: .*file is not a database") as error:
+        tracking.list_versions("m")
+    assert isinstance(error.value, PatchUNetError) and "\n" not in str(error.value)
+
+
+@pytest.fixture
+def two_logged_runs(tmp_path: Path, monkeypatch) -> tuple[str, str, str, str]:
+    """(run a, model a, run b, model b): two runs that each logged a tiny model, none registered."""
+    monkeypatch.chdir(tmp_path)
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = []
+    for _ in range(2):
+        with tracking.run("exp") as active:
+            logged += [active.run_id, tracking.log_model(tiny_network(), np.zeros((1, 3, 8, 8), np.float32))]
+    return tuple(logged)
+
+
+def test_registering_a_run_makes_one_version_tagged_from_the_start(two_logged_runs) -> None:
+    run_a, model_a, run_b, model_b = two_logged_runs
+    first = tracking.register_run_model("m", run_a, model_a, {"test_aji": 0.61234, "eval_params": "abc"})
+    assert (first.version, first.run_id, first.scores, first.eval_protocol) == (1, run_a, {"aji": 0.61234}, "abc")
+    second = tracking.register_run_model("m", run_b, model_b, {"test_aji": 0.5})
+    assert second.version == 2 and [v.version for v in tracking.list_versions("m")] == [2, 1]
+
+
+def test_registering_a_run_again_retags_its_version_instead_of_adding_one(two_logged_runs) -> None:
+    """As `register` finds a store of the old order, where training registered the version untagged."""
+    run_a, model_a, _, _ = two_logged_runs
+    made_at_training = tracking.register_model(model_a, "m", {"lr": 0.01})
+    again = tracking.register_run_model("m", run_a, model_a, {"test_aji": 0.6, "eval_params": "abc"})
+    assert again.version == made_at_training.version == 1
+    assert again.tags == {"lr": "0.01", "test_aji": "0.6", "eval_params": "abc"}
+    assert tracking.register_run_model("m", run_a, model_a, {"test_aji": 0.7}).scores == {"aji": 0.7}
+    assert [v.version for v in tracking.list_versions("m")] == [1]

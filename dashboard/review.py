@@ -1,7 +1,8 @@
 """What the dashboard shows, computed from MLflow records: tables, comparisons, curves, studies.
 
-Pure functions of the runs and versions that `tracking` reads, so that everything the review app
-displays is tested without a browser; the app only fetches, caches and lays out.
+Pure functions of the runs and versions that `tracking` reads (its RunSummary and VersionSummary
+records), so that everything the review app displays is tested without a browser; the app only
+fetches, caches and lays out. It lives beside the app, as plotly does: the core package needs neither.
 """
 
 from __future__ import annotations
@@ -12,44 +13,48 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from patchunet.tracking import names
+from patchunet.tracking.records import RunSummary, VersionSummary
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
-    from mlflow.entities import Run
-    from mlflow.entities.model_registry import ModelVersion
     from pandas.io.formats.style import Styler
 
 SCORE_COLUMNS = {"Dice": "dice", "IoU": "iou", "AJI": "aji", "AJI+": "aji_plus", "PQ": "pq", "F1": "f1"}
 """Table column -> test score: per-image means on the official test set, tagged by `evaluate`."""
-PARAM_COLUMNS = {"lr": "train.lr", "patch": "patch.size", "width": "model.base_channels", "depth": "model.depth"}
+PARAM_COLUMNS = {
+    "lr": names.LR_PARAM,
+    "patch": names.PATCH_SIZE_PARAM,
+    "width": names.BASE_CHANNELS_PARAM,
+    "depth": names.DEPTH_PARAM,
+}
 LOWER_IS_BETTER = ("parameters", "s/image")
-CURVE_METRICS = ("train/loss", "val/loss", "val/dice")
+CURVE_METRICS = (names.TRAIN_LOSS, names.VAL_LOSS, names.VAL_DICE)
 BEST_STYLE = "background-color: rgba(0, 200, 0, 0.25); font-weight: bold"
 
 
-def version_table(
-    versions: Sequence[ModelVersion], aliases: Mapping[str, int], runs: Mapping[str, Run], ui_url: str
-) -> pd.DataFrame:
+def version_table(versions: Sequence[VersionSummary], runs: Mapping[str, RunSummary], ui_url: str) -> pd.DataFrame:
     """One row per registered version, newest first, with scores, key params, size, speed and a run link.
 
-    A score is missing (NaN) until the `evaluate` stage has tagged the version; params, size and
-    link are missing where its run is not in `runs`.
+    A score is missing (NaN) for a version registered before `register` came after `evaluate` and
+    never evaluated; params, size and link are missing where its run is not in `runs`.
     """
     rows = []
     for version in versions:
         run = runs.get(version.run_id)  # None once the run is deleted: its version keeps only its tags
-        params, metrics = (run.data.params, run.data.metrics) if run else ({}, {})
-        number = int(version.version)
+        params, metrics = (run.params, run.metrics) if run else ({}, {})
+        scores = version.scores
         rows.append(
             {
-                "version": number,
-                "aliases": ", ".join(sorted(a for a, v in aliases.items() if v == number)),
+                "version": version.version,
+                "aliases": ", ".join(version.aliases),
                 "heads": instance_heads(version.tags, params),
-                **{column: _number(version.tags.get(f"test_{score}")) for column, score in SCORE_COLUMNS.items()},
+                **{column: _number(scores.get(score)) for column, score in SCORE_COLUMNS.items()},
                 **{column: _number(params.get(key)) for column, key in PARAM_COLUMNS.items()},
-                "parameters": _number(metrics.get("model/parameters")),
-                "s/image": _number(version.tags.get("test_seconds_per_image")),
-                "created": pd.Timestamp(version.creation_timestamp, unit="ms"),
-                "run": run_link(ui_url, run.info.experiment_id, run.info.run_id) if run else None,
+                "parameters": _number(metrics.get(names.PARAMETER_COUNT)),
+                "s/image": _number(scores.get("seconds_per_image")),
+                "created": pd.Timestamp(version.created_ms, unit="ms"),
+                "run": run_link(ui_url, run.experiment_id, run.run_id) if run else None,
                 "run_id": version.run_id,
             }
         )
@@ -63,7 +68,7 @@ def instance_heads(version_tags: Mapping[str, str], run_params: Mapping[str, str
 
     Versions registered before instance heads existed name none: they are foreground-only.
     """
-    head = version_tags.get("instance_head") or run_params.get("model.instance_head") or "none"
+    head = version_tags.get(names.INSTANCE_HEAD_TAG) or run_params.get(names.INSTANCE_HEAD_PARAM) or "none"
     return "foreground" if head == "none" else f"foreground + {head}"
 
 
@@ -136,25 +141,25 @@ def curves_figure(curves: pd.DataFrame) -> go.Figure:
     return figure.update_layout(legend_title=None)
 
 
-def trial_table(runs: Sequence[Run], best_values: Mapping[str, float]) -> pd.DataFrame:
+def trial_table(runs: Sequence[RunSummary], best_values: Mapping[str, float]) -> pd.DataFrame:
     """One row per Optuna trial logged by `patchunet tune`: study, trial, state, value and searched params.
 
     Trials are the child runs of each study's parent run; `best_values` holds each trial's best
     val Dice (the objective), by run id. Pruned trials keep the value at which they were stopped.
     """
-    studies = {run.info.run_id: run.data.tags.get("optuna.study", run.info.run_name) for run in runs}
+    studies = {run.run_id: run.tags.get(names.OPTUNA_STUDY, run.name) for run in runs}
     rows = []
     for run in runs:
-        parent = run.data.tags.get("mlflow.parentRunId")
-        if parent is None or "optuna.trial_number" not in run.data.tags:
+        parent = run.parent_run_id
+        if parent is None or names.OPTUNA_TRIAL_NUMBER not in run.tags:
             continue
-        searched = {k: _number(v) for k, v in run.data.params.items() if k not in ("trial.number", "train.epochs")}
+        searched = {k: _number(v) for k, v in run.params.items() if k not in (names.TRIAL_PARAM, names.EPOCHS_PARAM)}
         rows.append(
             {
                 "study": studies.get(parent, parent),
-                "trial": int(run.data.tags["optuna.trial_number"]),
-                "state": run.data.tags.get("optuna.state", run.info.status),
-                "val dice": best_values.get(run.info.run_id, float("nan")),
+                "trial": int(run.tags[names.OPTUNA_TRIAL_NUMBER]),
+                "state": run.tags.get(names.OPTUNA_STATE, run.status),
+                "val dice": best_values.get(run.run_id, float("nan")),
                 **searched,
             }
         )
@@ -183,7 +188,13 @@ def lr_patch_figure(trials: pd.DataFrame) -> go.Figure:
     import plotly.express as px
 
     figure = px.scatter(
-        trials, x="train.lr", y="patch.size", color="val dice", symbol="state", log_x=True, hover_data=["trial"]
+        trials,
+        x=names.LR_PARAM,
+        y=names.PATCH_SIZE_PARAM,
+        color="val dice",
+        symbol="state",
+        log_x=True,
+        hover_data=["trial"],
     )
     figure.update_traces(marker_size=14)
     figure.update_layout(legend={"orientation": "h", "y": -0.25, "title": None})  # clear of the colour bar

@@ -1,0 +1,1 @@
+"""Evaluation on the official test set: the protocol that makes scores comparable."""
