@@ -10,11 +10,20 @@ scores the 14 official test images once. Rows:
 - plain: PatchUNet predicting the foreground only (the baseline: distance-transform watershed);
 - boundary, distance, hover: PatchUNet with each instance head (heads.py);
 - monai: MONAI's BasicUNet at a similar parameter count, with the `--peer-head` outputs and the
-  same post-processing.
+  same post-processing;
+- smp: segmentation_models.pytorch's Unet on its smallest MobileNetV3 encoder (timm's
+  mobilenetv3_small_050, no pretrained weights) with a narrow decoder, at a similar parameter count.
 
-segmentation_models.pytorch is not a row: it imports timm, timm imports torchvision, and the
-torchvision wheels the package registry serves for torch 2.13 are CUDA builds that need
-libtorch_cuda, so they do not import beside the CPU torch this project pins.
+segmentation_models.pytorch imports timm, timm imports torchvision, and the registry's torchvision
+does not import beside the CPU torch 2.13 this project pins ("operator torchvision::nms does not
+exist"). The smp row therefore runs in a separate environment of torch 2.14.1 + torchvision 0.29.1
+(pip takes both from this machine's disk; a CUDA build that runs on the CPU, about 4 GB):
+
+    python3 -m venv .venv-peers
+    .venv-peers/bin/pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch
+    .venv-peers/bin/pip install --no-deps -e . && .venv-peers/bin/pip install albumentations \
+        imagecodecs matplotlib mlflow opencv-python-headless pandas optuna pyyaml scikit-image tqdm
+    .venv-peers/bin/python benchmarks/ablation.py --epochs 3 --rows smp
 
 Every row is an MLflow run of the experiment `patchunet-ablation` (params, val_* and test_*
 metrics), so the MLflow UI compares them; the table is printed and written to reports/ablation.csv.
@@ -53,7 +62,7 @@ from patchunet.postprocess_search import search_postprocessing
 EXPERIMENT = "patchunet-ablation"
 TABLE = ROOT / "reports/ablation.csv"
 MODELS = ROOT / "models/ablation"
-ROWS = ("plain", "boundary", "distance", "hover", "monai")
+ROWS = ("plain", "boundary", "distance", "hover", "monai", "smp")
 SCORES = ("dice", "aji", "pq")
 
 
@@ -72,9 +81,27 @@ class MonaiPeer(torch.nn.Module):
         return self.net(x)
 
 
+class SmpPeer(torch.nn.Module):
+    """segmentation_models.pytorch's Unet, smallest MobileNetV3 encoder, with `cfg.instance_head`."""
+
+    def __init__(self, head: InstanceHead) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        self.cfg = dataclasses.make_dataclass("PeerConfig", [("instance_head", str)])(head)
+        self.net = smp.Unet("tu-mobilenetv3_small_050", encoder_weights=None, classes=output_channels(head),
+                            decoder_channels=(64, 32, 16, 8, 8))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+PEERS = {"monai": MonaiPeer, "smp": SmpPeer}
+
+
 def build(row: str, model_cfg: ModelConfig, peer_head: InstanceHead) -> tuple[torch.nn.Module, InstanceHead]:
-    if row == "monai":
-        return MonaiPeer(peer_head), peer_head
+    if row in PEERS:
+        return PEERS[row](peer_head), peer_head
     head = "none" if row == "plain" else row
     return PatchUNet(dataclasses.replace(model_cfg, instance_head=head)), head
 
