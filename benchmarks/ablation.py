@@ -55,9 +55,9 @@ from harness import (
 
 from patchunet import tracking
 from patchunet.config import InstanceHead, MlflowConfig, ModelConfig, load_params, parse_section
-from patchunet.heads import output_channels
-from patchunet.model import PatchUNet, save_model
-from patchunet.postprocess_search import search_postprocessing
+from patchunet.evaluation.postprocess_search import search_postprocessing
+from patchunet.model.heads import output_channels
+from patchunet.model.unet import PatchUNet, save_model
 
 EXPERIMENT = "patchunet-ablation"
 TABLE = ROOT / "reports/ablation.csv"

@@ -41,9 +41,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from aji_reference import aggregated_jaccard_index
 
-    from patchunet.masks import make_label_map
-    from patchunet.metrics import score_segmentation
-    from patchunet.monuseg import official_dirs, pair_files
+    from patchunet.data.masks import make_label_map
+    from patchunet.data.monuseg import official_dirs, pair_files
+    from patchunet.evaluation.metrics import score_segmentation
 
     records = pair_files(official_dirs(args.monuseg_dir), "test")
     if args.labels_dir:
@@ -65,7 +65,7 @@ def main() -> None:
 
 def read_predicted(labels_dir: Path, record):
     """The (H, W) predicted instance map of one test image from --labels-dir."""
-    from patchunet.io import read_label_image
+    from patchunet.data.images import read_label_image
 
     for suffix in LABEL_SUFFIXES:
         path = labels_dir / f"{record.image_id}{suffix}"
@@ -77,9 +77,9 @@ def read_predicted(labels_dir: Path, record):
 def model_predictor(model_file: Path, params_file: Path):
     """A function record -> (H, W) predicted instance map, from the model and the `eval` params."""
     from patchunet.config import EvalConfig, PatchConfig, load_params, parse_section
-    from patchunet.inference import segment_image
-    from patchunet.io import read_rgb_image
-    from patchunet.model import load_model
+    from patchunet.data.images import read_rgb_image
+    from patchunet.inference.sliding_window import segment_image
+    from patchunet.model.unet import load_model
     from patchunet.training.devices import pick_device
 
     if not model_file.is_file():

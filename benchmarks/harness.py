@@ -24,14 +24,14 @@ from patchunet.config import (
     load_params,
     parse_section,
 )
-from patchunet.inference import image_maps
-from patchunet.io import read_label_image, read_rgb_image
-from patchunet.layout import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
-from patchunet.metrics import score_segmentation, summarise_scores
-from patchunet.monuseg import pair_files, raw_dirs
-from patchunet.patches import PatchSet
-from patchunet.postprocess import instances_from_maps
-from patchunet.split import read_split
+from patchunet.data.images import read_label_image, read_rgb_image
+from patchunet.data.monuseg import pair_files, raw_dirs
+from patchunet.data.patches import PatchSet
+from patchunet.data.split import read_split
+from patchunet.evaluation.metrics import score_segmentation, summarise_scores
+from patchunet.inference.postprocess import instances_from_maps
+from patchunet.inference.sliding_window import image_maps
+from patchunet.paths import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
 from patchunet.training.builder import make_datasets, make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from patchunet.training.devices import pick_device

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from patchunet.config import EvalConfig, PatchConfig, load_params, parse_section
-from patchunet.inference import segment_image
-from patchunet.io import read_rgb_image
-from patchunet.layout import MODEL_FILE, RAW_DIR
-from patchunet.model import load_model
+from patchunet.data.images import read_rgb_image
+from patchunet.inference.sliding_window import segment_image
+from patchunet.model.unet import load_model
+from patchunet.paths import MODEL_FILE, RAW_DIR
 from patchunet.training.devices import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 Predicts the 6 validation images once with the trained model (models/patchunet.pt) and the
 `eval` sliding-window params, then re-runs only the post-processing for each setting of the
-model's instance head's grid (patchunet.postprocess_search.GRIDS) and prints per-image-mean Dice,
+model's instance head's grid (patchunet.evaluation.postprocess_search.GRIDS) and prints per-image-mean Dice,
 AJI, AJI+, PQ and F1, best AJI first. The test set is never read. Copy the winner into `eval`.
 
     .venv/bin/python benchmarks/postprocess_on_val.py
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from harness import ROOT, Settings, predict_images, val_images
 
-from patchunet.layout import MODEL_FILE
-from patchunet.postprocess_search import search_postprocessing
+from patchunet.evaluation.postprocess_search import search_postprocessing
+from patchunet.paths import MODEL_FILE
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / MODEL_FILE)
     parser.add_argument("--top", type=int, default=10, help="settings to print")
     args = parser.parse_args()
-    from patchunet.model import load_model
+    from patchunet.model.unet import load_model
 
     settings = Settings.load()
     model = load_model(args.model)

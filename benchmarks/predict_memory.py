@@ -46,8 +46,8 @@ def model_file(folder: Path) -> Path:
     import torch
 
     from patchunet.config import ModelConfig, load_params, parse_section
-    from patchunet.layout import MODEL_FILE
-    from patchunet.model import PatchUNet, save_model
+    from patchunet.model.unet import PatchUNet, save_model
+    from patchunet.paths import MODEL_FILE
 
     if (ROOT / MODEL_FILE).is_file():
         return ROOT / MODEL_FILE
@@ -72,10 +72,10 @@ def after_inference(monuseg: Path, side: int) -> None:
     from scipy import ndimage
 
     from patchunet.config import EvalConfig, load_params, parse_section
-    from patchunet.io import read_label_image, read_rgb_image
-    from patchunet.overlay import prediction_overlay
-    from patchunet.postprocess import instances_from_probabilities
-    from patchunet.predict import nucleus_table
+    from patchunet.data.images import read_label_image, read_rgb_image
+    from patchunet.evaluation.overlay import prediction_overlay
+    from patchunet.inference.postprocess import instances_from_probabilities
+    from patchunet.inference.predict import nucleus_table
 
     cfg = parse_section(EvalConfig, load_params(ROOT / "params.yaml"), "eval")
     image = tiled(read_rgb_image(sorted((monuseg / TEST_IMAGES).glob("*.tif"))[0]), side)
@@ -107,7 +107,7 @@ def main() -> None:
 
     import tifffile
 
-    from patchunet.io import read_rgb_image
+    from patchunet.data.images import read_rgb_image
 
     map_mb = args.side * args.side * 4 / 2**20
     with tempfile.TemporaryDirectory() as folder:

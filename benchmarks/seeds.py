@@ -32,9 +32,9 @@ from harness import ROOT, Settings, predict_images, score_predictions, test_imag
 from patchunet import tracking
 from patchunet.config import MlflowConfig, ModelConfig, load_params, parse_section
 from patchunet.errors import PatchUNetError
-from patchunet.layout import TEST_METRICS, TRAIN_METRICS
 from patchunet.locking import exclusive_lock
-from patchunet.model import PatchUNet
+from patchunet.model.unet import PatchUNet
+from patchunet.paths import TEST_METRICS, TRAIN_METRICS
 
 EXPERIMENT = "patchunet-seeds"
 TABLE = ROOT / "reports/seeds.csv"

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from patchunet.augment import build_augmentation
 from patchunet.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, load_params, parse_section
-from patchunet.data import PatchDataset
-from patchunet.model import PatchUNet, parameter_count
-from patchunet.patches import PatchSet
+from patchunet.data.augment import build_augmentation
+from patchunet.data.dataset import PatchDataset
+from patchunet.data.patches import PatchSet
+from patchunet.model.unet import PatchUNet, parameter_count
 from patchunet.training.devices import pick_device
 from patchunet.training.loop import train_one_epoch
 

@@ -170,8 +170,8 @@ def segment(
 
     Keyed by the image's SHA-1: Streamlit hashes only a sample of a large array's pixels.
     """
-    from patchunet.inference import segment_image
-    from patchunet.scale import segment_at_scale
+    from patchunet.inference.scale import segment_at_scale
+    from patchunet.inference.sliding_window import segment_image
 
     network = model(uri, model_name, version)
     window = cfg.window_for(patch_size, network.cfg.size_multiple)

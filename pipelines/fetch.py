@@ -12,12 +12,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from patchunet.cli import run_stage
 from patchunet.config import DataConfig, load_params, parse_section
-from patchunet.io import atomic_directory
-from patchunet.layout import RAW_DIR
-from patchunet.monuseg import SPLITS, ImageRecord, check_no_shared_images, copy_to_raw, official_dirs, pair_files
-from patchunet.sources import chosen_source, download, unpack_source
+from patchunet.console import run_stage
+from patchunet.data.monuseg import SPLITS, ImageRecord, check_no_shared_images, copy_to_raw, official_dirs, pair_files
+from patchunet.data.sources import chosen_source, download, unpack_source
+from patchunet.files import atomic_directory
+from patchunet.paths import RAW_DIR
 
 
 def main() -> None:

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from patchunet.cli import run_stage
 from patchunet.config import MasksConfig, load_params, parse_section
-from patchunet.io import atomic_directory, write_json, write_label_tiff
-from patchunet.layout import INTERIM_DIR, MASKS_REPORT, RAW_DIR, labels_dir
-from patchunet.masks import LabelResult, make_label_map
-from patchunet.monuseg import SPLITS, pair_files, raw_dirs
+from patchunet.console import run_stage
+from patchunet.data.images import write_label_tiff
+from patchunet.data.masks import LabelResult, make_label_map
+from patchunet.data.monuseg import SPLITS, pair_files, raw_dirs
+from patchunet.files import atomic_directory, write_json
+from patchunet.paths import INTERIM_DIR, MASKS_REPORT, RAW_DIR, labels_dir
 from patchunet.resources import worker_count
 
 

@@ -13,21 +13,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from patchunet.cli import run_stage
 from patchunet.config import AugmentConfig, PatchConfig, load_params, parse_section
-from patchunet.io import atomic_directory, write_json
-from patchunet.layout import PATCH_DIR, PATCH_SUMMARY, RAW_DIR, SPLIT_FILE, labels_dir
-from patchunet.monuseg import raw_dirs
-from patchunet.patches import PatchSet
-from patchunet.split import read_split
-from patchunet.tiles import Tile, labelled_tiles
+from patchunet.console import run_stage
+from patchunet.data.image_copies import LabelledCopy, labelled_copies
+from patchunet.data.monuseg import raw_dirs
+from patchunet.data.patches import PatchSet
+from patchunet.data.split import read_split
+from patchunet.files import atomic_directory, write_json
+from patchunet.paths import PATCH_DIR, PATCH_SUMMARY, RAW_DIR, SPLIT_FILE, labels_dir
 
 RAW_IMAGES = raw_dirs(RAW_DIR).images["train"]
 LABELS = labels_dir("train")
 
 
-def tiles(image_ids: list[str], size: int, augment: AugmentConfig | None, desc: str) -> Iterator[Tile]:
-    return labelled_tiles(image_ids, RAW_IMAGES, LABELS, size, augment, lambda ids: tqdm(ids, desc=desc, unit="image"))
+def labelled_images(
+    image_ids: list[str], size: int, augment: AugmentConfig | None, desc: str
+) -> Iterator[LabelledCopy]:
+    return labelled_copies(image_ids, RAW_IMAGES, LABELS, size, augment, lambda ids: tqdm(ids, desc=desc, unit="image"))
 
 
 def main() -> None:
@@ -40,9 +42,11 @@ def main() -> None:
     split = read_split(SPLIT_FILE)
 
     with atomic_directory(PATCH_DIR) as staging:
-        train = PatchSet.from_tiles(tiles(split["train"], patch.size, augment, "train"), patch.size, patch.stride)
+        train = PatchSet.from_images(
+            labelled_images(split["train"], patch.size, augment, "train"), patch.size, patch.stride
+        )
         train.save(staging / "train")
-        val = PatchSet.from_tiles(tiles(split["val"], patch.size, None, "val"), patch.size, patch.stride)
+        val = PatchSet.from_images(labelled_images(split["val"], patch.size, None, "val"), patch.size, patch.stride)
         val.save(staging / "val")
 
     augmented = sum(row["copy"] > 0 for row in train.index)

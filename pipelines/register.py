@@ -15,10 +15,10 @@ import argparse
 from pathlib import Path
 
 from patchunet import tracking
-from patchunet.cli import run_stage
 from patchunet.config import MlflowConfig, load_params, parse_section
-from patchunet.io import read_json_value, write_json
-from patchunet.layout import REGISTRY_FILE, RUN_FILE, TEST_METRICS
+from patchunet.console import run_stage
+from patchunet.files import read_json_value, write_json
+from patchunet.paths import REGISTRY_FILE, RUN_FILE, TEST_METRICS
 
 
 def main() -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from patchunet.cli import run_stage
 from patchunet.config import DataConfig, load_params, parse_section
-from patchunet.io import write_json
-from patchunet.layout import SOURCE_MANIFEST
-from patchunet.sources import chosen_source, source_manifest
+from patchunet.console import run_stage
+from patchunet.data.sources import chosen_source, source_manifest
+from patchunet.files import write_json
+from patchunet.paths import SOURCE_MANIFEST
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ import numpy as np
 from tqdm import tqdm
 
 from patchunet import tracking
-from patchunet.cli import log_to_stdout, run_stage
 from patchunet.config import (
     AugmentConfig,
     MlflowConfig,
@@ -31,10 +30,11 @@ from patchunet.config import (
     load_params,
     parse_section,
 )
-from patchunet.io import write_csv, write_json
-from patchunet.layout import CHECKPOINT_DIR, MODEL_FILE, PATCH_DIR, RUN_FILE, TRAIN_METRICS, TRAIN_PLOTS
-from patchunet.model import check_input_size, parameter_count, save_model
-from patchunet.patches import PatchSet
+from patchunet.console import log_to_stdout, run_stage
+from patchunet.data.patches import PatchSet
+from patchunet.files import write_csv, write_json
+from patchunet.model.unet import check_input_size, parameter_count, save_model
+from patchunet.paths import CHECKPOINT_DIR, MODEL_FILE, PATCH_DIR, RUN_FILE, TRAIN_METRICS, TRAIN_PLOTS
 from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint, resumable_run_id, set_aside_checkpoints

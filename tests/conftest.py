@@ -88,7 +88,7 @@ def write_instance_map_png(path: Path, polygons: list[list[tuple[float, float]]]
     """A uint16 PNG instance map of the polygons, made with the library's own rasteriser."""
     import imagecodecs
 
-    from patchunet.masks import rasterize_polygons
+    from patchunet.data.masks import rasterize_polygons
 
     labels, _ = rasterize_polygons([np.asarray(p, float) for p in polygons], shape)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def disc_patches(count: int, size: int = 32, seed: int = 0):
     """A PatchSet of light tiles with dark 'nuclei' discs: easy enough to learn in two epochs."""
     from skimage.draw import disk
 
-    from patchunet.patches import PatchSet
+    from patchunet.data.patches import PatchSet
 
     rng = np.random.default_rng(seed)
     images = np.full((count, size, size, 3), 220, np.uint8)
@@ -209,8 +209,8 @@ TEST_IDS = ["TCGA-AC-0005-01Z", "TCGA-FG-0006-01Z", "TCGA-HE-0007-01Z"]
 
 def write_synthetic_test_set(project: Path) -> None:
     """Tiles that look like the training discs (dark nuclei on light glass), with their labels."""
-    from patchunet.io import write_label_tiff
-    from patchunet.masks import rasterize_polygons
+    from patchunet.data.images import write_label_tiff
+    from patchunet.data.masks import rasterize_polygons
 
     rng = np.random.default_rng(5)
     for n, image_id in enumerate(TEST_IDS):
@@ -286,7 +286,7 @@ def write_disc_image(project: Path, image_id: str, seed: int, side: int = 64) ->
     """A light tile with dark disc nuclei, and its label map, in the project's data layout."""
     from skimage.draw import disk
 
-    from patchunet.io import write_label_tiff
+    from patchunet.data.images import write_label_tiff
 
     rng = np.random.default_rng(seed)
     image = np.full((side, side, 3), 220, np.uint8)
@@ -320,3 +320,23 @@ def add_tune_data(project: Path, **tune: object) -> None:
         augment={"copies": 0},
         tune={"n_trials": 3, "epochs_per_trial": 2, "space": space, **tune},
     )
+
+
+class RunsCodeWhenUnpickled:
+    """What a malicious .pt can hold: unpickling it calls Path.touch(marker)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (self.marker,)
+
+
+def write_code_running_file(path, marker, key: str = "state_dict"):
+    """A torch.save file shaped like a model file whose `key` entry runs code when unpickled."""
+    import torch
+
+    torch.save({"model_config": {"base_channels": 8, "depth": 2}, key: RunsCodeWhenUnpickled(marker)}, path)
+    return path

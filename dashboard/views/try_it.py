@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from patchunet.data.images import read_rgb_image, write_label_tiff
 from patchunet.errors import DataError, PatchUNetError
-from patchunet.io import read_rgb_image, write_label_tiff
-from patchunet.overlay import prediction_overlay
-from patchunet.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
+from patchunet.evaluation.overlay import prediction_overlay
+from patchunet.inference.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
 
 import review
 import store

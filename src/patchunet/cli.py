@@ -8,13 +8,12 @@ module imports nothing heavy, so `patchunet --help` answers at once.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from patchunet.console import run_stage
 from patchunet.errors import PatchUNetError
 
 STAGES = {
@@ -28,29 +27,6 @@ STAGES = {
     "register": "register the evaluated model: challenger, and champion if its test AJI beats the champion's",
     "tune": "Optuna study over tune.space (lr, patch size), resumable, --workers N; best params to reports/tune",
 }
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run an entry point; a user error becomes one line on stderr and exit status 1."""
-    try:
-        main()
-    except PatchUNetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-
-
-def log_to_stdout(prefix: str = "") -> None:
-    """Show the library's progress lines (logger `patchunet`, INFO and up) on stdout, one per line,
-    beside the entry point's own prints; `prefix` starts each (e.g. "[worker 1] ")."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
-    logger = logging.getLogger("patchunet")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def find_project_root(start: Path) -> Path:
@@ -71,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in STAGES.items():
         # add_help=False: `patchunet fetch -h` reaches the stage script, which knows its options
         sub.add_parser(name, help=summary, description=summary, add_help=False)
-    from patchunet import predict
+    from patchunet.inference import predict
 
     predict_parser = sub.add_parser(
         "predict", help="segment your own images: instance-label TIFF, overlay PNG and nucleus CSV per image"
@@ -93,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args, stage_args = build_parser().parse_known_args(argv)
     if args.command == "predict":
-        from patchunet import predict
+        from patchunet.inference import predict
 
         if stage_args:
             build_parser().error(f"unrecognized arguments: {' '.join(stage_args)}")

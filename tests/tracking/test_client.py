@@ -125,7 +125,7 @@ def tiny_network():
     import torch
 
     from patchunet.config import ModelConfig
-    from patchunet.model import PatchUNet
+    from patchunet.model.unet import PatchUNet
 
     torch.manual_seed(0)
     return PatchUNet(

@@ -3,14 +3,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, disc_patches
-from test_model import write_code_running_file
+from conftest import REPO_ROOT, disc_patches, write_code_running_file
 
 import patchunet.training.loop
 from patchunet.config import ModelConfig, TrainConfig, load_params, parse_section
-from patchunet.data import PatchDataset
+from patchunet.data.dataset import PatchDataset
 from patchunet.errors import PatchUNetError
-from patchunet.model import PatchUNet
+from patchunet.model.unet import PatchUNet
 from patchunet.training.builder import make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
 from patchunet.training.loop import EarlyStopping, EpochResult, FitResult, fit, out_of_time
@@ -97,8 +96,8 @@ def kill_after_first_epoch(result) -> None:
 
 @pytest.mark.parametrize(("online_augment", "num_workers"), [(False, 0), (True, 0), (True, 1)])
 def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: bool, num_workers: int) -> None:
-    from patchunet.augment import build_augmentation
     from patchunet.config import AugmentConfig
+    from patchunet.data.augment import build_augmentation
 
     augment = AugmentConfig(copies=0, seed=0, rotate_limit=20, scale_limit=0.2, shift_limit=0.1, stain_jitter=0.1)
 
@@ -171,7 +170,7 @@ def test_fit_trains_each_instance_head(tmp_path: Path, head: str) -> None:
     model = PatchUNet(dataclasses.replace(TINY_MODEL, instance_head=head))
     result = train(model, train_set, val_set, dataclasses.replace(TINY_TRAIN, epochs=3), tmp_path)
     assert result.history[-1].train_loss < result.history[0].train_loss
-    from patchunet.heads import output_channels
+    from patchunet.model.heads import output_channels
 
     weights = load_checkpoint(tmp_path / BEST_CHECKPOINT)["model"]["head.weight"]
     assert weights.shape[0] == output_channels(head)

@@ -32,13 +32,13 @@ from mlflow.types import Schema, TensorSpec
 from sqlalchemy.exc import SQLAlchemyError
 
 from patchunet.errors import PatchUNetError, TrackingError, first_line
-from patchunet.io import write_json
+from patchunet.files import write_json
 from patchunet.locking import exclusive_lock
 from patchunet.tracking.names import MODEL_ARTIFACT, WEIGHTS_ARTIFACT
 from patchunet.tracking.records import ActiveRun, RunSummary, VersionSummary
 
 if TYPE_CHECKING:
-    from patchunet.model import PatchUNet
+    from patchunet.model.unet import PatchUNet
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = Path("mlartifacts")
@@ -279,8 +279,8 @@ def log_model(model: PatchUNet, input_example: np.ndarray, **metadata: object) -
     import mlflow.pyfunc
 
     import patchunet
-    from patchunet.heads import output_channels
-    from patchunet.model import save_model
+    from patchunet.model.heads import output_channels
+    from patchunet.model.unet import save_model
 
     with tempfile.TemporaryDirectory(prefix="patchunet-model-") as folder:
         weights = Path(folder) / WEIGHTS_FILE
@@ -305,7 +305,7 @@ def load_logged_model(model_uri: str) -> PatchUNet:
     import mlflow.artifacts
     from mlflow.models import Model
 
-    from patchunet.model import load_model
+    from patchunet.model.unet import load_model
 
     with tempfile.TemporaryDirectory(prefix="patchunet-model-") as folder:
         try:

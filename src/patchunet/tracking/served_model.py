@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from patchunet.model import load_model
+from patchunet.model.unet import load_model
 from patchunet.tracking.names import WEIGHTS_ARTIFACT
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from patchunet.augment import build_augmentation
 from patchunet.config import AugmentConfig, InstanceHead, ModelConfig, TrainConfig
-from patchunet.data import PatchDataset
-from patchunet.model import PatchUNet
-from patchunet.patches import PatchSet
+from patchunet.data.augment import build_augmentation
+from patchunet.data.dataset import PatchDataset
+from patchunet.data.patches import PatchSet
+from patchunet.model.unet import PatchUNet
 from patchunet.training.run_log import EpochLogger
 
 

@@ -13,8 +13,8 @@ import torch
 
 from patchunet.config import ModelConfig
 from patchunet.errors import PatchUNetError
-from patchunet.io import atomic_file
-from patchunet.model import load_tensor_file
+from patchunet.files import atomic_file
+from patchunet.model.unet import load_tensor_file
 
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from patchunet.config import InstanceHead, TrainConfig
-from patchunet.heads import head_loss
-from patchunet.metrics import PixelCounts
+from patchunet.evaluation.metrics import PixelCounts
+from patchunet.model.heads import head_loss
 from patchunet.training.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,

@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 
 from patchunet import tracking
 from patchunet.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, TuneConfig, parse_section
-from patchunet.patches import PatchSet
-from patchunet.tiles import labelled_tiles
+from patchunet.data.image_copies import labelled_copies
+from patchunet.data.patches import PatchSet
 from patchunet.tracking import names
 from patchunet.training.builder import Training, build_training
 from patchunet.training.devices import pick_device
@@ -44,8 +44,8 @@ class PatchCache:
         key = (patch.size, patch.stride)
         if key not in self._sets:
             self._sets[key] = tuple(  # type: ignore[assignment]
-                PatchSet.from_tiles(
-                    labelled_tiles(self.split[side], self.images_dir, self.labels_dir, patch.size, augment),
+                PatchSet.from_images(
+                    labelled_copies(self.split[side], self.images_dir, self.labels_dir, patch.size, augment),
                     patch.size,
                     patch.stride,
                 )

@@ -12,9 +12,9 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from patchunet.config import PatchConfig, TuneConfig
+from patchunet.data.patches import PatchSet
 from patchunet.errors import ConfigError
 from patchunet.locking import exclusive_lock
-from patchunet.patches import PatchSet
 from patchunet.tuning.objective import Objective
 from patchunet.tuning.study import PARENT_RUN_ATTR, load_study
 

@@ -1,0 +1,36 @@
+"""What a command shows on the console: a user error as one line, and the library's progress lines.
+
+Every entry point (the `patchunet` command and each `pipelines/<stage>.py`) goes through here, so
+this module imports nothing but the standard library and the project's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from patchunet.errors import PatchUNetError
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run an entry point; a user error becomes one line on stderr and exit status 1."""
+    try:
+        main()
+    except PatchUNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def log_to_stdout(prefix: str = "") -> None:
+    """Show the library's progress lines (logger `patchunet`, INFO and up) on stdout, one per line,
+    beside the entry point's own prints; `prefix` starts each (e.g. "[worker 1] ")."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + "%(message)s"))
+    logger = logging.getLogger("patchunet")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -1,0 +1,103 @@
+"""Polygons to instance label maps, with the MoNuSeg organisers' one-pixel convention."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from skimage.draw import polygon as polygon_pixels
+
+from patchunet.data.annotations import Polygon, read_polygons
+from patchunet.data.images import read_label_image, read_rgb_image
+from patchunet.data.monuseg import ImageRecord
+from patchunet.errors import DataError
+from patchunet.evaluation.metrics import PixelCounts
+
+MIN_POLYGON_VERTICES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterReport:
+    """What rasterising one image's polygons skipped or overwrote, for the stage's report."""
+
+    polygons: int
+    degenerate: int
+    """Regions with fewer than 3 vertices: no area, skipped."""
+    overlap_pixels: int
+    """Pixels claimed by more than one polygon; the later polygon keeps them."""
+    nuclei: int
+    """Distinct ids left in the map (a polygon fully covered by later ones leaves none)."""
+
+
+def rasterize_polygons(polygons: list[Polygon], shape: tuple[int, int]) -> tuple[np.ndarray, RasterReport]:
+    """Fill each polygon with its own id; returns (H, W) uint16/uint32 labels and a report.
+
+    A vertex (X, Y) lands on the 0-based pixel (row Y-1, col X-1), as MATLAB's poly2mask did when
+    the organisers made the official instance maps; without that shift the labels sit one pixel
+    off the images and foreground IoU with the official maps drops from ~0.99 to ~0.85.
+    Ids are 1..N over the non-degenerate polygons, in file order; later polygons win overlaps.
+    """
+    valid = [p for p in polygons if len(p) >= MIN_POLYGON_VERTICES]
+    labels = np.zeros(shape, dtype=np.promote_types(np.min_scalar_type(len(valid)), np.uint16))
+    overlap_pixels = 0
+    for nucleus_id, vertices in enumerate(valid, start=1):
+        rows, cols = polygon_pixels(vertices[:, 1] - 1.0, vertices[:, 0] - 1.0, shape=shape)
+        overlap_pixels += int(np.count_nonzero(labels[rows, cols]))
+        labels[rows, cols] = nucleus_id
+    report = RasterReport(
+        polygons=len(polygons),
+        degenerate=len(polygons) - len(valid),
+        overlap_pixels=overlap_pixels,
+        nuclei=count_nuclei(labels),
+    )
+    return labels, report
+
+
+def count_nuclei(labels: np.ndarray) -> int:
+    """Number of distinct non-zero ids: ids need not be contiguous."""
+    ids = np.unique(labels)
+    return int(np.count_nonzero(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelResult:
+    """An image's label map and how it was made."""
+
+    labels: np.ndarray
+    """(H, W) uint16/uint32 instance ids, the shape of the image"""
+    source: str
+    """'xml' or 'instance_map'"""
+    nuclei: int
+    raster: RasterReport | None
+    """Set when the labels come from the XML."""
+    xml_vs_map_iou: float | None
+    """Foreground IoU of the rasterised XML against the shipped instance map, where both exist."""
+
+
+def make_label_map(record: ImageRecord, prefer: str) -> LabelResult:
+    """Build the label map of one image from its XML or its instance map, checked against the image.
+
+    `prefer` ('xml' or 'instance_map') decides when an image has both; the other is the fallback.
+    """
+    image = read_rgb_image(record.image)
+    shape = image.shape[:2]
+    from_xml = from_map = raster = None
+    if record.xml is not None:
+        polygons = read_polygons(record.xml, shape)  # every vertex checked against the image
+        from_xml, raster = rasterize_polygons(polygons, shape)
+        if raster.nuclei == 0:
+            raise DataError(record.xml, f"no usable polygon: all {raster.polygons} regions are degenerate")
+    if record.instance_map is not None:
+        from_map = read_label_image(record.instance_map)
+        if from_map.shape != shape:
+            raise DataError(
+                record.instance_map,
+                f"label map is {from_map.shape[1]}x{from_map.shape[0]} but its image "
+                f"{record.image.name} is {shape[1]}x{shape[0]}",
+            )
+        from_map = from_map.astype(np.promote_types(np.min_scalar_type(from_map.max()), np.uint16), copy=False)
+    iou = PixelCounts.between(from_map > 0, from_xml > 0).iou if from_xml is not None and from_map is not None else None
+    use_xml = from_xml is not None and (prefer == "xml" or from_map is None)
+    labels = from_xml if use_xml else from_map
+    assert labels is not None  # pair_files guarantees an XML or an instance map
+    return LabelResult(labels, "xml" if use_xml else "instance_map", count_nuclei(labels), raster, iou)

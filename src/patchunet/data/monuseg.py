@@ -1,0 +1,174 @@
+"""What the MoNuSeg 2018 release looks like: where its files lie, how they pair, which organ.
+
+Two layouts are known. The official one, once unzipped:
+
+    MoNuSeg 2018 Training Data/Tissue Images/<id>.tif
+    MoNuSeg 2018 Training Data/Annotations/<id>.xml        (may be missing for some ids)
+    MoNuSeg 2018 Training Data/Instance Maps/<id>.png      (label maps, where shipped)
+    MoNuSegTestData/<id>.tif + <id>.xml
+
+and the project's raw layout, which `copy_to_raw` writes and every later stage reads:
+
+    data/raw/monuseg/{train,test}/{images,annotations,instance_maps}/<id>.*
+
+where every image is `<id>.tif`, whatever its suffix in the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from patchunet.data.images import read_rgb_image
+from patchunet.errors import DataError, SourceError
+
+Split = Literal["train", "test"]
+SPLITS: tuple[Split, ...] = ("train", "test")
+
+OFFICIAL_TRAIN_DIR = "MoNuSeg 2018 Training Data"
+OFFICIAL_TEST_DIR = "MoNuSegTestData"
+IMAGE_SUFFIXES = (".tif", ".tiff")
+
+# TCGA tissue source site (the 2 characters after "TCGA-") -> organ, for every site in MoNuSeg
+# 2018. The release calls sites 18/21/38/49/50 "liver", but they are TCGA lung (LUSC/LUAD) sites;
+# either name groups the same six images, which is all stratification needs.
+ORGAN_BY_SITE = {
+    **dict.fromkeys(["A7", "AR", "E2", "AC", "AO"], "breast"),
+    **dict.fromkeys(["B0", "HE", "2Z", "GL", "IZ"], "kidney"),
+    **dict.fromkeys(["18", "21", "38", "49", "50", "44", "69"], "lung"),
+    **dict.fromkeys(["CH", "G9", "EJ", "HC"], "prostate"),
+    **dict.fromkeys(["DK", "G2", "CU", "ZF"], "bladder"),
+    **dict.fromkeys(["AY", "NH", "A6"], "colon"),
+    **dict.fromkeys(["KB", "RD"], "stomach"),
+    **dict.fromkeys(["FG", "HT"], "brain"),
+}
+
+
+def organ_of(image_id: str) -> str:
+    """Organ from a TCGA barcode such as 'TCGA-A7-A13E-01Z-00-DX1'; 'unknown' otherwise."""
+    parts = image_id.split("-")
+    site = parts[1] if len(parts) > 1 and parts[0] == "TCGA" else ""
+    return ORGAN_BY_SITE.get(site, "unknown")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """One image and the files that label it; at least one of `xml` and `instance_map` exists."""
+
+    image_id: str
+    split: Split
+    image: Path
+    xml: Path | None
+    instance_map: Path | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceDirs:
+    """Where each split's images and annotations lie inside a source."""
+
+    images: dict[Split, Path]
+    annotations: dict[Split, Path]
+    instance_maps: dict[Split, Path | None]
+
+
+def official_dirs(root: Path) -> SourceDirs:
+    """Locate the two unzipped official folders anywhere below `root`."""
+    train = _find_dir(root, OFFICIAL_TRAIN_DIR)
+    test = _find_dir(root, OFFICIAL_TEST_DIR)
+    maps = train / "Instance Maps"
+    return SourceDirs(
+        images={"train": train / "Tissue Images", "test": test},
+        annotations={"train": train / "Annotations", "test": test},
+        instance_maps={"train": maps if maps.is_dir() else None, "test": None},
+    )
+
+
+def raw_dirs(raw_root: Path) -> SourceDirs:
+    """The project's own raw layout under data/raw/monuseg."""
+    return SourceDirs(
+        images={s: raw_root / s / "images" for s in SPLITS},
+        annotations={s: raw_root / s / "annotations" for s in SPLITS},
+        instance_maps={s: raw_root / s / "instance_maps" for s in SPLITS},
+    )
+
+
+def _find_dir(root: Path, name: str) -> Path:
+    if (root / name).is_dir():
+        return root / name
+    found = sorted(p for p in root.rglob(name) if p.is_dir())
+    if not found:
+        raise SourceError(f"{root}: no '{name}' folder found (expected the official MoNuSeg layout or zips)")
+    return found[0]
+
+
+def pair_files(dirs: SourceDirs, split: Split) -> list[ImageRecord]:
+    """Match every image with its XML and/or instance map, refusing orphans on either side."""
+    images = _files_by_id(dirs.images[split], IMAGE_SUFFIXES)
+    xmls = _files_by_id(dirs.annotations[split], (".xml",))
+    maps_dir = dirs.instance_maps[split]
+    maps = _files_by_id(maps_dir, (".png", ".tif", ".tiff")) if maps_dir else {}
+    if not images:
+        raise DataError(dirs.images[split], f"no {split} images (*.tif) found")
+    for image_id, path in sorted(images.items()):
+        if image_id not in xmls and image_id not in maps:
+            raise DataError(path, "image has no annotation: neither an XML nor an instance map")
+    for image_id, path in sorted({**maps, **xmls}.items()):
+        if image_id not in images:
+            raise DataError(path, "annotation has no image")
+    return [ImageRecord(i, split, images[i], xmls.get(i), maps.get(i)) for i in sorted(images)]
+
+
+def _files_by_id(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """id -> file, refusing two files for one id (`X.tif` and `X.tiff`, `X.png` and `X.tif`)."""
+    if not folder.is_dir():
+        return {}
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in files:
+            raise DataError(path, f"a second file for {path.stem}, beside {files[path.stem].name}: keep only one")
+        files[path.stem] = path
+    return files
+
+
+def check_no_shared_images(records: list[ImageRecord]) -> None:
+    """Refuse an image id in both splits, and any two images with the same pixels.
+
+    Pixels are compared decoded, so the same image under another name or re-encoded (another
+    compression, another suffix) is caught: a test image among the training images would otherwise
+    be trained on and then scored, and a duplicate within training could land in train and val.
+    """
+    train = {r.image_id: r for r in records if r.split == "train"}
+    for record in records:
+        other = train.get(record.image_id)
+        if record.split == "test" and other is not None:
+            raise DataError(record.image, f"test image {record.image_id} is also a training image: {other.image}")
+    seen: dict[str, ImageRecord] = {}
+    for record in records:
+        pixels = read_rgb_image(record.image)
+        digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+        other = seen.setdefault(digest, record)
+        if other is not record:
+            raise DataError(
+                record.image, f"same pixels as {other.image} ({other.split} image {other.image_id}): a duplicate"
+            )
+
+
+def copy_to_raw(records: list[ImageRecord], raw_root: Path) -> None:
+    """Copy records into the project's raw layout (see module docstring) under `raw_root`."""
+    dirs = raw_dirs(raw_root)
+    for record in records:
+        targets = [
+            (record.image, dirs.images[record.split], ".tif"),
+            (record.xml, dirs.annotations[record.split], ".xml"),
+            (record.instance_map, dirs.instance_maps[record.split], None),
+        ]
+        for source, folder, suffix in targets:
+            if source is not None:
+                assert folder is not None
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, folder / f"{record.image_id}{suffix or source.suffix.lower()}")

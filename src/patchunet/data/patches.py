@@ -1,0 +1,103 @@
+"""Tiling whole images into patches, and the on-disk patch store.
+
+A patch store is one folder per split holding `images.npy` (N, S, S, 3) uint8, `labels.npy`
+(N, S, S) instance ids, and `index.csv` saying where each patch came from. Plain .npy files
+memory-map, so DataLoader workers share them without copying.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from patchunet.errors import DataError
+
+INDEX_FIELDS = ("patch", "image_id", "copy", "y", "x")
+
+
+def tile_starts(length: int, size: int, stride: int) -> list[int]:
+    """Start offsets of windows of `size` every `stride` that cover all of [0, length).
+
+    The last window is pulled back to end exactly at the border, so no pixel at the right or
+    bottom edge is dropped and no padding is invented.
+    """
+    if size > length:
+        raise ValueError(f"window {size} is larger than the side {length}")
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] + size < length:
+        starts.append(length - size)
+    return starts
+
+
+def tile_grid(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
+    """(y, x) top-left corners of the patches covering an image of `shape` (H, W)."""
+    return [(y, x) for y in tile_starts(shape[0], size, stride) for x in tile_starts(shape[1], size, stride)]
+
+
+def extract_patches(array: np.ndarray, grid: list[tuple[int, int]], size: int) -> np.ndarray:
+    """Cut (N, size, size, ...) patches out of an (H, W, ...) array at the `grid` corners."""
+    return np.stack([array[y : y + size, x : x + size] for y, x in grid])
+
+
+def copy_seed(seed: int, image_id: str, copy: int) -> int:
+    """A seed for one augmented copy of one image, stable across runs, processes and order."""
+    digest = hashlib.sha256(f"{seed}:{image_id}:{copy}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclasses.dataclass
+class PatchSet:
+    """Patches of one split, with one index row per patch."""
+
+    images: np.ndarray
+    """(N, S, S, 3) uint8"""
+    labels: np.ndarray
+    """(N, S, S) uint16 or uint32 instance ids"""
+    index: list[dict[str, int | str]]
+
+    @classmethod
+    def from_images(cls, copies: Iterable[tuple[str, int, np.ndarray, np.ndarray]], size: int, stride: int) -> PatchSet:
+        """Cut each (image_id, copy, image, labels) into patches and concatenate everything."""
+        images, labels, index = [], [], []
+        for image_id, copy, image, label_map in copies:
+            grid = tile_grid(label_map.shape, size, stride)
+            images.append(extract_patches(image, grid, size))
+            labels.append(extract_patches(label_map, grid, size))
+            index += [{"image_id": image_id, "copy": copy, "y": y, "x": x} for y, x in grid]
+        for number, row in enumerate(index):
+            row["patch"] = number
+        if not index:
+            return cls(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint16), [])
+        return cls(np.concatenate(images), np.concatenate(labels), index)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "images.npy", self.images)
+        np.save(folder / "labels.npy", self.labels)
+        with (folder / "index.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=INDEX_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.index)
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool = True) -> PatchSet:
+        """Open a saved store; arrays are memory-mapped read-only unless `mmap` is False."""
+        try:
+            mode = "r" if mmap else None
+            images = np.load(folder / "images.npy", mmap_mode=mode)
+            labels = np.load(folder / "labels.npy", mmap_mode=mode)
+            with (folder / "index.csv").open(newline="") as f:
+                index = [{k: (v if k == "image_id" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        except (OSError, ValueError) as exc:
+            raise DataError(folder, f"unreadable patch store ({exc}); rerun `dvc repro patches`") from None
+        if not len(images) == len(labels) == len(index):
+            raise DataError(
+                folder,
+                f"patch store is inconsistent: {len(images)} images, {len(labels)} labels, {len(index)} index rows",
+            )
+        return cls(images, labels, index)

@@ -1,0 +1,1 @@
+"""From an image to nuclei: sliding windows, post-processing, scale, `patchunet predict`."""

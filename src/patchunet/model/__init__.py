@@ -1,0 +1,1 @@
+"""The network: PatchUNet, its instance heads and its losses."""

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from patchunet.data.patches import PatchSet, copy_seed, extract_patches, tile_grid, tile_starts
+from patchunet.errors import DataError
+
+
+@pytest.mark.parametrize(
+    ("length", "size", "stride"), [(1000, 250, 250), (1000, 256, 256), (1000, 256, 192), (100, 100, 7), (37, 16, 5)]
+)
+def test_tiles_cover_every_pixel_and_stay_inside(length: int, size: int, stride: int) -> None:
+    covered = np.zeros((length, length), int)
+    for y, x in tile_grid((length, length), size, stride):
+        assert 0 <= y <= length - size and 0 <= x <= length - size
+        covered[y : y + size, x : x + size] += 1
+    assert covered.min() >= 1
+
+
+def test_divisible_sizes_tile_without_overlap() -> None:
+    assert tile_starts(1000, 250, 250) == [0, 250, 500, 750]
+
+
+def test_last_tile_is_pulled_back_to_the_border() -> None:
+    assert tile_starts(1000, 256, 256) == [0, 256, 512, 744]
+
+
+def test_window_larger_than_the_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="larger than the side"):
+        tile_starts(100, 128, 64)
+
+
+def test_extracted_patches_are_the_image_at_their_corners() -> None:
+    image = np.arange(30 * 40 * 3).reshape(30, 40, 3)
+    grid = tile_grid((30, 40), 16, 16)
+    patches = extract_patches(image, grid, 16)
+    assert patches.shape == (len(grid), 16, 16, 3)
+    for patch, (y, x) in zip(patches, grid, strict=True):
+        np.testing.assert_array_equal(patch, image[y : y + 16, x : x + 16])
+
+
+def test_copy_seed_is_stable_and_distinct() -> None:
+    assert copy_seed(7, "a", 1) == copy_seed(7, "a", 1)
+    assert len({copy_seed(7, "a", 1), copy_seed(7, "a", 2), copy_seed(7, "b", 1), copy_seed(8, "a", 1)}) == 4
+
+
+def test_patch_set_round_trips_through_disk(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    labels = rng.integers(0, 9, (50, 60)).astype(np.uint16)
+    patches = PatchSet.from_images([("img", 0, image, labels), ("img", 1, image, labels)], 32, 32)
+    patches.save(tmp_path / "train")
+    loaded = PatchSet.load(tmp_path / "train")
+    np.testing.assert_array_equal(loaded.images, patches.images)
+    np.testing.assert_array_equal(loaded.labels, patches.labels)
+    assert loaded.index == patches.index
+    assert [r["copy"] for r in loaded.index] == [0] * 4 + [1] * 4
+    assert [r["patch"] for r in loaded.index] == list(range(8))
+
+
+def test_missing_patch_store_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="dvc repro patches"):
+        PatchSet.load(tmp_path / "nothing")

@@ -1,0 +1,161 @@
+"""Probabilities to instances: touching nuclei are split, specks dropped, holes filled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from patchunet.inference.postprocess import instances_from_probabilities
+
+DEFAULTS = {"threshold": 0.5, "min_nucleus_area": 16, "max_hole_area": 64, "distance_sigma": 1.0, "watershed_h": 0.5}
+
+
+def discs(shape: tuple[int, int], *discs: tuple[int, int, int]) -> np.ndarray:
+    """A probability map of 0.9 inside the (row, col, radius) discs, 0.1 outside."""
+    probabilities = np.full(shape, 0.1, np.float32)
+    for row, col, radius in discs:
+        probabilities[disk((row, col), radius, shape=shape)] = 0.9
+    return probabilities
+
+
+def test_two_touching_discs_become_two_instances() -> None:
+    probabilities = discs((60, 80), (30, 25, 12), (30, 46, 12))  # overlapping by 3 pixels
+    assert (probabilities > 0.5).sum() < 2 * np.pi * 12**2  # they really touch
+    labels = instances_from_probabilities(probabilities, **DEFAULTS)
+    assert labels.max() == 2
+    assert labels[30, 25] != labels[30, 46] and labels[30, 25] > 0 and labels[30, 46] > 0
+    areas = np.bincount(labels.ravel())[1:]
+    assert abs(int(areas[0]) - int(areas[1])) < 0.1 * areas.mean()
+
+
+def test_specks_are_dropped_and_holes_filled() -> None:
+    probabilities = discs((60, 60), (30, 30, 10), (5, 5, 1))
+    probabilities[28:32, 28:32] = 0.1  # a hole of 16 pixels inside the nucleus
+    labels = instances_from_probabilities(probabilities, **DEFAULTS)
+    assert labels.max() == 1
+    assert labels[30, 30] == 1 and labels[5, 5] == 0
+
+
+def test_ids_are_contiguous_and_small_maps_use_uint16() -> None:
+    labels = instances_from_probabilities(discs((80, 80), (15, 15, 6), (60, 60, 8), (15, 60, 5)), **DEFAULTS)
+    assert labels.dtype == np.uint16
+    assert sorted(np.unique(labels)) == [0, 1, 2, 3]
+
+
+def test_nothing_above_threshold_gives_an_empty_map() -> None:
+    labels = instances_from_probabilities(np.full((30, 30), 0.2, np.float32), **DEFAULTS)
+    assert labels.shape == (30, 30) and labels.max() == 0
+
+
+def crowded_nuclei(side: int = 600, seed: int = 0) -> np.ndarray:
+    """Many discs of random sizes, some touching, as a blurred probability map."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((side, side), bool)
+    for row, col, radius in zip(*rng.integers(0, side, (2, side // 2)), rng.integers(3, 12, side // 2), strict=True):
+        mask[disk((row, col), radius, shape=mask.shape)] = True
+    return ndimage.gaussian_filter(mask.astype(np.float32), 1.5)
+
+
+def test_blobwise_distance_and_h_maxima_equal_the_whole_image_calls() -> None:
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+
+    from patchunet.inference.postprocess import distance_by_blob, h_maxima_by_blob
+
+    foreground = crowded_nuclei() > 0.5
+    distance = distance_by_blob(foreground)
+    np.testing.assert_array_equal(distance, ndimage.distance_transform_edt(foreground))
+    smoothed = ndimage.gaussian_filter(distance, 1.0)
+    for h in (0.5, 2.0):
+        np.testing.assert_array_equal(h_maxima_by_blob(smoothed, h), h_maxima(smoothed, h))
+
+
+def test_post_processing_peaks_below_fourteen_float32_maps() -> None:
+    """The whole-image h-maxima alone used to hold about 25 map sizes at once."""
+    import tracemalloc
+
+    probabilities = crowded_nuclei()
+    tracemalloc.start()
+    try:
+        instances_from_probabilities(probabilities, **DEFAULTS)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 14 * probabilities.size * 4
+
+
+def eval_config(**changes):
+    import dataclasses
+
+    from conftest import REPO_ROOT
+
+    from patchunet.config import EvalConfig, load_params, parse_section
+
+    cfg = parse_section(EvalConfig, load_params(REPO_ROOT / "params.yaml"), "eval")
+    return dataclasses.replace(cfg, min_nucleus_area=16, **changes)
+
+
+def touching_cluster() -> np.ndarray:
+    """Five discs, three of them touching in a row and two touching a thin one."""
+    from skimage.draw import disk as draw_disk
+
+    labels = np.zeros((90, 120), np.int32)
+    for nucleus, (row, col, radius) in enumerate(
+        [(30, 20, 11), (30, 40, 10), (30, 60, 11), (70, 30, 9), (72, 46, 8)], start=1
+    ):
+        labels[draw_disk((row, col), radius, shape=labels.shape)] = nucleus
+    return labels
+
+
+@pytest.mark.parametrize(("head", "least_aji"), [("boundary", 0.99), ("distance", 0.97), ("hover", 0.99)])
+def test_each_head_splits_touching_nuclei_from_its_own_true_maps(head: str, least_aji: float) -> None:
+    from patchunet.evaluation.metrics import score_segmentation
+    from patchunet.inference.postprocess import instances_from_maps
+    from patchunet.model.heads import make_targets
+
+    truth = touching_cluster()
+    labels = instances_from_maps(make_targets(truth, head), head, eval_config())
+    assert labels.max() == 5
+    assert score_segmentation(truth, labels).as_dict()["aji"] >= least_aji
+
+
+def test_the_none_head_is_the_distance_transform_watershed() -> None:
+    from patchunet.inference.postprocess import instances_from_maps
+
+    probabilities = discs((60, 80), (30, 25, 12), (30, 46, 12))
+    cfg = eval_config()
+    expected = instances_from_probabilities(
+        probabilities,
+        threshold=cfg.threshold,
+        min_nucleus_area=cfg.min_nucleus_area,
+        max_hole_area=cfg.max_hole_area,
+        distance_sigma=cfg.distance_sigma,
+        watershed_h=cfg.watershed_h,
+    )
+    np.testing.assert_array_equal(instances_from_maps(probabilities[None], "none", cfg), expected)
+
+
+def test_a_blob_without_a_marker_is_still_one_nucleus() -> None:
+    from patchunet.inference.postprocess import instances_from_maps
+
+    foreground = discs((40, 40), (20, 20, 8))
+    all_boundary = np.stack([foreground, np.full_like(foreground, 0.9)])  # no pixel passes as a marker
+    labels = instances_from_maps(all_boundary, "boundary", eval_config())
+    assert labels.max() == 1 and (labels > 0).sum() == (foreground > 0.5).sum()
+
+
+def test_the_search_ranks_settings_by_val_aji_and_keeps_the_rest_of_eval() -> None:
+    from patchunet.evaluation.postprocess_search import GRIDS, search_postprocessing
+    from patchunet.model.heads import make_targets
+
+    truth = touching_cluster()
+    maps = make_targets(truth, "distance")
+    maps[1] *= 0.7  # a model whose distance never reaches the upper marker thresholds
+    results = search_postprocessing([(maps, truth)], "distance", eval_config())
+    assert len(results) == np.prod([len(v) for v in GRIDS["distance"].values()])
+    ajis = [r.per_image_mean["aji"] for r in results]
+    assert ajis == sorted(ajis, reverse=True) and ajis[0] > ajis[-1]
+    assert results[0].cfg.marker_threshold < 0.7 and results[0].cfg.overlap == eval_config().overlap

@@ -1,0 +1,95 @@
+"""dvc.yaml's deps cannot drift from the code: every stage lists every patchunet module its script
+imports, directly or through other modules, including imports inside functions (a file dep, or a
+folder dep that holds it). Otherwise a change to that module would not rerun the stage."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = REPO_ROOT / "src"
+DVC_FILES = ("dvc.yaml", "tune/dvc.yaml")  # both run their commands from the project root
+STAGES = {
+    f"{dvc_file}:{name}": stage
+    for dvc_file in DVC_FILES
+    for name, stage in yaml.safe_load((REPO_ROOT / dvc_file).read_text())["stages"].items()
+}
+
+
+RUN_BY_PATH = {PACKAGE_ROOT / "patchunet/tracking/client.py": [PACKAGE_ROOT / "patchunet/tracking/served_model.py"]}
+"""Files a module hands to MLflow by path instead of importing them (the logged "model from code")."""
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a dotted patchunet module name, or None when it names no module (a class, say)."""
+    base = PACKAGE_ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names of the patchunet modules a file imports anywhere in it (`from a import b` counts b
+    when b is a module, else a)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name.startswith("patchunet")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("patchunet"):
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in names if module_file(name) is not None}
+
+
+def only_a_docstring(file: Path) -> bool:
+    """A package's `__init__.py` that runs nothing: no stage needs to list it."""
+    body = ast.parse(file.read_text()).body
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
+def transitive_files(script: Path) -> set[Path]:
+    """Every patchunet file the script runs: its imports, their imports, and their packages' __init__
+    (those that run code)."""
+    seen: set[Path] = set()
+    pending = imported_modules(script)
+    while pending:
+        name = pending.pop()
+        parts = name.split(".")
+        for depth in range(2, len(parts) + 1):  # the packages a module's import runs (not patchunet's own)
+            file = module_file(".".join(parts[:depth]))
+            if file is not None and file not in seen:
+                seen.add(file)
+                pending |= imported_modules(file)
+                for run_file in RUN_BY_PATH.get(file, []):
+                    seen.add(run_file)
+                    pending |= imported_modules(run_file)
+    return {file for file in seen if not only_a_docstring(file)}
+
+
+def stage_script(stage: dict) -> Path:
+    return REPO_ROOT / next(word for word in stage["cmd"].split() if word.endswith(".py"))
+
+
+def covered(file: Path, deps: list[str]) -> bool:
+    return any(file == REPO_ROOT / dep or (REPO_ROOT / dep) in file.parents for dep in deps)
+
+
+@pytest.mark.parametrize("stage_name", sorted(STAGES))
+def test_stage_deps_cover_every_module_its_script_imports(stage_name: str) -> None:
+    stage = STAGES[stage_name]
+    deps = [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
+    script = stage_script(stage)
+    assert script.relative_to(REPO_ROOT).as_posix() in deps, f"{stage_name}: its own script is not a dep"
+    missing = sorted(f.relative_to(REPO_ROOT).as_posix() for f in transitive_files(script) if not covered(f, deps))
+    assert not missing, f"dvc.yaml stage {stage_name} does not depend on modules it imports: {missing}"
+
+
+def test_the_import_walk_follows_imports_inside_functions(tmp_path: Path) -> None:
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n    from patchunet.evaluation.metrics import PixelCounts\n")
+    assert PACKAGE_ROOT / "patchunet/evaluation/metrics.py" in transitive_files(script)
