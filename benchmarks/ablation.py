@@ -1,6 +1,6 @@
 """Ablation and peers, side by side under one training budget.
 
-Each row trains one network on the pipeline's patch stores (same split, augmentation, loss,
+Each row trains one network on the pipeline's patch sets (same split, augmentation, loss,
 schedule and seed as the train stage) for `--epochs` epochs, or `--minutes` of wall clock if
 given (fair only on an otherwise idle machine: epochs are the same work whatever else runs, and
 the PatchUNet rows cost the same per epoch; each row's minutes are reported); chooses its

@@ -1,5 +1,5 @@
 """What the ablation, seeds and score-decomposition scripts share: train one network on the
-pipeline's patch stores, predict whole images, choose post-processing on val, score on test.
+pipeline's patch sets, predict whole images, choose post-processing on val, score on test.
 
 Run from the repository root after `dvc repro patches` (the scripts import this file from beside them).
 """
@@ -59,7 +59,7 @@ class Settings:
 def train_network(
     network: torch.nn.Module, head: InstanceHead, settings: Settings, checkpoint_dir: Path, label: str
 ) -> tuple[FitResult, float]:
-    """Train `network` in place on the pipeline's patch stores as the train stage does; load its
+    """Train `network` in place on the pipeline's patch sets as the train stage does; load its
     best epoch; return the fit and the training seconds. One line per epoch."""
     train_cfg = settings.train
     stores = PatchSet.load(ROOT / PATCH_DIR / "train"), PatchSet.load(ROOT / PATCH_DIR / "val")

@@ -1,7 +1,7 @@
 """The chosen configuration (params.yaml as it stands) trained with several seeds: mean and
 standard deviation of every test score. One training run is not a result; these means are.
 
-Each seed trains as the train stage does (train.seed replaced; same patch stores, head, budget
+Each seed trains as the train stage does (train.seed replaced; same patch sets, head, budget
 and schedule), then segments the 14 official test images with the `eval` values of params.yaml,
 which were chosen on the val images. `--pipeline-seed` counts the current `dvc repro` result
 (metrics/test.json, trained with train.seed) as one of the seeds instead of training it again;

@@ -2,7 +2,7 @@
 
 Runs the library's own training step (`patchunet.training.loop.train_one_epoch`) on the default
 params.yaml model, batch size, loader workers and online augmentation, over patches of the
-default size: the real patch store when `dvc repro patches` has made it, else random patches
+default size: the real patch set when `dvc repro patches` has made it, else random patches
 of the same size. Prints the median of several timed passes, and peak resident memory.
 
     .venv/bin/python benchmarks/train_throughput.py --batches 30 --repeats 3
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def patch_store(size: int, count: int) -> tuple[PatchSet, str]:
     store = ROOT / "data/processed/patches/train"
     if (store / "images.npy").is_file():
-        return PatchSet.load(store), "real patch store"
+        return PatchSet.load(store), "real patch set"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
     labels = (rng.random((count, size, size)) > 0.8).astype(np.uint16)

@@ -11,7 +11,7 @@ import streamlit as st
 
 from patchunet.errors import PatchUNetError
 
-import store
+import queries
 
 st.set_page_config(page_title="PatchUNet review", page_icon=":microscope:", layout="wide")
 
@@ -25,14 +25,14 @@ PAGES = [
 navigation = st.navigation(PAGES)
 
 try:
-    cfg = store.settings()
+    cfg = queries.settings()
 except PatchUNetError as exc:
     st.error(str(exc))
     st.stop()
 
 with st.sidebar:
     st.caption(f"MLflow: `{cfg.tracking_uri}`")
-    if st.button("Refresh", help=f"MLflow answers are reused for {store.QUERY_TTL_S} s; read them again now"):
+    if st.button("Refresh", help=f"MLflow answers are reused for {queries.QUERY_TTL_S} s; read them again now"):
         st.cache_data.clear()
 
 WHAT_TO_RUN = (
@@ -48,7 +48,7 @@ def unavailable(problem: str) -> None:
     st.info(WHAT_TO_RUN)
 
 
-problem = store.connection_problem(cfg.tracking_uri)
+problem = queries.connection_problem(cfg.tracking_uri)
 if problem:
     unavailable(problem)
     st.stop()

@@ -7,13 +7,13 @@ import streamlit as st
 
 from patchunet.tracking import names
 
+import queries
 import review
-import store
 
 
-def registered_versions_or_stop(cfg: store.Settings) -> pd.DataFrame:
+def registered_versions_or_stop(cfg: queries.Settings) -> pd.DataFrame:
     """The version table; with none registered, a page that says what to run, and nothing more."""
-    table = store.version_table(cfg.tracking_uri, cfg.registered_model, cfg.ui_url)
+    table = queries.version_table(cfg.tracking_uri, cfg.registered_model, cfg.ui_url)
     if table.empty:
         st.info(
             f"No version of the model **{cfg.registered_model}** is registered in `{cfg.tracking_uri}` yet.\n\n"

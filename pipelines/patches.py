@@ -1,4 +1,4 @@
-"""DVC stage `patches`: train/val patch stores in data/processed/patches/{train,val}.
+"""DVC stage `patches`: train/val patch sets in data/processed/patches/{train,val}.
 
 Patches of patch.size every patch.stride cover each whole image, borders included. Training
 images also give augment.copies augmented copies each, tiled the same way; val images are never

@@ -1,4 +1,4 @@
-"""DVC stage `train`: PatchUNet on the patch store, tracked in MLflow, its model logged in the run.
+"""DVC stage `train`: PatchUNet on the patch set, tracked in MLflow, its model logged in the run.
 
 Writes models/patchunet.pt (best epoch by val Dice), models/run.json (the MLflow run, its logged
 model and the tags its registered version will carry: `register` registers it once evaluated),
@@ -70,8 +70,8 @@ def main() -> None:
 
     uri = tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri)
     tracking.connect(uri)  # fails now, not after an hour of training
-    train_store, val_store = PatchSet.load(PATCH_DIR / "train"), PatchSet.load(PATCH_DIR / "val")
-    patch_size = train_store.images.shape[1]
+    train_patches, val_patches = PatchSet.load(PATCH_DIR / "train"), PatchSet.load(PATCH_DIR / "val")
+    patch_size = train_patches.images.shape[1]
     check_input_size((patch_size, patch_size), model_cfg.size_multiple)
     abandoned = tracking.fail_abandoned_run(ACTIVE_RUN_RECORD)
     if abandoned:
@@ -81,9 +81,9 @@ def main() -> None:
     if previous:
         print(f"train: the checkpoints of the previous run are now in {previous}")
     training = build_training(
-        model_cfg, train_cfg, cfgs["augment"], train_store, val_store, checkpoint_dir=CHECKPOINT_DIR
+        model_cfg, train_cfg, cfgs["augment"], train_patches, val_patches, checkpoint_dir=CHECKPOINT_DIR
     )
-    model, train_patches, val_patches = training.model, len(train_store.index), len(val_store.index)
+    model, train_patches, val_patches = training.model, len(train_patches.index), len(val_patches.index)
     print(
         f"train: {parameter_count(model):,} parameters, {train_patches} train / {val_patches} val patches "
         f"of {patch_size} px, tracking {uri}"

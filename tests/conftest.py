@@ -144,7 +144,7 @@ def disc_patches(count: int, size: int = 32, seed: int = 0):
 
 
 def make_train_project(project: Path) -> Path:
-    """A project with a tiny synthetic patch store and params for a 2-epoch, 2-level PatchUNet."""
+    """A project with a tiny synthetic patch set and params for a 2-epoch, 2-level PatchUNet."""
     make_stage_project(project)
     disc_patches(16, seed=1).save(project / "data/processed/patches/train")
     disc_patches(8, seed=2).save(project / "data/processed/patches/val")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+import queries
 import review
-import store
 import widgets
 
-cfg = store.settings()
+cfg = queries.settings()
 st.title("Training curves")
 table = widgets.registered_versions_or_stop(cfg)
 chosen = widgets.pick_versions(table, "Versions", key="curves_versions")
@@ -17,7 +17,7 @@ if not chosen:
     st.stop()
 run_ids = table.set_index("version")["run_id"]
 histories = {
-    review.version_label(table, v): store.metric_histories(cfg.tracking_uri, run_ids[v], review.CURVE_METRICS)
+    review.version_label(table, v): queries.metric_histories(cfg.tracking_uri, run_ids[v], review.CURVE_METRICS)
     for v in chosen
 }
 curves = review.curve_table(histories)

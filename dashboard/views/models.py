@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+import queries
 import review
-import store
 import widgets
 
-cfg = store.settings()
+cfg = queries.settings()
 st.title("Registered models")
 table = widgets.registered_versions_or_stop(cfg)
 st.caption(

@@ -15,8 +15,8 @@ from patchunet.evaluation.overlay import truth_and_prediction_overlay
 from patchunet.paths import RAW_DIR, labels_dir
 from patchunet.tracking import names
 
+import queries
 import review
-import store
 import widgets
 
 IMAGE_DIR = RAW_DIR / "test" / "images"
@@ -28,7 +28,7 @@ def test_image(image_id: str) -> tuple[np.ndarray, np.ndarray]:
     return read_rgb_image(IMAGE_DIR / f"{image_id}.tif"), read_label_image(labels_dir("test") / f"{image_id}.tif")
 
 
-cfg = store.settings()
+cfg = queries.settings()
 st.title("Sample segmentations")
 table = widgets.registered_versions_or_stop(cfg)
 image_ids = sorted(path.stem for path in IMAGE_DIR.glob("*.tif"))
@@ -63,14 +63,14 @@ for column, version in zip(st.columns(len(versions)), versions, strict=True):
     run_id = run_ids[version]
     with column:
         st.subheader(review.version_label(table, version))
-        predicted = store.logged_prediction(cfg.tracking_uri, run_id, image_id)
-        logged_scores = store.per_image_scores(cfg.tracking_uri, run_id)
+        predicted = queries.logged_prediction(cfg.tracking_uri, run_id, image_id)
+        logged_scores = queries.per_image_scores(cfg.tracking_uri, run_id)
         if predicted is not None and logged_scores is not None and image_id in logged_scores.index:
             scores, source = logged_scores.loc[image_id].to_dict(), "from the evaluation artifacts"
         else:
             with st.spinner(f"Segmenting {image_id} with version {version}..."):
                 try:
-                    predicted, seconds = store.segment_upload(cfg, table, version, image)
+                    predicted, seconds = queries.segment_upload(cfg, table, version, image)
                 except PatchUNetError as exc:
                     st.error(str(exc))
                     continue
@@ -83,7 +83,7 @@ for column, version in zip(st.columns(len(versions)), versions, strict=True):
         st.markdown(f"Dice **{scores['dice']:.4f}** · AJI **{scores['aji']:.4f}** · PQ **{scores['pq']:.4f}**")
         st.caption(f"Nuclei predicted: {int(predicted.max())}, {source}")
         if show_head:
-            head_png = store.artifact_bytes(cfg.tracking_uri, run_id, f"{names.SAMPLES_ARTIFACT}/{image_id}_head.png")
+            head_png = queries.artifact_bytes(cfg.tracking_uri, run_id, f"{names.SAMPLES_ARTIFACT}/{image_id}_head.png")
             if head_png is None:
                 st.caption(
                     "No head map: this version predicts the foreground only, or this image was not a logged sample."

@@ -6,12 +6,12 @@ import streamlit as st
 
 from patchunet.tracking import names
 
+import queries
 import review
-import store
 
-cfg = store.settings()
+cfg = queries.settings()
 st.title("Tuning studies")
-trials = store.trials(cfg.tracking_uri, cfg.tune_experiment)
+trials = queries.trials(cfg.tracking_uri, cfg.tune_experiment)
 if trials.empty:
     st.info(
         f"No Optuna study is logged in the MLflow experiment `{cfg.tune_experiment}` yet. "

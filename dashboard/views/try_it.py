@@ -17,8 +17,8 @@ from patchunet.errors import DataError, PatchUNetError
 from patchunet.evaluation.overlay import prediction_overlay
 from patchunet.inference.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
 
+import queries
 import review
-import store
 import widgets
 
 READABLE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -81,7 +81,7 @@ def mask_tiff(labels: np.ndarray) -> bytes:
         return path.read_bytes()
 
 
-cfg = store.settings()
+cfg = queries.settings()
 st.title("Try a model on your image")
 table = widgets.registered_versions_or_stop(cfg)
 version = st.selectbox(
@@ -92,7 +92,7 @@ version = st.selectbox(
     key="try_version",
 )
 try:
-    model_mpp = store.model_scale(cfg, version)
+    model_mpp = queries.model_scale(cfg, version)
 except PatchUNetError as exc:
     st.error(str(exc))
     st.stop()
@@ -127,7 +127,7 @@ if max(at_model_scale) > cfg.dashboard.max_image_side:
 
 with st.spinner(f"Segmenting {shown_name(upload.name)} with version {version}..."):
     try:
-        labels, seconds = store.segment_upload(cfg, table, version, image, image_mpp)
+        labels, seconds = queries.segment_upload(cfg, table, version, image, image_mpp)
     except PatchUNetError as exc:
         st.error(str(exc))
         st.stop()

@@ -1,1 +1,1 @@
-"""Data: the MoNuSeg files, label maps, the split, augmentation and the patch stores."""
+"""Data: the MoNuSeg files, label maps, the split, augmentation and the patch sets."""

@@ -1,4 +1,4 @@
-"""The torch Dataset over a patch store: targets made from the instance labels, optional online augmentation."""
+"""The torch Dataset over a patch set: targets made from the instance labels, optional online augmentation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The images a patch store is cut from: each split image with its labels, then its augmented copies.
+"""The images a patch set is cut from: each split image with its labels, then its augmented copies.
 
 Shared by the `patches` stage and the tuning trials, which cut the same images at other sizes.
 """

@@ -1,6 +1,6 @@
-"""Tiling whole images into patches, and the on-disk patch store.
+"""Tiling whole images into patches, and the on-disk patch set.
 
-A patch store is one folder per split holding `images.npy` (N, S, S, 3) uint8, `labels.npy`
+A patch set is one folder per split holding `images.npy` (N, S, S, 3) uint8, `labels.npy`
 (N, S, S) instance ids, and `index.csv` saying where each patch came from. Plain .npy files
 memory-map, so DataLoader workers share them without copying.
 """
@@ -86,7 +86,7 @@ class PatchSet:
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> PatchSet:
-        """Open a saved store; arrays are memory-mapped read-only unless `mmap` is False."""
+        """Open a saved patch set; arrays are memory-mapped read-only unless `mmap` is False."""
         try:
             mode = "r" if mmap else None
             images = np.load(folder / "images.npy", mmap_mode=mode)
@@ -94,10 +94,10 @@ class PatchSet:
             with (folder / "index.csv").open(newline="") as f:
                 index = [{k: (v if k == "image_id" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
         except (OSError, ValueError) as exc:
-            raise DataError(folder, f"unreadable patch store ({exc}); rerun `dvc repro patches`") from None
+            raise DataError(folder, f"unreadable patch set ({exc}); rerun `dvc repro patches`") from None
         if not len(images) == len(labels) == len(index):
             raise DataError(
                 folder,
-                f"patch store is inconsistent: {len(images)} images, {len(labels)} labels, {len(index)} index rows",
+                f"patch set is inconsistent: {len(images)} images, {len(labels)} labels, {len(index)} index rows",
             )
         return cls(images, labels, index)

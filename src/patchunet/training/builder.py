@@ -31,8 +31,8 @@ def build_training(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     augment_cfg: AugmentConfig,
-    train_store: PatchSet,
-    val_store: PatchSet,
+    train_patches: PatchSet,
+    val_patches: PatchSet,
     *,
     label: str = "",
     checkpoint_dir: Path | None = None,
@@ -42,7 +42,7 @@ def build_training(
     `label` starts each epoch's log line (e.g. "trial 3 "); `checkpoint_dir`, where given, is where
     `fit` writes the checkpoints the logger sends to the active MLflow run.
     """
-    train_set, val_set = make_datasets(model_cfg.instance_head, train_cfg, augment_cfg, train_store, val_store)
+    train_set, val_set = make_datasets(model_cfg.instance_head, train_cfg, augment_cfg, train_patches, val_patches)
     torch.manual_seed(train_cfg.seed)
     model = PatchUNet(model_cfg)
     train_loader, val_loader = make_loaders(train_set, val_set, train_cfg)
@@ -50,11 +50,17 @@ def build_training(
 
 
 def make_datasets(
-    head: InstanceHead, train_cfg: TrainConfig, augment_cfg: AugmentConfig, train_store: PatchSet, val_store: PatchSet
+    head: InstanceHead,
+    train_cfg: TrainConfig,
+    augment_cfg: AugmentConfig,
+    train_patches: PatchSet,
+    val_patches: PatchSet,
 ) -> tuple[PatchDataset, PatchDataset]:
     """Train patches, augmented online when `train.online_augment`; val patches as they are."""
     augmentation = build_augmentation(augment_cfg) if train_cfg.online_augment else None
-    return PatchDataset(train_store, augmentation, seed=train_cfg.seed, head=head), PatchDataset(val_store, head=head)
+    return PatchDataset(train_patches, augmentation, seed=train_cfg.seed, head=head), PatchDataset(
+        val_patches, head=head
+    )
 
 
 def make_loaders(train_set: PatchDataset, val_set: PatchDataset, cfg: TrainConfig) -> tuple[DataLoader, DataLoader]:

@@ -67,18 +67,19 @@ class Objective:
         values = suggest(trial, self.cfg.dimensions)
         params = apply_overrides(self.params, values)
         train_cfg = dataclasses.replace(parse_section(TrainConfig, params, "train"), epochs=self.cfg.epochs_per_trial)
-        train_store, val_store = self.patch_sets(parse_section(PatchConfig, params, "patch"))
+        train_patches, val_patches = self.patch_sets(parse_section(PatchConfig, params, "patch"))
         training = build_training(
             parse_section(ModelConfig, params, "model"),
             train_cfg,
             parse_section(AugmentConfig, params, "augment"),
-            train_store,
-            val_store,
+            train_patches,
+            val_patches,
             label=f"trial {trial.number} ",
         )
         described = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         log.info(
-            f"trial {trial.number}: {described}; {len(train_store.index)} train / {len(val_store.index)} val patches"
+            f"trial {trial.number}: {described}; "
+            f"{len(train_patches.index)} train / {len(val_patches.index)} val patches"
         )
 
         tags = {names.OPTUNA_STUDY: self.cfg.study_name, names.OPTUNA_TRIAL_NUMBER: trial.number}
