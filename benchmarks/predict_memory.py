@@ -74,21 +74,14 @@ def after_inference(monuseg: Path, side: int) -> None:
     from patchunet.config import EvalConfig, load_params, parse_section
     from patchunet.data.images import read_label_image, read_rgb_image
     from patchunet.evaluation.overlay import prediction_overlay
-    from patchunet.inference.postprocess import instances_from_probabilities
+    from patchunet.inference.postprocess import instances_from_maps
     from patchunet.inference.predict import nucleus_table
 
     cfg = parse_section(EvalConfig, load_params(ROOT / "params.yaml"), "eval")
     image = tiled(read_rgb_image(sorted((monuseg / TEST_IMAGES).glob("*.tif"))[0]), side)
     nuclei = read_label_image(sorted((monuseg / INSTANCE_MAPS).glob("*.png"))[0]) > 0
     probabilities = ndimage.gaussian_filter(tiled(nuclei, side).astype(np.float32), 1.5)
-    labels = instances_from_probabilities(
-        probabilities,
-        threshold=cfg.threshold,
-        min_nucleus_area=cfg.min_nucleus_area,
-        max_hole_area=cfg.max_hole_area,
-        distance_sigma=cfg.distance_sigma,
-        watershed_h=cfg.watershed_h,
-    )
+    labels = instances_from_maps(probabilities[None], "none", cfg)
     prediction_overlay(image, labels)
     print(f"{len(nucleus_table(labels))} nuclei")
 

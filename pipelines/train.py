@@ -83,10 +83,11 @@ def main() -> None:
     training = build_training(
         model_cfg, train_cfg, cfgs["augment"], train_patches, val_patches, checkpoint_dir=CHECKPOINT_DIR
     )
-    model, train_patches, val_patches = training.model, len(train_patches.index), len(val_patches.index)
+    model = training.model
+    patch_counts = {"train_patches": len(train_patches.index), "val_patches": len(val_patches.index)}
     print(
-        f"train: {parameter_count(model):,} parameters, {train_patches} train / {val_patches} val patches "
-        f"of {patch_size} px, tracking {uri}"
+        f"train: {parameter_count(model):,} parameters, {patch_counts['train_patches']} train / "
+        f"{patch_counts['val_patches']} val patches of {patch_size} px, tracking {uri}"
     )
 
     with (
@@ -94,7 +95,7 @@ def main() -> None:
         tracking.recorded_as_running(active.run_id, ACTIVE_RUN_RECORD),
     ):
         if not args.resume:
-            dataset = {"patch_size": patch_size, "train_patches": train_patches, "val_patches": val_patches}
+            dataset = {"patch_size": patch_size, **patch_counts}
             commit, data_hash = git_commit(Path.cwd()), dvc_output_hash(Path("dvc.lock"), str(PATCH_DIR))
             log_run_inputs(cfgs, dataset, parameter_count(model), commit, data_hash)
         result = fit(

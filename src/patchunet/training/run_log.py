@@ -31,7 +31,7 @@ class EpochLogger:
                 names.VAL_LOSS: result.val_loss,
                 names.VAL_DICE: result.val_dice,
                 names.VAL_IOU: result.val_iou,
-                "lr": result.lr,
+                names.LEARNING_RATE: result.lr,
                 names.EPOCH_SECONDS: result.seconds,
             },
             step=result.epoch,
