@@ -1,6 +1,7 @@
 # Two commands do it all on a fresh machine (see README.md):
 #   MONUSEG_DIR=/path/to/monuseg make pipeline   set up, then `dvc repro` the pipeline
 #   make test                                    set up, then run every test
+#   make stack / make stack-down                 a local PostgreSQL + S3 + MLflow server (README, "Beyond one machine")
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 # another environment that happens to be activated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup pipeline test
+.PHONY: setup pipeline test stack stack-down
 
 setup: $(STAMP)
 
@@ -26,3 +27,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+stack: setup
+	$(BIN)/patchunet stack up
+
+stack-down: setup
+	$(BIN)/patchunet stack down

@@ -340,3 +340,20 @@ def write_code_running_file(path, marker, key: str = "state_dict"):
 
     torch.save({"model_config": {"base_channels": 8, "depth": 2}, key: RunsCodeWhenUnpickled(marker)}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def team_stack() -> Iterator:
+    """`patchunet stack`'s real servers for the session: PostgreSQL, the S3 server, `mlflow server`.
+
+    Skips only where PostgreSQL is not installed (`.ci/run` installs it); stopped however the session ends.
+    """
+    from patchunet import stack
+    from patchunet.errors import PatchUNetError
+
+    try:
+        stack.postgres_bin("initdb")
+    except PatchUNetError as exc:
+        pytest.skip(str(exc))
+    with stack.running() as running:
+        yield running

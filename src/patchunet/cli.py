@@ -1,4 +1,4 @@
-"""The `patchunet` command: one subcommand per DVC stage, plus `predict` and `dashboard`.
+"""The `patchunet` command: one subcommand per DVC stage, plus `predict`, `dashboard` and `stack`.
 
 Stage subcommands run the project's own `pipelines/<stage>.py` (the same script `dvc repro`
 runs) from the checkout they are called in, so a stage has exactly one implementation. This
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dashboard_parser.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     dashboard_parser.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    stack_parser = sub.add_parser(
+        "stack",
+        help="up: a throwaway PostgreSQL + S3 + `mlflow server` on loopback, for a team setup; down: stop it",
+        description="up starts them in the background, records them in .stack/stack.json and prints the "
+        "settings to use; down stops them and removes the temporary folder up made.",
+    )
+    stack_parser.add_argument("action", choices=("up", "down"))
     return parser
 
 
@@ -76,6 +83,11 @@ def main(argv: list[str] | None = None) -> None:
         run_stage(lambda: predict.run(args))
         return
     root = _project_root_or_exit()
+    if args.command == "stack":
+        from patchunet import stack
+
+        run_stage(lambda: (stack.up if args.action == "up" else stack.down)(root))
+        return
     if args.command == "dashboard":
         run_stage(lambda: start_dashboard(root, args.port, args.address, stage_args))
     script = root / "pipelines" / f"{args.command}.py"

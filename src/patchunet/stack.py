@@ -1,0 +1,311 @@
+"""`patchunet stack up|down`: a throwaway team stack on loopback, for development and the tests.
+
+Three real servers, as a team would run them on real machines:
+- PostgreSQL: a cluster made by `initdb` in a temporary folder (Debian's `postgresql` package), run
+  as an unprivileged user when started by root; one database for MLflow, one for Optuna;
+- an S3-protocol server: moto's standalone server (in memory); production points at S3, MinIO or
+  any S3-compatible store instead;
+- `mlflow server` on PostgreSQL, its artifacts in S3 and proxied through it, so that clients need
+  only MLFLOW_TRACKING_URI and no S3 credentials.
+
+`up` leaves them running and records them in `.stack/stack.json`; `down` stops them and removes
+the temporary folder `up` made, and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from patchunet.errors import PatchUNetError
+
+STATE_FILE = Path(".stack") / "stack.json"
+USER = "patchunet"
+"""The cluster's superuser, trusted on loopback only: a throwaway cluster needs no password."""
+DATABASES = ("mlflow", "optuna")
+ARTIFACT_BUCKET, DVC_BUCKET = "mlflow-artifacts", "dvc-remote"
+S3_KEY = "stack"
+"""moto accepts any credentials; these name them for the DVC remote and mlflow server."""
+START_TIMEOUT_S = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """Where the servers of one `up` listen, and how to stop them."""
+
+    folder: str
+    postgres_port: int
+    s3_port: int
+    mlflow_port: int
+    pids: dict[str, int]
+    run_as: str | None = None
+    """The unprivileged user PostgreSQL runs as when `up` ran as root."""
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def database_url(self, database: str) -> str:
+        """A SQLAlchemy URL: `tune.storage` for Optuna, `--backend-store-uri` for MLflow."""
+        return f"postgresql+psycopg2://{USER}@127.0.0.1:{self.postgres_port}/{database}"
+
+    @property
+    def s3_env(self) -> dict[str, str]:
+        """What an S3 client (the mlflow server, DVC, boto3) needs to reach the S3 server."""
+        return {
+            "AWS_ACCESS_KEY_ID": S3_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+        }
+
+    def instructions(self) -> str:
+        """What to export and configure to work on this stack, as shell lines."""
+        return "\n".join(
+            [
+                f"export MLFLOW_TRACKING_URI={self.tracking_uri}",
+                f"# Optuna: tune.storage: {self.database_url('optuna')}",
+                "# a DVC remote on the S3 server (--local: kept out of git):",
+                f"dvc remote add --local -d stack s3://{DVC_BUCKET}",
+                f"dvc remote modify --local stack endpointurl {self.s3_endpoint}",
+                f"dvc remote modify --local stack access_key_id {S3_KEY}",
+                f"dvc remote modify --local stack secret_access_key {S3_KEY}",
+            ]
+        )
+
+
+def postgres_bin(program: str) -> str:
+    """`program` of the newest PostgreSQL installed: Debian keeps them off PATH, by version."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"), key=_version_key)
+    path = found[-1] if found else shutil.which(program)
+    if path is None:
+        raise PatchUNetError(f"{program}: PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    return path
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    version = Path(path).parts[-3]
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unprivileged_user() -> str | None:
+    """None when not root; else the user PostgreSQL will run as (it refuses to run as root)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise PatchUNetError("running as root, and neither a postgres nor a nobody user exists to run PostgreSQL as")
+
+
+def as_user(user: str | None, command: list[str]) -> list[str]:
+    return command if user is None else ["runuser", "-u", user, "--", *command]
+
+
+def start() -> Stack:
+    """Start PostgreSQL, the S3 server and `mlflow server`, each on a free loopback port.
+
+    A new temporary folder holds the cluster and the logs. A failure to start stops whatever had
+    started, and says which server failed, with its log.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="patchunet-stack-"))
+    run_as = unprivileged_user()
+    stack = Stack(str(folder), free_port(), free_port(), free_port(), {}, run_as)
+    try:
+        start_postgres(stack)
+        stack.pids["s3"] = spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(stack.s3_port)], folder / "s3.log"
+        )
+        wait_for(f"{stack.s3_endpoint}/moto-api/", stack.pids["s3"], folder / "s3.log")
+        create_buckets(stack)
+        stack.pids["mlflow"] = spawn(
+            [
+                *(
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(stack.mlflow_port),
+                    "--workers",
+                    "1",
+                ),
+                *("--backend-store-uri", stack.database_url("mlflow")),
+                *("--artifacts-destination", f"s3://{ARTIFACT_BUCKET}"),
+            ],
+            folder / "mlflow.log",
+            env=stack.s3_env,
+        )
+        wait_for(f"{stack.tracking_uri}/health", stack.pids["mlflow"], folder / "mlflow.log")
+    except BaseException:
+        stop(stack)
+        raise
+    return stack
+
+
+def start_postgres(stack: Stack) -> None:
+    folder, data = Path(stack.folder), Path(stack.folder) / "postgres"
+    if stack.run_as:  # the unprivileged user must own the cluster's folder, and reach it
+        shutil.chown(folder, user=stack.run_as)
+        folder.chmod(0o700)
+    log = folder / "postgres.log"
+    check_run(as_user(stack.run_as, [postgres_bin("initdb"), "-D", str(data), "-U", USER, "-A", "trust",
+                                     "-E", "UTF8", "--no-sync"]), "initdb")  # fmt: skip
+    settings = f"-p {stack.postgres_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder}"
+    # fsync off: a throwaway cluster, rebuilt at every `up`, need not survive a power cut
+    check_run(
+        as_user(stack.run_as, [postgres_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+                               "-o", f"{settings} -c fsync=off", "start"]),
+        "pg_ctl start",
+        log,
+    )  # fmt: skip
+    for database in DATABASES:
+        check_run(
+            [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(stack.postgres_port), "-U", USER, database],
+            "createdb",
+        )
+
+
+def check_run(command: list[str], what: str, log: Path | None = None) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip() or (log.read_text() if log and log.exists() else "")
+        raise PatchUNetError(f"stack: {what} failed: {detail}")
+
+
+def spawn(command: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """Start a server in its own session (so `stop` ends it and its workers), logging to `log`."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+    return process.pid
+
+
+def wait_for(url: str, pid: int, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if not alive(pid) or time.monotonic() > deadline:
+                raise PatchUNetError(f"stack: {url} never answered; its log ({log}):\n{log.read_text()}") from None
+            time.sleep(0.3)
+
+
+def create_buckets(stack: Stack) -> None:
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.s3_endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_KEY,
+        region_name="us-east-1",
+    )
+    for bucket in (ARTIFACT_BUCKET, DVC_BUCKET):
+        s3.create_bucket(Bucket=bucket)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):  # reap it, if it is our own child that exited
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
+
+
+def stop(stack: Stack) -> None:
+    """Stop the servers (SIGTERM, then SIGKILL after 10 s) and the cluster; remove the folder `start` made."""
+    for name in ("mlflow", "s3"):
+        pid = stack.pids.get(name)
+        if pid is not None:
+            stop_process_group(pid)
+    data = Path(stack.folder) / "postgres"
+    if (data / "postmaster.pid").exists():
+        subprocess.run(
+            as_user(stack.run_as, [postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
+    shutil.rmtree(stack.folder, ignore_errors=True)
+
+
+def stop_process_group(pid: int, timeout_s: float = 10) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running() -> Iterator[Stack]:
+    """A stack for the block: stopped, and its folder removed, however the block ends."""
+    stack = start()
+    try:
+        yield stack
+    finally:
+        stop(stack)
+
+
+def up(root: Path) -> None:
+    state = root / STATE_FILE
+    if state.exists():
+        stack = Stack(**json.loads(state.read_text()))
+        if any(alive(pid) for pid in stack.pids.values()):
+            raise PatchUNetError(f"{state}: a stack is already up (pids {stack.pids}); `patchunet stack down` first")
+        stop(stack)  # the servers of a stack whose machine rebooted: clean up its folder
+        state.unlink()
+    started = time.perf_counter()
+    stack = start()
+    state.parent.mkdir(exist_ok=True)
+    state.write_text(json.dumps(dataclasses.asdict(stack), indent=2) + "\n")
+    print(f"stack: PostgreSQL, S3 and MLflow up in {time.perf_counter() - started:.1f} s; logs in {stack.folder}")
+    print(f"stack: MLflow UI at {stack.tracking_uri}; `patchunet stack down` stops it all. To use it:")
+    print(stack.instructions())
+
+
+def down(root: Path) -> None:
+    state = root / STATE_FILE
+    if not state.exists():
+        print(f"stack: nothing to stop ({state} does not exist)")
+        return
+    stack = Stack(**json.loads(state.read_text()))
+    stop(stack)
+    state.unlink()
+    print(f"stack: stopped, and removed {stack.folder}")

@@ -1,0 +1,93 @@
+"""`patchunet stack`: real PostgreSQL, S3 and MLflow servers on loopback, started and stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, mlflow_client
+
+from patchunet import stack
+
+pytestmark = pytest.mark.distributed
+
+
+def s3_keys(team_stack: stack.Stack, bucket: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=team_stack.s3_endpoint, **boto3_credentials(team_stack))
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def boto3_credentials(team_stack: stack.Stack) -> dict[str, str]:
+    env = team_stack.s3_env
+    return {
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_DEFAULT_REGION"],
+    }
+
+
+def test_mlflow_keeps_runs_in_postgresql_and_artifacts_in_s3(team_stack: stack.Stack, tmp_path: Path) -> None:
+    client = mlflow_client(team_stack.tracking_uri)
+    experiment = client.create_experiment("stack-check")
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "dice", 0.5)
+    (tmp_path / "note.txt").write_text("proxied")
+    client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))  # through the server: no S3 credentials here
+    assert client.get_run(run.info.run_id).data.metrics == {"dice": 0.5}
+    assert f"{experiment}/{run.info.run_id}/artifacts/note.txt" in s3_keys(team_stack, stack.ARTIFACT_BUCKET)
+
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(team_stack.database_url("mlflow"))
+    with engine.connect() as connection:
+        stored = connection.execute(sqlalchemy.text("SELECT run_uuid FROM runs")).scalars().all()
+    engine.dispose()
+    assert run.info.run_id in stored
+
+
+def test_postgresql_runs_as_an_unprivileged_user(team_stack: stack.Stack) -> None:
+    import psutil
+
+    owners = {p.username() for p in psutil.process_iter() if p.name() == "postgres"}
+    assert "root" not in owners and owners
+
+
+def test_up_prints_the_settings_and_down_removes_only_its_own_folder(tmp_path: Path) -> None:
+    root = tmp_path / "checkout"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / ".stack").mkdir()
+    (root / ".stack" / "mine.txt").write_text("the user's")  # beside the state file: never removed
+    command = [sys.executable, "-m", "patchunet", "stack"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    try:
+        up = subprocess.run([*command, "up"], cwd=root, capture_output=True, text=True, timeout=300, env=env)
+        assert up.returncode == 0, up.stderr
+        state = json.loads((root / stack.STATE_FILE).read_text())
+        tracking_uri = f"http://127.0.0.1:{state['mlflow_port']}"
+        assert f"export MLFLOW_TRACKING_URI={tracking_uri}" in up.stdout
+        assert "tune.storage: postgresql+psycopg2://" in up.stdout and "dvc remote add" in up.stdout
+        with urllib.request.urlopen(f"{tracking_uri}/health", timeout=5) as answer:
+            assert answer.status == 200
+        again = subprocess.run([*command, "up"], cwd=root, capture_output=True, text=True, timeout=60, env=env)
+        assert again.returncode == 1 and "already up" in again.stderr and again.stderr.count("\n") == 1
+    finally:
+        down = subprocess.run([*command, "down"], cwd=root, capture_output=True, text=True, timeout=120, env=env)
+    assert down.returncode == 0, down.stderr
+    assert not Path(state["folder"]).exists() and not (root / stack.STATE_FILE).exists()
+    assert (root / ".stack" / "mine.txt").read_text() == "the user's"
+    assert not any(stack.alive(pid) for pid in state["pids"].values())
+
+
+def test_without_postgresql_up_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stack.glob, "glob", lambda pattern: [])
+    monkeypatch.setenv("PATH", str(REPO_ROOT))  # no initdb on it
+    with pytest.raises(stack.PatchUNetError, match="apt-get install postgresql"):
+        stack.postgres_bin("initdb")
