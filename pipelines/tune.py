@@ -2,6 +2,8 @@
 
 Creates or resumes the study `tune.study_name` in `tune.storage` and runs trials until it holds
 `tune.n_trials` finished (complete or pruned) ones, in `--workers` processes sharing the storage.
+On PostgreSQL storage the same command on other machines (same repo, same storage URL) joins the
+study with its own workers; whichever finishes last writes the complete summary.
 The study has one MLflow parent run in `tune.experiment`; each trial is a child run. Writes
 reports/tune/best_params.yaml, reports/tune/trials.csv and reports/tune/figures/, and logs them,
 with the best value and params, to the parent run.
@@ -10,6 +12,7 @@ with the best value and params, to the parent run.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +32,14 @@ from patchunet.paths import RAW_DIR, SPLIT_FILE, TUNE_DIR, labels_dir
 from patchunet.tuning.objective import PatchCache
 from patchunet.tuning.report import best_params, log_summary, trial_rows, write_figures
 from patchunet.tuning.space import validate_space
-from patchunet.tuning.study import check_settings, enqueue_defaults, load_study, parent_run, settings_fingerprint
+from patchunet.tuning.study import (
+    check_settings,
+    enqueue_defaults,
+    load_study,
+    parent_run,
+    settings_fingerprint,
+    study_lock,
+)
 from patchunet.tuning.workers import check_workers, counted_trials, run_trials
 
 IMAGES = raw_dirs(RAW_DIR).images["train"]
@@ -39,9 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--workers", type=int, help="processes sharing the study (default: tune.workers)")
-    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set for the worker processes
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set for the worker processes
     args = parser.parse_args()
-    log_to_stdout(f"[worker {args.worker_index}] " if args.worker_index else "")
+    log_to_stdout(f"[worker {os.getpid()}] " if args.worker else "")
     params = load_params(args.params)
     cfg = parse_section(TuneConfig, params, "tune")
     workers = args.workers or cfg.workers
@@ -50,22 +60,23 @@ def main() -> None:
     validate_space(cfg, params, min(read_rgb_image(IMAGES / f"{split['train'][0]}.tif").shape[:2]))
     tracking.connect(tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri))
     patch_sets = PatchCache(split, IMAGES, labels_dir("train"), parse_section(AugmentConfig, params, "augment"))
-    if args.worker_index is not None:
-        run_trials(cfg, params, patch_sets, args.worker_index)
+    if args.worker:
+        run_trials(cfg, params, patch_sets)
         return
 
-    study = load_study(cfg)
-    check_settings(study, settings_fingerprint(cfg, params))
-    if enqueue_defaults(study, cfg.dimensions, params):
-        print("tune: trial 0 runs the params.yaml values, as the untuned baseline")
-    parent_run_id = parent_run(study, cfg)
+    with study_lock(cfg)():  # workers on other machines may be setting up the same study
+        study = load_study(cfg)
+        check_settings(study, settings_fingerprint(cfg, params))
+        if enqueue_defaults(study, cfg.dimensions, params):
+            print("tune: trial 0 runs the params.yaml values, as the untuned baseline")
+        parent_run_id = parent_run(study, cfg)
     held = counted_trials(study)
     print(f"tune: study {cfg.study_name} in {cfg.storage} holds {held} of {cfg.n_trials} trials; {workers} worker(s)")
     if workers == 1:
-        run_trials(cfg, params, patch_sets, 0)
+        run_trials(cfg, params, patch_sets)
     else:
-        command = [sys.executable, __file__, "--params", str(args.params)]
-        processes = [subprocess.Popen([*command, "--worker-index", str(i)]) for i in range(workers)]
+        command = [sys.executable, __file__, "--params", str(args.params), "--worker"]
+        processes = [subprocess.Popen(command) for _ in range(workers)]
         if any([process.wait() for process in processes]):  # a list: wait for every worker, even after one fails
             raise PatchUNetError("tune: a worker process failed; see its output above")
     summarise(load_study(cfg), cfg, params, parent_run_id)

@@ -249,6 +249,7 @@ class TuneConfig:
     n_trials: AtLeastOne
     epochs_per_trial: AtLeastOne
     workers: AtLeastOne
+    heartbeat_seconds: AtLeastOne
     seed: int
     pruner: Literal["median", "successive_halving", "none"]
     pruner_warmup_epochs: NonNegativeInt

@@ -1,4 +1,5 @@
-"""A lock shared by every process of this machine, by name: an flock'ed file in the temporary folder."""
+"""Locks by name: for every process of this machine (an flock'ed file in the temporary folder), or
+for every machine that reaches one PostgreSQL database (an advisory lock)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,33 @@ def exclusive_lock(key: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def database_lock(url: str, key: str) -> Iterator[None]:
+    """The lock named `key` across every machine that reaches the PostgreSQL database at `url`.
+
+    A session advisory lock on a connection of its own: PostgreSQL drops it when that connection
+    closes, so a worker killed on any machine never leaves it held.
+    """
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    lock_id = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+    finally:
+        engine.dispose()
+
+
+def storage_lock(storage_url: str, key: str) -> contextlib.AbstractContextManager[None]:
+    """A lock for the users of one storage: across machines on PostgreSQL, else on this machine."""
+    if storage_url.startswith("postgresql"):
+        return database_lock(storage_url, key)
+    return exclusive_lock(f"{storage_url}|{key}")

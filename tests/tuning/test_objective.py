@@ -8,6 +8,7 @@ from conftest import make_tune_project, mlflow_client
 
 from patchunet import tracking
 from patchunet.config import TuneConfig, load_params, parse_section
+from patchunet.locking import exclusive_lock
 from patchunet.tuning.objective import Objective, PatchCache
 from patchunet.tuning.workers import run_worker
 
@@ -27,7 +28,8 @@ def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: 
         pass
     split = json.loads((project / "data/interim/split.json").read_text())
     cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
-    run_worker(study, Objective(params, cfg, cache, parent.run_id), n_trials=2, lock=str(tmp_path))
+    objective = Objective(params, cfg, cache, parent.run_id)
+    run_worker(study, objective, n_trials=2, lock=lambda: exclusive_lock(str(tmp_path)))
 
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert [len(t.intermediate_values) for t in study.trials] == [1, 1]

@@ -4,7 +4,7 @@ import optuna
 from conftest import REPO_ROOT
 
 from patchunet.config import Dimension, TuneConfig, load_params, parse_section
-from patchunet.tuning.study import enqueue_defaults, load_study
+from patchunet.tuning.study import claim_worker_index, enqueue_defaults, load_study, study_lock
 
 
 def test_the_params_yaml_values_are_the_first_trial_of_a_new_study(tmp_path: Path) -> None:
@@ -27,3 +27,12 @@ def test_a_study_is_loaded_not_recreated(tmp_path: Path) -> None:
     first = load_study(cfg)
     first.set_user_attr("marker", 1)
     assert load_study(cfg, worker_index=1).user_attrs["marker"] == 1
+
+
+def test_each_worker_claims_its_own_index(tmp_path: Path) -> None:
+    params = load_params(REPO_ROOT / "params.yaml")
+    cfg = parse_section(
+        TuneConfig, {**params, "tune": {**params["tune"], "storage": f"sqlite:///{tmp_path}/o.db"}}, "tune"
+    )
+    lock = study_lock(cfg)
+    assert [claim_worker_index(load_study(cfg), lock) for _ in range(3)] == [0, 1, 2]

@@ -3,10 +3,12 @@ its MLflow parent run. Named, so that a rerun continues it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -14,6 +16,7 @@ import optuna
 from patchunet import tracking
 from patchunet.config import Dimension, TuneConfig
 from patchunet.errors import ConfigError, PatchUNetError
+from patchunet.locking import storage_lock
 from patchunet.tracking import names
 
 log = logging.getLogger(__name__)
@@ -22,12 +25,14 @@ TPE_STARTUP_TRIALS = 4
 """Random trials before TPE starts modelling: few, since a CPU study holds few trials."""
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 SETTINGS_ATTR = "settings_fingerprint"
-HEARTBEAT_SECONDS, GRACE_SECONDS = 60, 180
-"""A trial of RDB storage beats every minute; one silent for 3 minutes belongs to a dead worker."""
+WORKERS_ATTR = "workers_joined"
+HEARTBEAT_SECONDS = 60
+GRACE_HEARTBEATS = 3
+"""A trial silent for 3 heartbeats (`tune.heartbeat_seconds`) belongs to a dead worker."""
 
 
 def open_storage(
-    url: str, heartbeat_interval: int = HEARTBEAT_SECONDS, grace_period: int = GRACE_SECONDS
+    url: str, heartbeat_interval: int = HEARTBEAT_SECONDS, grace_period: int = GRACE_HEARTBEATS * HEARTBEAT_SECONDS
 ) -> optuna.storages.BaseStorage:
     """`journal:<file>`: a JournalStorage file, safe for several processes on one machine.
     Anything else is an RDB URL: `sqlite:///optuna.db` for one process, PostgreSQL for many.
@@ -65,7 +70,7 @@ def load_study(cfg: TuneConfig, worker_index: int = 0) -> optuna.Study:
     """
     study = optuna.create_study(
         study_name=cfg.study_name,
-        storage=open_storage(cfg.storage),
+        storage=open_storage(cfg.storage, cfg.heartbeat_seconds, GRACE_HEARTBEATS * cfg.heartbeat_seconds),
         pruner=make_pruner(cfg),
         direction="maximize",
         load_if_exists=True,
@@ -73,6 +78,22 @@ def load_study(cfg: TuneConfig, worker_index: int = 0) -> optuna.Study:
     seed = cfg.seed + 1000 * worker_index + len(study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)
     return study
+
+
+def study_lock(cfg: TuneConfig) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """The lock of the study's workers: on PostgreSQL storage it holds across machines."""
+    return lambda: storage_lock(cfg.storage, f"tune|{cfg.study_name}")
+
+
+def claim_worker_index(study: optuna.Study, lock: Callable[[], contextlib.AbstractContextManager[None]]) -> int:
+    """A number no other worker of the study has, started on this machine or another: 0, 1, 2...
+
+    It offsets the worker's sampler seed, so workers started at once do not draw the same points.
+    """
+    with lock():
+        index = study.user_attrs.get(WORKERS_ATTR, 0)
+        study.set_user_attr(WORKERS_ATTR, index + 1)
+    return index
 
 
 def enqueue_defaults(study: optuna.Study, dimensions: list[Dimension], params: dict[str, Any]) -> bool:

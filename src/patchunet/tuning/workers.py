@@ -1,25 +1,38 @@
-"""Worker processes sharing one study: each runs trials until the study holds `tune.n_trials`."""
+"""Worker processes sharing one study, on one machine or several: each runs trials until the
+study holds `tune.n_trials` finished ones."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import socket
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.study import MaxTrialsCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from patchunet.config import PatchConfig, TuneConfig
 from patchunet.data.patches import PatchSet
 from patchunet.errors import ConfigError
-from patchunet.locking import exclusive_lock
 from patchunet.tuning.objective import Objective
-from patchunet.tuning.study import PARENT_RUN_ATTR, load_study
+from patchunet.tuning.study import PARENT_RUN_ATTR, claim_worker_index, load_study, study_lock
 
-COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-"""Trials that count towards `tune.n_trials`: finished ones, and those another worker is running."""
+log = logging.getLogger(__name__)
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+"""Trials that count towards `tune.n_trials`; a failed trial does not (a retry takes its place)."""
+POLL_SECONDS = 1.0
+"""How often a worker with nothing to start looks again at the trials other workers are running."""
+
+WORKER_ATTR = "worker"
+"""Each trial records the worker that ran it, as host:pid."""
+
+Lock = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 def check_workers(cfg: TuneConfig, workers: int) -> None:
@@ -35,34 +48,56 @@ def check_workers(cfg: TuneConfig, workers: int) -> None:
 
 
 def counted_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
+    """Finished trials, and those running: what the study will hold if every running trial ends."""
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING)))
 
 
-def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int, lock: str) -> None:
-    """Run trials (`study.optimize`) until the study holds `n_trials` counted ones, shared with any
-    other workers; an exception of the objective fails its trial and ends the worker.
+def run_worker(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    lock: Lock,
+    poll_seconds: float = POLL_SECONDS,
+) -> None:
+    """Run trials (`study.optimize`) until the study holds `n_trials` finished ones, shared with
+    any other workers; an exception of the objective fails its trial and ends the worker.
 
-    Counting the trials and creating the next one happen under the file lock named `lock`, so
-    workers on this machine never start more trials than asked between them: the lock is taken
-    before `optimize` asks for a trial (at the start, then after each trial) and let go as soon as
-    the objective starts. Trials whose heartbeat stopped (RDB storage) are failed before counting,
-    so a dead worker's trial is run again rather than counted.
+    Counting the trials and creating the next one happen under `lock` (`study_lock`), so workers
+    never start more trials than asked between them: the lock is taken before `optimize` asks for
+    a trial and let go as soon as the objective starts.
+
+    When the trials other workers run would fill the study, this worker waits rather than stops:
+    a worker killed mid-trial leaves its trial RUNNING until its heartbeat goes stale (RDB storage);
+    it is then failed, and retried with the same values (`study.open_storage`) by a waiting worker.
+    Without a heartbeat (journal storage) a running trial is trusted to finish.
     """
     turn = contextlib.ExitStack()
+    heartbeat = is_heartbeat_enabled(study._storage)
 
     def start(trial: optuna.Trial) -> float:
         turn.close()  # the trial exists: another worker may ask for its own
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         return objective(trial)
 
+    def take_turn() -> bool:
+        """True, holding the lock, when this worker should start a trial; False when the study is full."""
+        while True:
+            turn.enter_context(lock())
+            fail_stale_trials(study)  # and enqueue their retries
+            finished = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+            if counted_trials(study) < n_trials:
+                return True
+            turn.close()
+            if finished >= n_trials or not heartbeat:
+                return False
+            time.sleep(poll_seconds)
+
     def stop_when_full(study: optuna.Study, trial: FrozenTrial) -> None:
-        turn.enter_context(exclusive_lock(lock))
-        fail_stale_trials(study)
-        MaxTrialsCallback(n_trials, states=COUNTED_STATES)(study, trial)
+        if not take_turn():
+            study.stop()
 
     with turn:
-        turn.enter_context(exclusive_lock(lock))
-        fail_stale_trials(study)
-        if counted_trials(study) < n_trials:
+        if take_turn():
             study.optimize(start, callbacks=[stop_when_full])
 
 
@@ -73,9 +108,12 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 
 def run_trials(
-    cfg: TuneConfig, params: dict[str, Any], patch_sets: Callable[[PatchConfig], tuple[PatchSet, PatchSet]], index: int
+    cfg: TuneConfig, params: dict[str, Any], patch_sets: Callable[[PatchConfig], tuple[PatchSet, PatchSet]]
 ) -> None:
-    """Worker `index` (0 when it is the only one): trials of the study until it holds `tune.n_trials`."""
+    """One worker: trials of the study until it holds `tune.n_trials`, with a sampler seed of its own."""
+    lock = study_lock(cfg)
+    index = claim_worker_index(load_study(cfg), lock)
     study = load_study(cfg, index)
+    log.info(f"worker {index}: joined study {cfg.study_name}")
     objective = Objective(params, cfg, patch_sets, study.user_attrs[PARENT_RUN_ATTR])
-    run_worker(study, objective, cfg.n_trials, lock=f"tune|{cfg.storage}|{cfg.study_name}")
+    run_worker(study, objective, cfg.n_trials, lock)
