@@ -19,6 +19,7 @@ from patchunet.config import MlflowConfig, load_params, parse_section
 from patchunet.console import run_stage
 from patchunet.files import read_json_value, write_json
 from patchunet.paths import REGISTRY_FILE, RUN_FILE, TEST_METRICS
+from patchunet.tracking import names
 
 
 def main() -> None:
@@ -33,8 +34,10 @@ def main() -> None:
     name = mlflow_cfg.registered_model
 
     tracking.connect(tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri))
-    tracking.get_run(run_id)  # one line if the store does not hold it
-    tags = {**training_tags, **tracking.score_tags(summary, protocol)}
+    run = tracking.get_run(run_id)  # one line if the store does not hold it
+    # where the version came from, on the version itself: `git checkout <git_commit> && dvc pull`
+    provenance = {key: run.tags[key] for key in (names.GIT_COMMIT, names.DVC_DATA_HASH) if key in run.tags}
+    tags = {**training_tags, **provenance, **tracking.score_tags(summary, protocol)}
     candidate = tracking.register_run_model(name, run_id, model_uri, tags)
     done = tracking.promote(candidate)
     write_json(

@@ -65,11 +65,14 @@ def nuclei_polygons(seed: int, count: int = 6, side: int = 100) -> list[list[tup
 
 @pytest.fixture
 def synthetic_source(tmp_path: Path) -> Path:
+    return write_synthetic_source(tmp_path / "monuseg")
+
+
+def write_synthetic_source(root: Path) -> Path:
     """A tiny source in the official layout: 4 training images (2 XML, 2 instance-map only), 2 test.
 
     Ids carry real TCGA site codes so that organ stratification has something to work on.
     """
-    root = tmp_path / "monuseg"
     train_ids = ["TCGA-A7-0001-01Z", "TCGA-A7-0002-01Z", "TCGA-B0-0003-01Z", "TCGA-B0-0004-01Z"]
     for n, image_id in enumerate(train_ids):
         write_rgb_tiff(root / TRAIN_DIR / "Tissue Images" / f"{image_id}.tif", seed=n)
