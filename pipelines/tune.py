@@ -12,6 +12,7 @@ with the best value and params, to the parent run.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from patchunet.data.split import read_split
 from patchunet.errors import PatchUNetError
 from patchunet.files import atomic_directory, write_csv
 from patchunet.paths import RAW_DIR, SPLIT_FILE, TUNE_DIR, labels_dir
+from patchunet.resources import cpu_share
 from patchunet.tuning.objective import PatchCache
 from patchunet.tuning.report import best_params, log_summary, trial_rows, write_figures
 from patchunet.tuning.space import validate_space
@@ -76,7 +78,10 @@ def main() -> None:
         run_trials(cfg, params, patch_sets)
     else:
         command = [sys.executable, __file__, "--params", str(args.params), "--worker"]
-        processes = [subprocess.Popen(command) for _ in range(workers)]
+        processes = [
+            subprocess.Popen(command, preexec_fn=functools.partial(os.sched_setaffinity, 0, cpu_share(i, workers)))
+            for i in range(workers)
+        ]
         if any([process.wait() for process in processes]):  # a list: wait for every worker, even after one fails
             raise PatchUNetError("tune: a worker process failed; see its output above")
     summarise(load_study(cfg), cfg, params, parent_run_id)
