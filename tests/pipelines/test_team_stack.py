@@ -101,6 +101,14 @@ def test_dashboard_models_page_reads_the_server(team_repo, team_stack, monkeypat
     assert app.metric and int(app.metric[0].value) >= 0
 
 
+def test_predict_loads_the_champion_through_the_server(team_repo, tmp_path: Path) -> None:
+    repo, env = team_repo
+    image = next((repo / "data/raw/monuseg/test/images").glob("*.tif"))
+    run(repo, env, sys.executable, "-m", "patchunet", "predict", str(image), "--model",
+        "models:/patchunet-team@champion", "--out", str(tmp_path / "out"))  # fmt: skip
+    assert (tmp_path / "out" / f"{image.stem}_labels.tif").is_file()
+
+
 def test_a_teammates_clone_pulls_everything_and_has_nothing_to_rerun(team_repo, team_stack, tmp_path: Path) -> None:
     repo, env = team_repo
     champion = mlflow_client(team_stack.tracking_uri).get_model_version_by_alias("patchunet-team", "champion")
