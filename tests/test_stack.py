@@ -71,6 +71,7 @@ def test_up_prints_the_settings_and_down_removes_only_its_own_folder(tmp_path: P
         up = subprocess.run([*command, "up"], cwd=root, capture_output=True, text=True, timeout=300, env=env)
         assert up.returncode == 0, up.stderr
         state = json.loads((root / stack.STATE_FILE).read_text())
+        assert (state["postgres_port"], state["s3_port"], state["mlflow_port"]) == tuple(stack.UP_PORTS.values())
         tracking_uri = f"http://127.0.0.1:{state['mlflow_port']}"
         assert f"export MLFLOW_TRACKING_URI={tracking_uri}" in up.stdout
         assert "tune.storage: postgresql+psycopg2://" in up.stdout and "dvc remote add" in up.stdout
@@ -91,3 +92,14 @@ def test_without_postgresql_up_says_how_to_install_it(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PATH", str(REPO_ROOT))  # no initdb on it
     with pytest.raises(stack.PatchUNetError, match="apt-get install postgresql"):
         stack.postgres_bin("initdb")
+
+
+def test_a_port_in_use_is_one_line_naming_it() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(stack.PatchUNetError, match=f"port {port} for mlflow is in use"):
+            stack.start({"postgres": stack.free_port(), "s3": stack.free_port(), "mlflow": port})

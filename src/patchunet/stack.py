@@ -41,6 +41,9 @@ ARTIFACT_BUCKET, DVC_BUCKET = "mlflow-artifacts", "dvc-remote"
 S3_KEY = "stack"
 """moto accepts any credentials; these name them for the DVC remote and mlflow server."""
 START_TIMEOUT_S = 120
+UP_PORTS = {"postgres": 55432, "s3": 59000, "mlflow": 55000}
+"""`patchunet stack up`'s ports: fixed, so that the URLs it prints (and a `tune.storage` that names
+them) stay the same from one `up` to the next. The tests take free ports instead."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +116,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_port_free(port: int, server: str) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise PatchUNetError(f"stack: port {port} for {server} is in use on 127.0.0.1; free it first") from None
+    return port
+
+
 def unprivileged_user() -> str | None:
     """None when not root; else the user PostgreSQL will run as (it refuses to run as root)."""
     if os.geteuid() != 0:
@@ -128,15 +140,20 @@ def as_user(user: str | None, command: list[str]) -> list[str]:
     return command if user is None else ["runuser", "-u", user, "--", *command]
 
 
-def start() -> Stack:
-    """Start PostgreSQL, the S3 server and `mlflow server`, each on a free loopback port.
+def start(ports: dict[str, int] | None = None) -> Stack:
+    """Start PostgreSQL, the S3 server and `mlflow server` on loopback: on `ports` (by server, as
+    UP_PORTS), else each on a free port.
 
     A new temporary folder holds the cluster and the logs. A failure to start stops whatever had
     started, and says which server failed, with its log.
     """
-    folder = Path(tempfile.mkdtemp(prefix="patchunet-stack-"))
+    if ports:
+        chosen = [check_port_free(ports[server], server) for server in ("postgres", "s3", "mlflow")]
+    else:
+        chosen = [free_port() for _ in range(3)]
     run_as = unprivileged_user()
-    stack = Stack(str(folder), free_port(), free_port(), free_port(), {}, run_as)
+    folder = Path(tempfile.mkdtemp(prefix="patchunet-stack-"))
+    stack = Stack(str(folder), *chosen, {}, run_as)
     try:
         start_postgres(stack)
         stack.pids["s3"] = spawn(
@@ -292,7 +309,7 @@ def up(root: Path) -> None:
         stop(stack)  # the servers of a stack whose machine rebooted: clean up its folder
         state.unlink()
     started = time.perf_counter()
-    stack = start()
+    stack = start(UP_PORTS)
     state.parent.mkdir(exist_ok=True)
     state.write_text(json.dumps(dataclasses.asdict(stack), indent=2) + "\n")
     print(f"stack: PostgreSQL, S3 and MLflow up in {time.perf_counter() - started:.1f} s; logs in {stack.folder}")
