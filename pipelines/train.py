@@ -7,6 +7,10 @@ models/checkpoints/ and to the run's artifacts after every epoch; `--resume` con
 run from the last one, in the same MLflow run. A fresh run moves the checkpoints it finds into
 models/checkpoints/previous-<time>/. Ctrl-C or SIGTERM ends the MLflow run KILLED; a run that
 SIGKILL left RUNNING is ended FAILED by the next start.
+
+Under `torchrun --nproc_per_node N` (`patchunet train --nproc N`) it trains with
+DistributedDataParallel, `train.batch_size` split over the N processes; rank 0 alone prints, logs
+to MLflow and writes the checkpoints and outputs, which are as one process's.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from patchunet.paths import CHECKPOINT_DIR, MODEL_FILE, PATCH_DIR, RUN_FILE, TRA
 from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint, resumable_run_id, set_aside_checkpoints
-from patchunet.training.devices import pick_device
+from patchunet.training.distributed import Ranks, process_group
 from patchunet.training.loop import HISTORY_COLUMNS, fit
 from patchunet.training.run_log import log_best, log_run_inputs
 
@@ -62,7 +66,17 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--resume", action="store_true", help="continue from models/checkpoints/last.pt")
     args = parser.parse_args()
-    log_to_stdout()
+    with process_group() as ranks:
+        if ranks.is_main:
+            log_to_stdout()
+            train(args, ranks)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # no MLflow run here to end: torchrun may just stop it
+            follow(args, ranks)
+
+
+def train(args: argparse.Namespace, ranks: Ranks) -> None:
+    """The whole stage, on the only process or on rank 0 of torchrun's."""
     params = load_params(args.params)
     cfgs = {name: parse_section(cls, params, name) for name, cls in SECTIONS.items()}
     model_cfg, train_cfg = cfgs["model"], cfgs["train"]
@@ -76,18 +90,20 @@ def main() -> None:
     abandoned = tracking.fail_abandoned_run(ACTIVE_RUN_RECORD)
     if abandoned:
         print(f"train: run {abandoned} was killed before it could end; marked FAILED in MLflow")
-    run_id = resumable_run_id(CHECKPOINT_DIR, model_cfg) if args.resume else None
+    run_id = resumable_run_id(CHECKPOINT_DIR, model_cfg, ranks.world_size) if args.resume else None
     previous = None if args.resume else set_aside_checkpoints(CHECKPOINT_DIR)
     if previous:
         print(f"train: the checkpoints of the previous run are now in {previous}")
     training = build_training(
-        model_cfg, train_cfg, cfgs["augment"], train_patches, val_patches, checkpoint_dir=CHECKPOINT_DIR
+        model_cfg, train_cfg, cfgs["augment"], train_patches, val_patches, checkpoint_dir=CHECKPOINT_DIR, ranks=ranks
     )
+    ranks.barrier()  # every check passed: the other ranks may start (see `follow`)
     model = training.model
     patch_counts = {"train_patches": len(train_patches.index), "val_patches": len(val_patches.index)}
+    processes = f", {ranks.world_size} DDP processes on {ranks.device.type}" if ranks.world_size > 1 else ""
     print(
         f"train: {parameter_count(model):,} parameters, {patch_counts['train_patches']} train / "
-        f"{patch_counts['val_patches']} val patches of {patch_size} px, tracking {uri}"
+        f"{patch_counts['val_patches']} val patches of {patch_size} px, tracking {uri}{processes}"
     )
 
     with (
@@ -103,7 +119,7 @@ def main() -> None:
             training.train_loader,
             training.val_loader,
             train_cfg,
-            pick_device(),
+            ranks.device,
             CHECKPOINT_DIR,
             resume=args.resume,
             callbacks=[training.log_epoch],
@@ -111,6 +127,7 @@ def main() -> None:
                 batches, total=total, desc=desc, unit="batch", leave=False, mininterval=1
             ),
             extra_state={"mlflow_run_id": active.run_id, "model_config": dataclasses.asdict(model_cfg)},
+            ranks=ranks,
         )
         model.load_state_dict(load_checkpoint(CHECKPOINT_DIR / BEST_CHECKPOINT)["model"])
         model.cpu().eval()
@@ -147,6 +164,35 @@ def main() -> None:
         f"train: best epoch {summary['best_epoch']} (counting from 0) of {summary['epochs_run']}: val dice "
         f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches; model logged "
         f"to run {active.run_id}, registered by `register` once evaluated"
+    )
+
+
+def follow(args: argparse.Namespace, ranks: Ranks) -> None:
+    """Rank 1 and up of torchrun's: train beside rank 0, which checks, logs and writes everything.
+
+    Waits first for rank 0 to check params, patches, store and checkpoint: when a check fails,
+    rank 0 alone says so and exits, and torchrun stops this rank where it waits.
+    """
+    ranks.barrier()
+    params = load_params(args.params)
+    cfgs = {name: parse_section(cls, params, name) for name, cls in SECTIONS.items()}
+    training = build_training(
+        cfgs["model"],
+        cfgs["train"],
+        cfgs["augment"],
+        PatchSet.load(PATCH_DIR / "train"),
+        PatchSet.load(PATCH_DIR / "val"),
+        ranks=ranks,
+    )
+    fit(
+        training.model,
+        training.train_loader,
+        training.val_loader,
+        cfgs["train"],
+        ranks.device,
+        CHECKPOINT_DIR,
+        resume=args.resume,
+        ranks=ranks,
     )
 
 

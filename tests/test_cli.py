@@ -8,7 +8,7 @@ import psutil
 import yaml
 from conftest import REPO_ROOT, free_port, wait_for_http
 
-from patchunet.cli import STAGES, build_parser, dashboard_command
+from patchunet.cli import STAGES, build_parser, dashboard_command, train_command
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -98,3 +98,16 @@ def test_stopping_the_dashboard_stops_its_streamlit_server(tmp_path: Path) -> No
             if process.is_running():
                 process.kill()
         server.wait(timeout=30)
+
+
+def test_train_with_fewer_than_one_process_is_one_line() -> None:
+    result = run_cli("train", "--nproc", "0", cwd=REPO_ROOT)
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert "--nproc 0: the number of training processes must be 1 or more" in result.stderr
+
+
+def test_train_with_several_processes_runs_under_torchrun_and_with_one_as_before() -> None:
+    script = REPO_ROOT / "pipelines" / "train.py"
+    assert train_command(script, 1, ["--resume"]) == [sys.executable, str(script), "--resume"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert train_command(script, 2, ["--resume"]) == [*launcher, str(script), "--resume"]

@@ -22,7 +22,7 @@ STAGES = {
     "masks": "rasterise XML polygons (or take instance maps) into data/interim/*/labels",
     "split": "split the training images by image, stratified by organ, into data/interim/split.json",
     "patches": "tile train/val images into patches plus augmented copies in data/processed/patches",
-    "train": "train PatchUNet on the patches, log the run and its model to MLflow (--resume)",
+    "train": "train PatchUNet on the patches, log the run and its model to MLflow (--resume; --nproc N: DDP)",
     "evaluate": "segment every test image whole, score Dice/IoU/AJI/PQ/F1, log them to the training run",
     "register": "register the evaluated model: challenger, and champion if its test AJI beats the champion's",
     "tune": "Optuna study over tune.space (lr, patch size), resumable, --workers N; best params to reports/tune",
@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, summary in STAGES.items():
         # add_help=False: `patchunet fetch -h` reaches the stage script, which knows its options
-        sub.add_parser(name, help=summary, description=summary, add_help=False)
+        stage_parser = sub.add_parser(name, help=summary, description=summary, add_help=False)
+        if name == "train":
+            stage_parser.add_argument("--nproc", type=int, default=1, help=argparse.SUPPRESS)
     from patchunet.inference import predict
 
     predict_parser = sub.add_parser(
@@ -91,7 +93,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "dashboard":
         run_stage(lambda: start_dashboard(root, args.port, args.address, stage_args))
     script = root / "pipelines" / f"{args.command}.py"
-    raise SystemExit(subprocess.call([sys.executable, str(script), *stage_args], cwd=root))
+    command = [sys.executable, str(script), *stage_args]
+    if args.command == "train":
+        run_stage(lambda: check_nproc(args.nproc))
+        command = train_command(script, args.nproc, stage_args)
+    raise SystemExit(subprocess.call(command, cwd=root))
+
+
+def check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise PatchUNetError(f"--nproc {nproc}: the number of training processes must be 1 or more")
+
+
+def train_command(script: Path, nproc: int, stage_args: list[str]) -> list[str]:
+    """The train stage as one process, or under torchrun as `nproc` DDP processes on this machine."""
+    if nproc == 1:
+        return [sys.executable, str(script), *stage_args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return [*launcher, str(script), *stage_args]
 
 
 def start_dashboard(root: Path, port: int, address: str, extra: list[str]) -> None:

@@ -7,7 +7,13 @@ import torch
 
 from patchunet.config import ModelConfig
 from patchunet.errors import PatchUNetError
-from patchunet.training.checkpoints import LAST_CHECKPOINT, resumable_run_id, save_checkpoint, set_aside_checkpoints
+from patchunet.training.checkpoints import (
+    LAST_CHECKPOINT,
+    PROCESSES_KEY,
+    resumable_run_id,
+    save_checkpoint,
+    set_aside_checkpoints,
+)
 
 MODEL = ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.1, instance_head="none", microns_per_pixel=0.25)
 
@@ -48,3 +54,19 @@ def test_resuming_refuses_a_checkpoint_that_names_no_run(tmp_path: Path) -> None
 def test_resuming_without_a_checkpoint_says_to_train_first(tmp_path: Path) -> None:
     with pytest.raises(PatchUNetError, match=r"last\.pt: no checkpoint to resume from; train without --resume first"):
         resumable_run_id(tmp_path, MODEL)
+
+
+@pytest.mark.parametrize(("trained", "resuming"), [(2, 1), (None, 2), (2, 4)])
+def test_resuming_refuses_a_checkpoint_of_another_number_of_processes(
+    tmp_path: Path, trained: int | None, resuming: int
+) -> None:
+    """A DDP checkpoint says how many processes wrote it; a single process's (written before DDP) says nothing."""
+    write_last(
+        tmp_path,
+        mlflow_run_id="abc123",
+        model_config=dataclasses.asdict(MODEL),
+        **({} if trained is None else {PROCESSES_KEY: trained}),
+    )
+    with pytest.raises(PatchUNetError, match=rf"last\.pt: was trained by {trained or 1} process(es)?, not {resuming}"):
+        resumable_run_id(tmp_path, MODEL, resuming)
+    assert resumable_run_id(tmp_path, MODEL, trained or 1) == "abc123"

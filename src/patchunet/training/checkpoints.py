@@ -20,6 +20,10 @@ BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 PREVIOUS_PREFIX = "previous-"
 """Folders of an earlier run's checkpoints, set aside by a fresh run: previous-<time of its last.pt>."""
+PROCESSES_KEY = "processes"
+"""How many DDP processes wrote a checkpoint; absent from a single process's, whose format predates DDP."""
+RANK_RNG_KEY = "rank_rng"
+"""Each DDP rank's RNG state, in rank order (their dropout draws differ); rank 0's is also under "rng"."""
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -54,13 +58,15 @@ def set_aside_checkpoints(checkpoint_dir: Path) -> Path | None:
     return folder
 
 
-def resumable_run_id(checkpoint_dir: Path, model_cfg: ModelConfig) -> str:
-    """The MLflow run of `checkpoint_dir`/last.pt, refusing a checkpoint of another model shape.
+def resumable_run_id(checkpoint_dir: Path, model_cfg: ModelConfig, processes: int = 1) -> str:
+    """The MLflow run of `checkpoint_dir`/last.pt, refusing a checkpoint of another model shape or
+    of another number of DDP `processes`.
 
     Resuming continues the same MLflow run, so the checkpoint must name it (`fit`'s `extra_state`).
     """
     path = checkpoint_dir / LAST_CHECKPOINT
     checkpoint = load_checkpoint(path)
+    check_processes(path, checkpoint, processes)
     if checkpoint.get("model_config") != dataclasses.asdict(model_cfg):
         raise PatchUNetError(
             f"{path}: was trained with model params {checkpoint.get('model_config')}, "
@@ -69,3 +75,14 @@ def resumable_run_id(checkpoint_dir: Path, model_cfg: ModelConfig) -> str:
     if not checkpoint.get("mlflow_run_id"):
         raise PatchUNetError(f"{path}: names no MLflow run; train without --resume")
     return checkpoint["mlflow_run_id"]
+
+
+def check_processes(path: Path, checkpoint: dict, processes: int) -> None:
+    """Refuse to resume with another number of processes than wrote `checkpoint`: the data each rank
+    takes and each rank's dropout draws would change, and the resumed run would not be the same run."""
+    trained = checkpoint.get(PROCESSES_KEY, 1)
+    if trained != processes:
+        raise PatchUNetError(
+            f"{path}: was trained by {trained} process{'es' if trained > 1 else ''}, not {processes}: "
+            f"resume with --nproc {trained}, or train without --resume"
+        )

@@ -1,9 +1,11 @@
 """The training loop and its callbacks: early stopping, reduce-LR-on-plateau, checkpointing.
 
 `fit` takes built objects (see `builder`) and a device, and neither chooses the device nor makes
-the loaders: that is the caller's part, and the seam where distributed training slots in. Nothing
-here prints or touches MLflow: callers pass `callbacks` (logging, pruning) and `progress` (a bar),
-so the same loop serves `dvc repro train`, each tuning trial, the benchmarks and the tests.
+the loaders: that is the caller's part. Under torchrun the caller also passes its `Ranks`
+(`distributed`), and `fit` trains the DDP-wrapped model and sums each epoch's scores over the ranks,
+so every rank takes the same decisions; only rank 0 writes checkpoints. Nothing here prints or
+touches MLflow: callers pass `callbacks` (logging, pruning) and `progress` (a bar), so the same
+loop serves `dvc repro train`, each tuning trial, the benchmarks and the tests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from patchunet.config import InstanceHead, TrainConfig
 from patchunet.evaluation.metrics import PixelCounts
@@ -22,10 +24,14 @@ from patchunet.model.heads import head_loss
 from patchunet.training.checkpoints import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
+    PROCESSES_KEY,
+    RANK_RNG_KEY,
+    check_processes,
     load_checkpoint,
     save_checkpoint,
     set_aside_checkpoints,
 )
+from patchunet.training.distributed import Ranks
 
 VAL_THRESHOLD = 0.5
 """Probability above which a pixel counts as nucleus for the val Dice and IoU of each epoch.
@@ -125,23 +131,25 @@ class LoopState:
             optimizer, scheduler, EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta), shuffle
         )
 
-    def checkpoint(self, model: torch.nn.Module, epoch: int, extra_state: dict | None) -> dict:
-        return {
+    def checkpoint(self, model: torch.nn.Module, epoch: int, extra_state: dict | None, ranks: Ranks) -> dict:
+        """The state to save (`model` unwrapped, so its keys are those of one process), on every rank:
+        under DDP it gathers each rank's RNG state, so every rank must call it."""
+        rng = rng_state()
+        state = {
             "epoch": epoch,
             "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "early_stopping": dataclasses.asdict(self.stopper),
             "history": [dataclasses.asdict(r) for r in self.history],
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "shuffle": self.shuffle.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": {"torch": rng["torch"], "shuffle": self.shuffle.get_state(), "cuda": rng["cuda"]},
             **(extra_state or {}),
         }
+        if ranks.world_size > 1:  # a single process's checkpoint stays as it was before DDP
+            state |= {PROCESSES_KEY: ranks.world_size, RANK_RNG_KEY: ranks.gather(rng)}
+        return state
 
-    def restore(self, model: torch.nn.Module, state: dict) -> None:
+    def restore(self, model: torch.nn.Module, state: dict, ranks: Ranks) -> None:
         model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -150,10 +158,18 @@ class LoopState:
             state["early_stopping"]["bad_epochs"],
         )
         self.history = [EpochResult(**row) for row in state["history"]]
-        torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
-        if torch.cuda.is_available() and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        set_rng_state(state[RANK_RNG_KEY][ranks.rank] if ranks.world_size > 1 else state["rng"])
+
+
+def rng_state() -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def fit(
@@ -168,6 +184,7 @@ def fit(
     callbacks: Sequence[EpochCallback] = (),
     progress: Callable[[Iterable, int, str], Iterable] | None = None,
     extra_state: dict | None = None,
+    ranks: Ranks | None = None,
 ) -> FitResult:
     """Train `model` on `device` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
 
@@ -180,13 +197,22 @@ def fit(
     `callbacks` run after each epoch's checkpoints are written, in order.
     `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
     `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
+
+    `ranks` (from `distributed.process_group`, on `device`) makes this one of several DDP processes
+    over loaders sharded by `builder.make_loaders`: every rank must call `fit` alike, and each
+    epoch's scores, and so every decision, are the same on all of them. Only rank 0 sets
+    checkpoints aside and writes new ones; pass `callbacks` and `progress` there alone.
     """
+    ranks = ranks or Ranks(device)
     model.to(device)
-    previous = None if resume else set_aside_checkpoints(checkpoint_dir)
+    previous = None if resume or not ranks.is_main else set_aside_checkpoints(checkpoint_dir)
     loop = LoopState.start(model, cfg, train_loader.generator)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + ranks.rank)  # ranks draw different dropout masks
     if resume:
-        loop.restore(model, load_checkpoint(checkpoint_dir / LAST_CHECKPOINT))
+        state = load_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
+        check_processes(checkpoint_dir / LAST_CHECKPOINT, state, ranks.world_size)
+        loop.restore(model, state, ranks)
+    trained = ranks.wrap(model)
     wrap = progress or (lambda batches, total, description: batches)
 
     for epoch in range(len(loop.history), cfg.epochs):
@@ -195,18 +221,23 @@ def fit(
         started = time.perf_counter()
         lr = loop.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
         train_loader.dataset.set_epoch(epoch)
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
         batches = wrap(train_loader, len(train_loader), f"epoch {epoch + 1}")
-        train_loss = train_one_epoch(model, batches, loop.optimizer, cfg, device, train_loader.dataset.head)
-        val_loss, counts = evaluate(model, val_loader, cfg, device, val_loader.dataset.head)
+        train_loss = train_one_epoch(trained, batches, loop.optimizer, cfg, device, train_loader.dataset.head, ranks)
+        ranks.share_buffers(model)
+        val_loss, counts = evaluate(model, val_loader, cfg, device, val_loader.dataset.head, ranks)
         loop.scheduler.step(val_loss)
         loop.stopper.step(val_loss)
-        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, time.perf_counter() - started)
+        seconds = ranks.from_main(time.perf_counter() - started)  # so that max_minutes stops every rank alike
+        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, seconds)
         is_best = not loop.history or result.val_dice > max(r.val_dice for r in loop.history)
         loop.history.append(result)
-        state = loop.checkpoint(model, epoch, extra_state)
-        save_checkpoint(state, checkpoint_dir / LAST_CHECKPOINT)
-        if is_best:
-            save_checkpoint(state, checkpoint_dir / BEST_CHECKPOINT)
+        state = loop.checkpoint(model, epoch, extra_state, ranks)
+        if ranks.is_main:
+            save_checkpoint(state, checkpoint_dir / LAST_CHECKPOINT)
+            if is_best:
+                save_checkpoint(state, checkpoint_dir / BEST_CHECKPOINT)
         for callback in callbacks:
             callback(result)
 
@@ -221,8 +252,9 @@ def train_one_epoch(
     cfg: TrainConfig,
     device: torch.device,
     head: InstanceHead = "none",
+    ranks: Ranks | None = None,
 ) -> float:
-    """One pass over the training batches; returns the mean loss per patch."""
+    """One pass over the training batches; returns the mean loss per patch (of every rank's patches)."""
     model.train()
     total, seen = 0.0, 0
     for images, targets in batches:
@@ -233,14 +265,22 @@ def train_one_epoch(
         optimizer.step()
         total += loss.item() * len(images)
         seen += len(images)
+    if ranks is not None:
+        total, seen = ranks.sum(total, seen)
     return total / seen
 
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, device: torch.device, head: InstanceHead = "none"
+    model: torch.nn.Module,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    head: InstanceHead = "none",
+    ranks: Ranks | None = None,
 ) -> tuple[float, PixelCounts]:
-    """Mean loss per patch, and foreground pixel counts at VAL_THRESHOLD pooled over every val patch."""
+    """Mean loss per patch, and foreground pixel counts at VAL_THRESHOLD pooled over every val patch
+    (over every rank's share of them, given `ranks`)."""
     model.eval()
     counts = PixelCounts()
     total, seen = 0.0, 0
@@ -251,6 +291,9 @@ def evaluate(
         total += loss.item() * len(images)
         seen += len(images)
         counts.add(torch.sigmoid(logits[:, :1]) > VAL_THRESHOLD, targets[:, :1] > 0.5)  # targets are 0 or 1
+    if ranks is not None:
+        total, seen, tp, fp, fn = ranks.sum(total, seen, counts.tp, counts.fp, counts.fn)
+        counts = PixelCounts(int(tp), int(fp), int(fn))
     return total / seen, counts
 
 
