@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,92 @@ def test_registering_a_run_again_retags_its_version_instead_of_adding_one(two_lo
     assert again.tags == {"lr": "0.01", "test_aji": "0.6", "eval_params": "abc"}
     assert tracking.register_run_model("m", run_a, model_a, {"test_aji": 0.7}).scores == {"aji": 0.7}
     assert [v.version for v in tracking.list_versions("m")] == [1]
+
+
+# --- DVC experiments: `dvc exp run` sets DVC_ROOT, DVC_EXP_NAME and DVC_EXP_BASELINE_REV for every stage ---
+
+
+def as_a_queued_dvc_experiment_stage(root: Path, monkeypatch: pytest.MonkeyPatch, name: str = "lr-low") -> Path:
+    """Work in a temporary copy of `root` as `dvc exp run --queue` runs a stage there; returns the copy."""
+    copy = root / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.setenv("DVC_EXP_NAME", name)
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abcd" * 5)
+    return copy
+
+
+def test_a_queued_experiments_relative_sqlite_store_is_the_dvc_roots(tmp_path: Path, monkeypatch) -> None:
+    as_a_queued_dvc_experiment_stage(tmp_path, monkeypatch)
+    assert tracking.resolve_tracking_uri(None) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert (
+        tracking.resolve_tracking_uri("sqlite:///stores/other.db") == f"sqlite:///{tmp_path.resolve()}/stores/other.db"
+    )
+
+
+def test_absolute_and_server_uris_are_kept_in_a_queued_experiment(tmp_path: Path, monkeypatch) -> None:
+    as_a_queued_dvc_experiment_stage(tmp_path, monkeypatch)
+    assert tracking.resolve_tracking_uri("sqlite:////srv/mlflow.db") == "sqlite:////srv/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.resolve_tracking_uri(None) == "http://127.0.0.1:5000"
+
+
+def test_a_stage_run_in_the_dvc_root_keeps_the_relative_uri(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # `dvc repro`, and `dvc exp run` in the workspace
+    assert tracking.resolve_tracking_uri(None) == "sqlite:///mlflow.db"
+
+
+def test_a_queued_experiments_run_and_artifacts_land_in_the_dvc_roots_store(tmp_path: Path, monkeypatch) -> None:
+    copy = as_a_queued_dvc_experiment_stage(tmp_path, monkeypatch)
+    (copy / "note.txt").write_text("kept")
+    tracking.connect(tracking.resolve_tracking_uri(None))
+    with tracking.run("exp") as active:
+        tracking.log_artifact(copy / "note.txt")
+    shutil.rmtree(tmp_path / ".dvc")  # DVC deletes the copy after the run
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [a.path for a in client.list_artifacts(active.run_id)] == ["note.txt"]
+
+
+def test_a_run_started_in_a_dvc_experiment_is_named_and_tagged_after_it(tmp_path: Path, monkeypatch) -> None:
+    as_a_queued_dvc_experiment_stage(tmp_path, monkeypatch, name="lr-low")
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.run("exp") as active:
+        pass
+    found = tracking.get_run(active.run_id)
+    assert found.name == "lr-low"
+    assert found.tags[tracking.names.DVC_EXPERIMENT] == "lr-low"
+    assert found.tags[tracking.names.DVC_BASELINE_REV] == "0123abcd" * 5
+
+
+def test_a_named_run_in_a_dvc_experiment_keeps_its_name_and_gets_the_tag(tmp_path: Path, monkeypatch) -> None:
+    as_a_queued_dvc_experiment_stage(tmp_path, monkeypatch, name="lr-low")
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.run("exp", run_name="trial 3", tags={"optuna.trial_number": 3}) as active:
+        pass
+    found = tracking.get_run(active.run_id)
+    assert (found.name, found.tags[tracking.names.DVC_EXPERIMENT]) == ("trial 3", "lr-low")
+
+
+def test_a_reopened_run_is_not_retagged_by_the_experiment_that_reopens_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.run("exp", run_name="first") as active:
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-low")
+    with tracking.run("exp", run_id=active.run_id):
+        pass
+    found = tracking.get_run(active.run_id)
+    assert found.name == "first" and tracking.names.DVC_EXPERIMENT not in found.tags
+
+
+def test_outside_a_dvc_experiment_a_run_has_no_dvc_tags(tmp_path: Path, monkeypatch) -> None:
+    for variable in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.chdir(tmp_path)
+    tracking.connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.run("exp") as active:
+        pass
+    tags = tracking.get_run(active.run_id).tags
+    assert tracking.names.DVC_EXPERIMENT not in tags and tracking.names.DVC_BASELINE_REV not in tags

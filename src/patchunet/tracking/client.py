@@ -3,7 +3,9 @@
 Reads hand back the records of `records.py`; a store that fails a call raises TrackingError.
 The URI is the MLFLOW_TRACKING_URI variable, else `mlflow.tracking_uri` in params.yaml, else the
 embedded `sqlite:///mlflow.db` (the registry needs a database). Local stores keep their artifacts
-under `mlartifacts/`; a tracking server keeps them where it was told to.
+under `mlartifacts/`; a tracking server keeps them where it was told to. A relative SQLite file and
+`mlartifacts/` lie in the DVC repo's root (`store_root`), also for a queued DVC experiment, which
+runs in a temporary copy of the repo; a run started in a DVC experiment is named and tagged after it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from patchunet.errors import PatchUNetError, TrackingError, first_line
 from patchunet.files import write_json
 from patchunet.locking import exclusive_lock
-from patchunet.tracking.names import MODEL_ARTIFACT, WEIGHTS_ARTIFACT
+from patchunet.tracking.names import DVC_BASELINE_REV, DVC_EXPERIMENT, MODEL_ARTIFACT, WEIGHTS_ARTIFACT
 from patchunet.tracking.records import ActiveRun, RunSummary, VersionSummary
 
 if TYPE_CHECKING:
@@ -63,8 +65,38 @@ def store_call(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+DVC_ROOT_VARIABLE = "DVC_ROOT"
+"""Set by DVC for every stage it runs: the root of the repo the user ran DVC in."""
+DVC_EXPERIMENT_VARIABLES = {"DVC_EXP_NAME": DVC_EXPERIMENT, "DVC_EXP_BASELINE_REV": DVC_BASELINE_REV}
+"""Set by `dvc exp run` (queued or not) for every stage -> the run tag that keeps each."""
+
+
+def store_root() -> Path:
+    """The folder of the embedded store (a relative SQLite file, `mlartifacts/`): the DVC repo's root.
+
+    `dvc exp run --queue` (and `--temp`) runs the stages in a temporary copy of the repo, under
+    .dvc/tmp/exps/, that DVC deletes after the run: a store there would go with it. DVC_ROOT still
+    names the repo the user queued from. Outside DVC, the working folder.
+    """
+    return Path(os.environ.get(DVC_ROOT_VARIABLE) or ".")
+
+
 def resolve_tracking_uri(configured: str | None) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+    """MLFLOW_TRACKING_URI, else `configured`, else the embedded default, with a relative SQLite
+    file made absolute in `store_root()` when the stage runs elsewhere (a queued DVC experiment).
+
+    In the root itself (`dvc repro`, the CLI) a relative URI stays as written.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+    database = sqlite_file(uri)
+    if database is None or database.is_absolute() or store_root().resolve() == Path.cwd().resolve():
+        return uri
+    return f"sqlite:///{(store_root() / database).resolve()}"
+
+
+def dvc_experiment_tags() -> dict[str, str]:
+    """The DVC experiment this process runs in, as run tags; empty outside `dvc exp run`."""
+    return {tag: os.environ[variable] for variable, tag in DVC_EXPERIMENT_VARIABLES.items() if os.environ.get(variable)}
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -126,7 +158,7 @@ def ensure_experiment(name: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     is_server = mlflow.get_tracking_uri().startswith(("http://", "https://"))
-    location = None if is_server else ARTIFACT_DIR.resolve().as_uri()
+    location = None if is_server else (store_root() / ARTIFACT_DIR).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 
@@ -141,9 +173,16 @@ def run(
 ) -> Iterator[ActiveRun]:
     """Start (or, with `run_id`, reopen) a run, a child of `parent_run_id` if given.
 
+    A new run started in a DVC experiment (`dvc exp run`) carries its name and baseline commit as
+    tags, and its name as the run name unless `run_name` is given, so that the MLflow UI and
+    `dvc exp show` list the same experiments. A reopened run keeps what it has.
     The run ends FAILED if the block raises, KILLED on Ctrl-C.
     """
     experiment_id = ensure_experiment(experiment)
+    if run_id is None:
+        found = dvc_experiment_tags()
+        tags = {**found, **(tags or {})}
+        run_name = run_name or found.get(DVC_EXPERIMENT)
     with mlflow.start_run(
         run_id=run_id,
         experiment_id=experiment_id,

@@ -41,6 +41,8 @@ GIT_COMMIT = "git_commit"
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own, shown in its UI
 DVC_DATA_HASH = "dvc_data_hash"
 PARENT_RUN = "mlflow.parentRunId"  # set by MLflow on a child run
+DVC_EXPERIMENT = "dvc.experiment"  # the name `dvc exp show` lists it under, when run by `dvc exp run`
+DVC_BASELINE_REV = "dvc.baseline_rev"  # the commit it branches from: names are unique per baseline
 
 # --- tuning: tags and metrics of the study's parent run and of each trial's child run ---
 OPTUNA_STUDY = "optuna.study"
