@@ -18,6 +18,7 @@ from patchunet import tracking
 from patchunet.config import MlflowConfig, load_params, parse_section
 from patchunet.console import run_stage
 from patchunet.files import read_json_value, write_json
+from patchunet.locking import storage_lock
 from patchunet.paths import REGISTRY_FILE, RUN_FILE, TEST_METRICS
 from patchunet.tracking import names
 
@@ -33,13 +34,16 @@ def main() -> None:
     protocol = read_json_value(TEST_METRICS, "eval_protocol")
     name = mlflow_cfg.registered_model
 
-    tracking.connect(tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri))
+    uri = tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri)
+    tracking.connect(uri)
     run = tracking.get_run(run_id)  # one line if the store does not hold it
     # where the version came from, on the version itself: `git checkout <git_commit> && dvc pull`
     provenance = {key: run.tags[key] for key in (names.GIT_COMMIT, names.DVC_DATA_HASH) if key in run.tags}
     tags = {**training_tags, **provenance, **tracking.score_tags(summary, protocol)}
-    candidate = tracking.register_run_model(name, run_id, model_uri, tags)
-    done = tracking.promote(candidate)
+    # queued experiments (`dvc queue start --jobs N`) register at once: one reads the champion at a time
+    with storage_lock(uri, f"promotion|{name}"):
+        candidate = tracking.register_run_model(name, run_id, model_uri, tags)
+        done = tracking.promote(candidate)
     write_json(
         REGISTRY_FILE,
         {
