@@ -53,7 +53,7 @@ class Ranks:
         return model
 
     def sum(self, *values: float) -> tuple[float, ...]:
-        """Each value summed over the ranks (float64)."""
+        """Each value summed over the ranks (as float64 under DDP; as given in one process)."""
         return values
 
     def from_main(self, value: Any) -> Any:
