@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+
+from patchunet.stack import free_port  # noqa: F401 - the tests' free loopback ports, as the stack takes its own
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DIR = "MoNuSeg 2018 Training Data"
@@ -260,12 +261,6 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     result = run_pipeline(project, "tune", uri)  # a real study, for the Studies page
     assert result.returncode == 0, result.stderr
     return project, uri
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_http(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:

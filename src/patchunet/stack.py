@@ -161,23 +161,11 @@ def start(ports: dict[str, int] | None = None) -> Stack:
         )
         wait_for(f"{stack.s3_endpoint}/moto-api/", stack.pids["s3"], folder / "s3.log")
         create_buckets(stack)
+        server = [sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1",
+                  "--port", str(stack.mlflow_port), "--backend-store-uri", stack.database_url("mlflow"),
+                  "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}"]  # fmt: skip
         stack.pids["mlflow"] = spawn(
-            [
-                *(
-                    sys.executable,
-                    "-m",
-                    "mlflow",
-                    "server",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(stack.mlflow_port),
-                    "--workers",
-                    "1",
-                ),
-                *("--backend-store-uri", stack.database_url("mlflow")),
-                *("--artifacts-destination", f"s3://{ARTIFACT_BUCKET}"),
-            ],
+            server,
             folder / "mlflow.log",
             env=stack.s3_env,
         )
