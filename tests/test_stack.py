@@ -52,11 +52,17 @@ def test_mlflow_keeps_runs_in_postgresql_and_artifacts_in_s3(team_stack: stack.S
     assert run.info.run_id in stored
 
 
-def test_postgresql_runs_as_an_unprivileged_user(team_stack: stack.Stack) -> None:
-    import psutil
+def test_postgresql_runs_as_an_unprivileged_user_and_wants_a_password(team_stack: stack.Stack) -> None:
+    import pwd
 
-    owners = {p.username() for p in psutil.process_iter() if p.name() == "postgres"}
-    assert "root" not in owners and owners
+    import psycopg2
+
+    postmaster = int((Path(team_stack.folder) / "postgres" / "postmaster.pid").read_text().split()[0])
+    owner = Path(f"/proc/{postmaster}").stat().st_uid
+    assert owner == (pwd.getpwnam(team_stack.run_as).pw_uid if team_stack.run_as else os.getuid())
+    assert owner != 0
+    with pytest.raises(psycopg2.OperationalError, match="password"):
+        psycopg2.connect(host="127.0.0.1", port=team_stack.postgres_port, user=stack.USER, dbname="optuna")
 
 
 def test_up_prints_the_settings_and_down_removes_only_its_own_folder(tmp_path: Path) -> None:
@@ -85,6 +91,19 @@ def test_up_prints_the_settings_and_down_removes_only_its_own_folder(tmp_path: P
     assert not Path(state["folder"]).exists() and not (root / stack.STATE_FILE).exists()
     assert (root / ".stack" / "mine.txt").read_text() == "the user's"
     assert not any(stack.alive(pid) for pid in state["pids"].values())
+    assert (root / stack.PASSWORD_FILE).stat().st_mode & 0o077 == 0  # kept for the next up, for its owner only
+
+
+def test_a_corrupt_record_and_a_foreign_folder_are_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / ".stack").mkdir()
+    (tmp_path / stack.STATE_FILE).write_text("{not json")
+    with pytest.raises(stack.PatchUNetError, match="unreadable stack record"):
+        stack.down(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(stack.PatchUNetError, match="not a folder `patchunet stack up` made"):
+        stack.stop(stack.Stack(str(mine), 1, 2, 3, {}, "pw"))
+    assert mine.is_dir()
 
 
 def test_without_postgresql_up_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     root = _project_root_or_exit()
     if args.command == "stack":
-        from patchunet import stack
-
-        run_stage(lambda: (stack.up if args.action == "up" else stack.down)(root))
+        run_stage(lambda: report_stack(args.action, root))
         return
     if args.command == "dashboard":
         run_stage(lambda: start_dashboard(root, args.port, args.address, stage_args))
@@ -111,6 +109,20 @@ def train_command(script: Path, nproc: int, stage_args: list[str]) -> list[str]:
         return [sys.executable, str(script), *stage_args]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return [*launcher, str(script), *stage_args]
+
+
+def report_stack(action: str, root: Path) -> None:
+    """`patchunet stack up|down`, and what it says."""
+    from patchunet import stack
+
+    if action == "up":
+        started, seconds = stack.up(root)
+        print(f"stack: PostgreSQL, S3 and MLflow up in {seconds:.1f} s; logs in {started.folder}")
+        print(f"stack: MLflow UI at {started.tracking_uri}; `patchunet stack down` stops it all. To use it:")
+        print(started.instructions())
+        return
+    stopped = stack.down(root)
+    print(f"stack: stopped, and removed {stopped.folder}" if stopped else f"stack: nothing to stop in {root}")
 
 
 def start_dashboard(root: Path, port: int, address: str, extra: list[str]) -> None:

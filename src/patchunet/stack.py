@@ -9,7 +9,8 @@ Three real servers, as a team would run them on real machines:
   only MLFLOW_TRACKING_URI and no S3 credentials.
 
 `up` leaves them running and records them in `.stack/stack.json`; `down` stops them and removes
-the temporary folder `up` made, and nothing else.
+the temporary folder `up` made, and nothing else. PostgreSQL takes a password (kept in
+`.stack/password`, readable by its owner only), not every local user: a superuser can run programs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import glob
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -32,10 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from patchunet.errors import PatchUNetError
+from patchunet.files import write_json
 
 STATE_FILE = Path(".stack") / "stack.json"
+PASSWORD_FILE = Path(".stack") / "password"
+FOLDER_PREFIX = "patchunet-stack-"
 USER = "patchunet"
-"""The cluster's superuser, trusted on loopback only: a throwaway cluster needs no password."""
+"""The cluster's superuser."""
 DATABASES = ("mlflow", "optuna")
 ARTIFACT_BUCKET, DVC_BUCKET = "mlflow-artifacts", "dvc-remote"
 S3_KEY = "stack"
@@ -55,6 +60,7 @@ class Stack:
     s3_port: int
     mlflow_port: int
     pids: dict[str, int]
+    password: str
     run_as: str | None = None
     """The unprivileged user PostgreSQL runs as when `up` ran as root."""
 
@@ -68,7 +74,7 @@ class Stack:
 
     def database_url(self, database: str) -> str:
         """A SQLAlchemy URL: `tune.storage` for Optuna, `--backend-store-uri` for MLflow."""
-        return f"postgresql+psycopg2://{USER}@127.0.0.1:{self.postgres_port}/{database}"
+        return f"postgresql+psycopg2://{USER}:{self.password}@127.0.0.1:{self.postgres_port}/{database}"
 
     @property
     def s3_env(self) -> dict[str, str]:
@@ -118,6 +124,7 @@ def free_port() -> int:
 
 def check_port_free(port: int, server: str) -> int:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # only a listener counts, not a closed connection
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -140,9 +147,9 @@ def as_user(user: str | None, command: list[str]) -> list[str]:
     return command if user is None else ["runuser", "-u", user, "--", *command]
 
 
-def start(ports: dict[str, int] | None = None) -> Stack:
+def start(ports: dict[str, int] | None = None, password: str | None = None) -> Stack:
     """Start PostgreSQL, the S3 server and `mlflow server` on loopback: on `ports` (by server, as
-    UP_PORTS), else each on a free port.
+    UP_PORTS), else each on a free port; PostgreSQL with `password`, else a new random one.
 
     A new temporary folder holds the cluster and the logs. A failure to start stops whatever had
     started, and says which server failed, with its log.
@@ -152,8 +159,8 @@ def start(ports: dict[str, int] | None = None) -> Stack:
     else:
         chosen = [free_port() for _ in range(3)]
     run_as = unprivileged_user()
-    folder = Path(tempfile.mkdtemp(prefix="patchunet-stack-"))
-    stack = Stack(str(folder), *chosen, {}, run_as)
+    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
+    stack = Stack(str(folder), *chosen, {}, password or secrets.token_urlsafe(16), run_as)
     try:
         start_postgres(stack)
         stack.pids["s3"] = spawn(
@@ -181,9 +188,13 @@ def start_postgres(stack: Stack) -> None:
     if stack.run_as:  # the unprivileged user must own the cluster's folder, and reach it
         shutil.chown(folder, user=stack.run_as)
         folder.chmod(0o700)
-    log = folder / "postgres.log"
-    check_run(as_user(stack.run_as, [postgres_bin("initdb"), "-D", str(data), "-U", USER, "-A", "trust",
-                                     "-E", "UTF8", "--no-sync"]), "initdb")  # fmt: skip
+    log, password_file = folder / "postgres.log", folder / "password"
+    password_file.write_text(stack.password)
+    if stack.run_as:
+        shutil.chown(password_file, user=stack.run_as)
+    check_run(as_user(stack.run_as, [postgres_bin("initdb"), "-D", str(data), "-U", USER, "-A", "scram-sha-256",
+                                     f"--pwfile={password_file}", "-E", "UTF8", "--no-sync"]), "initdb")  # fmt: skip
+    password_file.unlink()
     settings = f"-p {stack.postgres_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder}"
     # fsync off: a throwaway cluster, rebuilt at every `up`, need not survive a power cut
     check_run(
@@ -196,11 +207,14 @@ def start_postgres(stack: Stack) -> None:
         check_run(
             [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(stack.postgres_port), "-U", USER, database],
             "createdb",
+            env={"PGPASSWORD": stack.password},
         )
 
 
-def check_run(command: list[str], what: str, log: Path | None = None) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+def check_run(command: list[str], what: str, log: Path | None = None, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=START_TIMEOUT_S, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip() or (log.read_text() if log and log.exists() else "")
         raise PatchUNetError(f"stack: {what} failed: {detail}")
@@ -252,20 +266,38 @@ def alive(pid: int) -> bool:
     return True
 
 
+SERVER_MARKERS = {"s3": "moto.server", "mlflow": "mlflow"}
+"""What each server's command line holds: a recorded pid is only signalled while it still does."""
+
+
+def running_servers(stack: Stack) -> dict[str, int]:
+    """The stack's servers still running: a pid that another program took over since does not count."""
+    return {name: pid for name, pid in stack.pids.items() if alive(pid) and runs(pid, SERVER_MARKERS[name])}
+
+
+def runs(pid: int, marker: str) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
 def stop(stack: Stack) -> None:
     """Stop the servers (SIGTERM, then SIGKILL after 10 s) and the cluster; remove the folder `start` made."""
-    for name in ("mlflow", "s3"):
-        pid = stack.pids.get(name)
-        if pid is not None:
-            stop_process_group(pid)
-    data = Path(stack.folder) / "postgres"
+    folder = Path(stack.folder)
+    if folder.parent != Path(tempfile.gettempdir()) or not folder.name.startswith(FOLDER_PREFIX):
+        raise PatchUNetError(f"{folder}: not a folder `patchunet stack up` made; refusing to remove it")
+    for pid in running_servers(stack).values():
+        stop_process_group(pid)
+    data = folder / "postgres"
     if (data / "postmaster.pid").exists():
-        subprocess.run(
-            as_user(stack.run_as, [postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            capture_output=True,
-            timeout=60,
-        )
-    shutil.rmtree(stack.folder, ignore_errors=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                as_user(stack.run_as, [postgres_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                capture_output=True,
+                timeout=60,
+            )
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def stop_process_group(pid: int, timeout_s: float = 10) -> None:
@@ -288,29 +320,46 @@ def running() -> Iterator[Stack]:
         stop(stack)
 
 
-def up(root: Path) -> None:
+def up(root: Path) -> tuple[Stack, float]:
+    """Start a stack for the checkout at `root` on UP_PORTS and record it; (the stack, seconds taken)."""
     state = root / STATE_FILE
     if state.exists():
-        stack = Stack(**json.loads(state.read_text()))
-        if any(alive(pid) for pid in stack.pids.values()):
+        stack = read_state(state)
+        if running_servers(stack):
             raise PatchUNetError(f"{state}: a stack is already up (pids {stack.pids}); `patchunet stack down` first")
         stop(stack)  # the servers of a stack whose machine rebooted: clean up its folder
         state.unlink()
+    state.parent.mkdir(mode=0o700, exist_ok=True)
     started = time.perf_counter()
-    stack = start(UP_PORTS)
-    state.parent.mkdir(exist_ok=True)
-    state.write_text(json.dumps(dataclasses.asdict(stack), indent=2) + "\n")
-    print(f"stack: PostgreSQL, S3 and MLflow up in {time.perf_counter() - started:.1f} s; logs in {stack.folder}")
-    print(f"stack: MLflow UI at {stack.tracking_uri}; `patchunet stack down` stops it all. To use it:")
-    print(stack.instructions())
+    stack = start(UP_PORTS, stack_password(root / PASSWORD_FILE))
+    write_json(state, dataclasses.asdict(stack))
+    state.chmod(0o600)  # it holds the password
+    return stack, time.perf_counter() - started
 
 
-def down(root: Path) -> None:
+def stack_password(path: Path) -> str:
+    """The checkout's stack password: the same at every `up`, so that a `tune.storage` naming it lasts."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(16))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def down(root: Path) -> Stack | None:
+    """Stop the stack recorded for the checkout at `root`; None when there is none."""
     state = root / STATE_FILE
     if not state.exists():
-        print(f"stack: nothing to stop ({state} does not exist)")
-        return
-    stack = Stack(**json.loads(state.read_text()))
+        return None
+    stack = read_state(state)
     stop(stack)
     state.unlink()
-    print(f"stack: stopped, and removed {stack.folder}")
+    return stack
+
+
+def read_state(path: Path) -> Stack:
+    try:
+        return Stack(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise PatchUNetError(
+            f"{path}: unreadable stack record ({exc}); stop its servers by hand and delete it"
+        ) from None
