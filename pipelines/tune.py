@@ -12,7 +12,6 @@ with the best value and params, to the parent run.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import subprocess
 import sys
@@ -51,9 +50,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--workers", type=int, help="processes sharing the study (default: tune.workers)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set for the worker processes
+    # set for the worker processes: the CPUs each may run on
+    parser.add_argument("--worker", metavar="CPUS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     log_to_stdout(f"[worker {os.getpid()}] " if args.worker else "")
+    if args.worker:
+        os.sched_setaffinity(0, {int(cpu) for cpu in args.worker.split(",")})
     params = load_params(args.params)
     cfg = parse_section(TuneConfig, params, "tune")
     workers = args.workers or cfg.workers
@@ -78,10 +80,8 @@ def main() -> None:
         run_trials(cfg, params, patch_sets)
     else:
         command = [sys.executable, __file__, "--params", str(args.params), "--worker"]
-        processes = [
-            subprocess.Popen(command, preexec_fn=functools.partial(os.sched_setaffinity, 0, cpu_share(i, workers)))
-            for i in range(workers)
-        ]
+        cpus = [",".join(map(str, sorted(cpu_share(i, workers)))) for i in range(workers)]
+        processes = [subprocess.Popen([*command, share]) for share in cpus]
         if any([process.wait() for process in processes]):  # a list: wait for every worker, even after one fails
             raise PatchUNetError("tune: a worker process failed; see its output above")
     summarise(load_study(cfg), cfg, params, parent_run_id)

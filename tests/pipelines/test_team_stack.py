@@ -126,10 +126,11 @@ def test_a_teammates_clone_pulls_everything_and_has_nothing_to_rerun(team_repo, 
     assert status.split() == ["source:", "always", "changed"], status  # it lists the source at every repro
     assert stages_run(dvc(clone, env, "repro")) == {"source"}  # same files: nothing else to do
 
-    # from the registered version to exactly its data (README): the commit whose dvc.lock has its hash
-    data_hash = champion.tags["dvc_data_hash"]
-    found = run(clone, env, "git", "log", "--format=%H", "-S", data_hash, "--", "dvc.lock").split()
+    # from the registered version to exactly its data and model (README): the commit whose run.json names its run
+    found = run(clone, env, "git", "log", "--format=%H", "-S", champion.run_id, "--", "models/run.json").split()
     run(clone, env, "git", "checkout", "-q", found[-1])
-    shutil.rmtree(clone / "data/processed/patches")
-    dvc(clone, env, "pull", "data/processed/patches")
-    assert data_hash in (clone / "dvc.lock").read_text() and (clone / "data/processed/patches/train").is_dir()
+    for output in ("data/processed/patches", "models/patchunet.pt"):
+        (shutil.rmtree if (clone / output).is_dir() else Path.unlink)(clone / output)
+    dvc(clone, env, "pull")
+    assert champion.tags["dvc_data_hash"] in (clone / "dvc.lock").read_text()
+    assert (clone / "models/patchunet.pt").read_bytes() == (repo / "models/patchunet.pt").read_bytes()

@@ -29,7 +29,7 @@ def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: 
     split = json.loads((project / "data/interim/split.json").read_text())
     cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
     objective = Objective(params, cfg, cache, parent.run_id)
-    run_worker(study, objective, n_trials=2, lock=lambda: exclusive_lock(str(tmp_path)))
+    run_worker(study, objective, n_trials=2, lock=lambda: exclusive_lock(str(tmp_path)), heartbeat=True)
 
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert [len(t.intermediate_values) for t in study.trials] == [1, 1]

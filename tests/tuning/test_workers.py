@@ -32,7 +32,7 @@ def objective(trial):
     time.sleep(0.2)
     return x
 
-run_worker(study, objective, n_trials, lambda: storage_lock(url, "s"))
+run_worker(study, objective, n_trials, lambda: storage_lock(url, "s"), heartbeat=not url.startswith("journal:"))
 """
 
 
@@ -63,10 +63,10 @@ def test_three_workers_on_a_journal_file_run_exactly_the_trials_asked(tmp_path: 
 
 def test_a_study_that_holds_its_trials_runs_none_more(tmp_path: Path) -> None:
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'o.db'}"))
-    run_worker(study, x_squared, 2, lock(str(tmp_path)))
-    run_worker(study, x_squared, 2, lock(str(tmp_path)))  # a resumed, finished study
+    run_worker(study, x_squared, 2, lock(str(tmp_path)), heartbeat=True)
+    run_worker(study, x_squared, 2, lock(str(tmp_path)), heartbeat=True)  # a resumed, finished study
     assert len(study.trials) == 2
-    run_worker(study, x_squared, 3, lock(str(tmp_path)))  # asked for one more
+    run_worker(study, x_squared, 3, lock(str(tmp_path)), heartbeat=True)  # asked for one more
     assert [t.number for t in study.trials] == [0, 1, 2]
 
 
@@ -77,9 +77,9 @@ def test_an_objective_that_fails_fails_its_trial_and_stops_the_worker(tmp_path: 
         raise ValueError("broken objective")
 
     with pytest.raises(ValueError, match="broken objective"):
-        run_worker(study, broken, 3, lock(str(tmp_path)))
+        run_worker(study, broken, 3, lock(str(tmp_path)), heartbeat=True)
     assert [t.state for t in study.trials] == [TrialState.FAIL]
-    run_worker(study, x_squared, 1, lock(str(tmp_path)))  # a failed trial does not count
+    run_worker(study, x_squared, 1, lock(str(tmp_path)), heartbeat=True)  # a failed trial does not count
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
 
 
@@ -90,7 +90,7 @@ def test_the_trial_of_a_killed_worker_is_failed_and_run_again_with_its_values(tm
     assert dead.wait(timeout=60) == 1
     assert [t.state for t in study.trials] == [TrialState.RUNNING]  # nothing could end it
     time.sleep(3)  # past the grace period: its heartbeat has stopped
-    run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), 1, lock(str(tmp_path)))
+    run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), 1, lock(str(tmp_path)), heartbeat=True)
     killed, retried = study.trials
     assert (killed.state, retried.state) == (TrialState.FAIL, TrialState.COMPLETE)
     assert retried.params == killed.params and retried.value == killed.params["x"]
@@ -103,7 +103,9 @@ def test_a_worker_waits_for_a_killed_workers_trial_and_runs_it_again(tmp_path: P
     study = optuna.create_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=2))
     [dead] = start_workers(url, n_trials=1, count=1, mode="die")
     assert dead.wait(timeout=60) == 1
-    run_worker(study, lambda trial: trial.suggest_float("x", 0, 1), 1, lock(url), poll_seconds=0.2)  # at once
+    run_worker(
+        study, lambda trial: trial.suggest_float("x", 0, 1), 1, lock(url), heartbeat=True, poll_seconds=0.2
+    )  # at once
     killed, retried = study.trials
     assert (killed.state, retried.state) == (TrialState.FAIL, TrialState.COMPLETE)
     assert retried.params == killed.params
@@ -115,5 +117,5 @@ def test_without_a_heartbeat_a_running_trial_is_trusted_to_finish(tmp_path: Path
     study = optuna.create_study(study_name="s", storage=open_storage(url))
     [dead] = start_workers(url, n_trials=1, count=1, mode="die")
     assert dead.wait(timeout=60) == 1
-    run_worker(study, x_squared, 1, lock(url))  # returns at once: nothing could tell the trial is dead
+    run_worker(study, x_squared, 1, lock(url), heartbeat=False)  # returns at once: nothing could tell the trial is dead
     assert [t.state for t in study.trials] == [TrialState.RUNNING]

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from patchunet.config import PatchConfig, TuneConfig
@@ -28,6 +27,8 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 """Trials that count towards `tune.n_trials`; a failed trial does not (a retry takes its place)."""
 POLL_SECONDS = 1.0
 """How often a worker with nothing to start looks again at the trials other workers are running."""
+WAIT_LOG_SECONDS = 60
+"""How often a waiting worker says what it waits for."""
 
 WORKER_ATTR = "worker"
 """Each trial records the worker that ran it, as host:pid."""
@@ -57,6 +58,8 @@ def run_worker(
     objective: Callable[[optuna.Trial], float],
     n_trials: int,
     lock: Lock,
+    *,
+    heartbeat: bool,
     poll_seconds: float = POLL_SECONDS,
 ) -> None:
     """Run trials (`study.optimize`) until the study holds `n_trials` finished ones, shared with
@@ -69,10 +72,9 @@ def run_worker(
     When the trials other workers run would fill the study, this worker waits rather than stops:
     a worker killed mid-trial leaves its trial RUNNING until its heartbeat goes stale (RDB storage);
     it is then failed, and retried with the same values (`study.open_storage`) by a waiting worker.
-    Without a heartbeat (journal storage) a running trial is trusted to finish.
+    Without a `heartbeat` (journal storage) a running trial is trusted to finish.
     """
     turn = contextlib.ExitStack()
-    heartbeat = is_heartbeat_enabled(study._storage)
 
     def start(trial: optuna.Trial) -> float:
         turn.close()  # the trial exists: another worker may ask for its own
@@ -81,6 +83,7 @@ def run_worker(
 
     def take_turn() -> bool:
         """True, holding the lock, when this worker should start a trial; False when the study is full."""
+        last_said = time.monotonic()
         while True:
             turn.enter_context(lock())
             fail_stale_trials(study)  # and enqueue their retries
@@ -90,6 +93,10 @@ def run_worker(
             turn.close()
             if finished >= n_trials or not heartbeat:
                 return False
+            if time.monotonic() - last_said > WAIT_LOG_SECONDS:
+                running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                log.info(f"waiting for trials {running} of other workers to finish, or to go stale and be retried")
+                last_said = time.monotonic()
             time.sleep(poll_seconds)
 
     def stop_when_full(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -116,4 +123,4 @@ def run_trials(
     study = load_study(cfg, index)
     log.info(f"worker {index}: joined study {cfg.study_name}")
     objective = Objective(params, cfg, patch_sets, study.user_attrs[PARENT_RUN_ATTR])
-    run_worker(study, objective, cfg.n_trials, lock)
+    run_worker(study, objective, cfg.n_trials, lock, heartbeat=not cfg.storage.startswith("journal:"))
