@@ -109,5 +109,5 @@ def test_train_with_fewer_than_one_process_is_one_line() -> None:
 def test_train_with_several_processes_runs_under_torchrun_and_with_one_as_before() -> None:
     script = REPO_ROOT / "pipelines" / "train.py"
     assert train_command(script, 1, ["--resume"]) == [sys.executable, str(script), "--resume"]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    launcher = [sys.executable, "-m", "patchunet.training.launch", "--standalone", "--nproc_per_node=2"]
     assert train_command(script, 2, ["--resume"]) == [*launcher, str(script), "--resume"]

@@ -107,7 +107,7 @@ def train_command(script: Path, nproc: int, stage_args: list[str]) -> list[str]:
     """The train stage as one process, or under torchrun as `nproc` DDP processes on this machine."""
     if nproc == 1:
         return [sys.executable, str(script), *stage_args]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    launcher = [sys.executable, "-m", "patchunet.training.launch", "--standalone", f"--nproc_per_node={nproc}"]
     return [*launcher, str(script), *stage_args]
 
 

@@ -36,10 +36,17 @@ def database_lock(url: str, key: str) -> Iterator[None]:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
+    from patchunet.errors import PatchUNetError
+
     lock_id = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big", signed=True)
     engine = sqlalchemy.create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as connection:
+        try:
+            connection = engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+            raise PatchUNetError(f"{engine.url.render_as_string()}: cannot connect to PostgreSQL: {reason}") from None
+        with connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
             try:
                 yield

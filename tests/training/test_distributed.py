@@ -177,8 +177,9 @@ def test_a_rank_that_fails_before_training_stops_the_other_with_one_error_line(t
     project, _ = make_ddp_project(tmp_path / "project", epochs=2)
     result = patchunet_train(project, "http://127.0.0.1:9")
     assert result.returncode != 0
-    assert result.stderr.count("error: MLflow tracking server http://127.0.0.1:9 is unreachable") == 1
-    assert "[rank1]" not in result.stderr and "epoch" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: MLflow tracking server http://127.0.0.1:9 is unreachable" in lines[0], lines
+    assert "epoch" not in result.stdout
 
 
 def test_a_rank_that_fails_while_the_other_waits_on_it_stops_both(tmp_path: Path) -> None:
@@ -193,9 +194,11 @@ def test_a_rank_that_fails_while_the_other_waits_on_it_stops_both(tmp_path: Path
         "    ranks.sum(2.0)\n"
         "    print('rank 0 went past')\n"
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    command = [sys.executable, "-m", "patchunet.training.launch", "--standalone", "--nproc_per_node=2", str(script)]
     result = run_command(command, tmp_path, "")
     assert result.returncode != 0 and "rank 0 went past" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]  # after rank 0's own traceback (this script is no stage)
+    assert last == "train: rank 1 failed with exit code 3; see its output above"  # 3: not a user error
 
 
 def tiny_configs(epochs: int) -> tuple[ModelConfig, TrainConfig, AugmentConfig]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,8 +104,7 @@ class DistributedRanks(Ranks):
         try:
             dist.barrier()
         except RuntimeError:  # gloo and NCCL raise RuntimeError and its subclasses
-            # the rank that left has said why: one line here, not a second traceback
-            print(f"rank {self.rank}: stopped, another rank left before this barrier", file=sys.stderr)
+            # the rank that left has said why (or the launcher does, for a crash): nothing more here
             raise SystemExit(1) from None
 
 

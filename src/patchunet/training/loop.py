@@ -241,6 +241,7 @@ def fit(
         for callback in callbacks:
             callback(result)
 
+    ranks.barrier()  # rank 0 has written the last checkpoint before any rank goes on (to a resume, say)
     best_epoch = max(loop.history, key=lambda r: r.val_dice).epoch
     return FitResult(loop.history, best_epoch, loop.stopper.stopped, previous)
 
