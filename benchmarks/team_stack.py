@@ -1,8 +1,8 @@
 """The team stack: how long `patchunet stack` takes to start, and how long `dvc push` to its S3
 server and `dvc pull` into a teammate's fresh clone take for this checkout's data and models.
 
-Pushes what HEAD's dvc.lock records (raw data, labels, patch stores, the model, its checkpoints,
-the evaluation samples) from this checkout's DVC cache; the pull goes into a clone with an empty
+Pushes what HEAD's dvc.lock records for dvc.yaml's stages (raw data, labels, patch stores, the
+model, its checkpoints, the evaluation samples) from this checkout's DVC cache; the pull goes into a clone with an empty
 cache. Run after `dvc repro` with dvc.lock committed:
 
     .venv/bin/python benchmarks/team_stack.py --starts 3
@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command[2:])} failed:\n{result.stdout}{result.stderr}")
     return time.perf_counter() - started
 
 
@@ -61,8 +63,8 @@ def main() -> None:
                 ):
                     subprocess.run([*dvc, *setting], cwd=clone, env=env, check=True)
             subprocess.run([*dvc, "cache", "dir", "--local", str(ROOT / ".dvc/cache")], cwd=pusher, check=True)
-            push = timed([*dvc, "push"], pusher, env)
-            pull = timed([*dvc, "pull"], puller, env)
+            push = timed([*dvc, "push", "dvc.yaml"], pusher, env)  # the pipeline's outputs (not tune/'s study)
+            pull = timed([*dvc, "pull", "dvc.yaml"], puller, env)
             size = folder_megabytes(puller / ".dvc/cache")
             files = sum(1 for p in (puller / ".dvc/cache").rglob("*") if p.is_file())
         print(f"dvc push: {push:.1f} s; dvc pull into a fresh clone: {pull:.1f} s; {size:.0f} MB in {files} files")
