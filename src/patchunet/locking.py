@@ -7,8 +7,11 @@ import contextlib
 import fcntl
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+Lock = Callable[[], contextlib.AbstractContextManager[None]]
+"""What takes a lock for a block: `lock()` in a `with` statement (e.g. `tuning.study.study_lock`)."""
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, mlflow_client, update_params, write_synthetic_source
-from test_dvc_pipeline import dvc, new_dvc_repo, succeeded
+from conftest import mlflow_client, write_synthetic_source
+from test_dvc_pipeline import dvc, succeeded, tiny_chain_repo
 
 from patchunet.tracking import names
 
@@ -51,16 +50,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         **GIT_IDENTITY,
     }
-    repo = new_dvc_repo(base / "repo")
-    shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
-    update_params(
-        repo,
-        patch={"size": 32, "stride": 32},
-        augment={"copies": 0},
-        model={"depth": 2, "instance_head": "none"},
-        train={"epochs": 1, "num_workers": 0},
-        eval={"window": None, "overlap": 8, "samples": 1, "min_nucleus_area": 8},
-    )
+    repo = tiny_chain_repo(base / "repo", patch_size=32, overlap=8)
     # the remote goes into the baseline commit: DVC reads an experiment's remote from its commit's config
     succeeded(dvc(repo, env, "remote", "add", "-d", "shared", str(base / "dvc-remote")))
     succeeded(dvc(repo, env, "repro", "patches"))

@@ -69,6 +69,23 @@ def new_dvc_repo(repo: Path) -> Path:
     return repo
 
 
+def tiny_chain_repo(repo: Path, patch_size: int, overlap: int, **sections: dict) -> Path:
+    """`new_dvc_repo` with the project's .gitignore and the whole chain at a tiny configuration:
+    `patch_size` px patches, no augmented copies, a depth-2 foreground-only model, 1 epoch."""
+    new_dvc_repo(repo)
+    shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
+    update_params(
+        repo,
+        patch={"size": patch_size, "stride": patch_size},
+        augment={"copies": 0},
+        model={"depth": 2, "instance_head": "none"},
+        train={"epochs": 1, "num_workers": 0},
+        eval={"window": None, "overlap": overlap, "samples": 1, "min_nucleus_area": 8},
+        **sections,
+    )
+    return repo
+
+
 def run(repo: Path, *command: str) -> str:
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, mlflow_client, update_params, write_synthetic_source
+from conftest import REPO_ROOT, mlflow_client, write_synthetic_source
 from streamlit.testing.v1 import AppTest
-from test_dvc_pipeline import new_dvc_repo, stages_run
+from test_dvc_pipeline import stages_run, tiny_chain_repo
 
 from patchunet import stack
 
@@ -37,7 +37,12 @@ def dvc(repo: Path, env: dict[str, str], *args: str) -> str:
 def team_repo(team_stack: stack.Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
     """A git + DVC repo after a full tiny `dvc repro` against the stack, its remote the stack's S3."""
     base = tmp_path_factory.mktemp("team")
-    repo = new_dvc_repo(base / "repo")
+    repo = tiny_chain_repo(
+        base / "repo",
+        patch_size=64,
+        overlap=16,
+        mlflow={"experiment": "team-stack", "registered_model": "patchunet-team"},
+    )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))},
         "MONUSEG_DIR": str(write_synthetic_source(base / "monuseg")),
@@ -46,16 +51,6 @@ def team_repo(team_stack: stack.Stack, tmp_path_factory: pytest.TempPathFactory)
         # the teammate's own S3 credentials; the remote's URL and endpoint are in the committed config
         **{k: v for k, v in team_stack.s3_env.items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
     }
-    update_params(
-        repo,
-        patch={"size": 64, "stride": 64},
-        augment={"copies": 0},
-        model={"depth": 2, "instance_head": "none"},
-        train={"epochs": 1, "num_workers": 0},
-        eval={"window": None, "overlap": 16, "samples": 1, "min_nucleus_area": 8},
-        mlflow={"experiment": "team-stack", "registered_model": "patchunet-team"},
-    )
-    shutil.copy(REPO_ROOT / ".gitignore", repo / ".gitignore")
     dvc(repo, env, "remote", "add", "-d", "team", f"s3://{stack.DVC_BUCKET}/team-repo")
     dvc(repo, env, "remote", "modify", "team", "endpointurl", team_stack.s3_endpoint)
     run(repo, env, "git", "add", "-A")

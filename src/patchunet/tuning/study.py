@@ -3,12 +3,10 @@ its MLflow parent run. Named, so that a rerun continues it."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -16,7 +14,7 @@ import optuna
 from patchunet import tracking
 from patchunet.config import Dimension, TuneConfig
 from patchunet.errors import ConfigError, PatchUNetError
-from patchunet.locking import storage_lock
+from patchunet.locking import Lock, storage_lock
 from patchunet.tracking import names
 
 log = logging.getLogger(__name__)
@@ -80,12 +78,12 @@ def load_study(cfg: TuneConfig, worker_index: int = 0) -> optuna.Study:
     return study
 
 
-def study_lock(cfg: TuneConfig) -> Callable[[], contextlib.AbstractContextManager[None]]:
+def study_lock(cfg: TuneConfig) -> Lock:
     """The lock of the study's workers: on PostgreSQL storage it holds across machines."""
     return lambda: storage_lock(cfg.storage, f"tune|{cfg.study_name}")
 
 
-def claim_worker_index(study: optuna.Study, lock: Callable[[], contextlib.AbstractContextManager[None]]) -> int:
+def claim_worker_index(study: optuna.Study, lock: Lock) -> int:
     """A number no other worker of the study has, started on this machine or another: 0, 1, 2...
 
     It offsets the worker's sampler seed, so workers started at once do not draw the same points.

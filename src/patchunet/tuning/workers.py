@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from patchunet.config import PatchConfig, TuneConfig
 from patchunet.data.patches import PatchSet
 from patchunet.errors import ConfigError
+from patchunet.locking import Lock
 from patchunet.tuning.objective import Objective
 from patchunet.tuning.study import PARENT_RUN_ATTR, claim_worker_index, load_study, study_lock
 
@@ -32,8 +33,6 @@ WAIT_LOG_SECONDS = 60
 
 WORKER_ATTR = "worker"
 """Each trial records the worker that ran it, as host:pid."""
-
-Lock = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 def check_workers(cfg: TuneConfig, workers: int) -> None:
