@@ -35,10 +35,13 @@ def start_tune(project: Path, tracking_uri: str, log: Path) -> subprocess.Popen:
 
 
 def running_trial_of(study: optuna.Study, pids: set[int], timeout_s: float = 180) -> tuple[int, int]:
-    """(trial number, pid) of the first trial seen running in one of `pids`."""
+    """(trial number, pid) of the first trial seen running in one of `pids`, once it has both its
+    params (lr and patch size): killed before, it has fewer to retry with, and the retry samples the rest."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if len(trial.params) < 2:
+                continue
             pid = int(trial.user_attrs.get(WORKER_ATTR, ":0").rsplit(":", 1)[1])
             if pid in pids:
                 return trial.number, pid

@@ -9,9 +9,11 @@ the run of before DDP. `fit`, the loaders and the train stage take a `Ranks` and
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,6 +110,16 @@ class DistributedRanks(Ranks):
             raise SystemExit(1) from None
 
 
+def _close_group_on_the_way_out() -> None:
+    """Close the group as this process ends with its own status, which torchrun must then report.
+
+    Closing wakes the other ranks, whose failure makes torchrun send this rank SIGTERM; ignoring
+    it keeps the status this rank is already ending with instead of -15.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    dist.destroy_process_group()
+
+
 @contextlib.contextmanager
 def process_group() -> Iterator[Ranks]:
     """This process's `Ranks`: torchrun's process group for the block when WORLD_SIZE > 1, else one
@@ -128,7 +140,12 @@ def process_group() -> Iterator[Ranks]:
         device, backend = torch.device("cpu"), "gloo"
         torch.set_num_threads(max(1, worker_count() // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
     dist.init_process_group(backend, rank=rank, world_size=world_size, device_id=device if backend == "nccl" else None)
-    yield DistributedRanks(device, rank, world_size)
-    # Not on an error: the group then closes as the process exits, after the error is reported.
-    # Closed sooner, it would wake the other ranks, and torchrun would stop this one mid-sentence.
+    try:
+        yield DistributedRanks(device, rank, world_size)
+    except BaseException:
+        # On an error, close the group at exit, after Python has reported the error: closed sooner,
+        # it would wake the other ranks and torchrun would stop this one mid-sentence; left to the
+        # C++ teardown, gloo's threads may abort the process ("terminate called...", status -6).
+        atexit.register(_close_group_on_the_way_out)
+        raise
     dist.destroy_process_group()

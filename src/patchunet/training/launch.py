@@ -25,9 +25,11 @@ def main(argv: list[str]) -> int:
     try:
         run(parse_args(argv))
     except ChildFailedError as failed:
-        rank, failure = failed.get_first_failure()
-        if failure.exitcode != 1:  # 1: a user error, which its rank has said in one line
-            print(f"train: rank {rank} failed with exit code {failure.exitcode}; see its output above", file=sys.stderr)
+        # every rank that failed, not torchrun's "first": failures within a second tie on its clock
+        for rank, failure in sorted(failed.failures.items()):
+            if failure.exitcode != 1:  # 1: a user error, which its rank has said in one line
+                reason = f"rank {rank} failed with exit code {failure.exitcode}"
+                print(f"train: {reason}; see its output above", file=sys.stderr)
         return 1
     return 0
 
