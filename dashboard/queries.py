@@ -149,6 +149,15 @@ def model(uri: str, model_name: str, version: int):
     return tracking.load_logged_model(f"models:/{model_name}/{version}")
 
 
+@st.cache_resource(show_spinner="Preparing the model's runtime...")
+def network(uri: str, model_name: str, version: int, _cfg: EvalConfig, runtime: tuple[str, str]):
+    """That version's network on the runtime `eval.backend` and `eval.precision` name (`runtime`),
+    made once per version and runtime."""
+    from patchunet.inference.runtimes import runtime_network
+
+    return runtime_network(model(uri, model_name, version), _cfg)
+
+
 def model_scale(cfg: Settings, version: int) -> float:
     """The µm per pixel of the images the version was trained on."""
     return model(cfg.tracking_uri, cfg.registered_model, version).cfg.microns_per_pixel
@@ -173,14 +182,14 @@ def segment(
     from patchunet.inference.scale import segment_at_scale
     from patchunet.inference.sliding_window import segment_image
 
-    network = model(uri, model_name, version)
-    window = cfg.window_for(patch_size, network.cfg.size_multiple)
+    runtime = network(uri, model_name, version, cfg, (cfg.backend, cfg.precision))
+    window = cfg.window_for(patch_size, runtime.cfg.size_multiple)
     started = time.perf_counter()
     labels = segment_at_scale(
-        lambda at_scale: segment_image(network, at_scale, cfg, window)[1],
+        lambda at_scale: segment_image(runtime, at_scale, cfg, window)[1],
         _image,
         image_mpp,
-        network.cfg.microns_per_pixel,
+        runtime.cfg.microns_per_pixel,
     )
     return labels, time.perf_counter() - started
 

@@ -30,6 +30,7 @@ from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.evaluation.overlay import head_picture, match_overlay
 from patchunet.evaluation.protocol import protocol_hash, sample_ids
 from patchunet.files import atomic_directory, atomic_file, read_json_value, write_json
+from patchunet.inference.runtimes import runtime_network
 from patchunet.inference.sliding_window import segment_image
 from patchunet.model.unet import load_model
 from patchunet.paths import MODEL_FILE, RAW_DIR, RUN_FILE, SAMPLES_DIR, TEST_METRICS, TEST_PER_IMAGE, labels_dir
@@ -48,13 +49,14 @@ def main() -> None:
     run_id = read_json_value(RUN_FILE, "run_id")
     tracking.connect(tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri))
     tracking.get_run(run_id)  # fails now, not after the whole test set
-    model = load_model(MODEL_FILE).to(pick_device())
+    model = load_model(MODEL_FILE)
+    network = runtime_network(model.to(pick_device()) if cfg.backend == "torch" else model, cfg)
     window = cfg.window_for(patch_cfg.size, model.cfg.size_multiple)
     records = pair_files(raw_dirs(RAW_DIR), "test")
     samples = sample_ids([r.image_id for r in records], cfg.samples)
     print(
         f"evaluate: {len(records)} test images, instance head {model.cfg.instance_head}, window {window} px, "
-        f"overlap {cfg.overlap}, tta {cfg.tta}"
+        f"overlap {cfg.overlap}, tta {cfg.tta}, {cfg.backend} {cfg.precision}"
     )
 
     scores, rows = [], []
@@ -66,7 +68,7 @@ def main() -> None:
             if truth.shape != image.shape[:2]:
                 raise DataError(label_path, f"label map {truth.shape} does not match its image {image.shape[:2]}")
             started = time.perf_counter()
-            maps, predicted = segment_image(model, image, cfg, window)
+            maps, predicted = segment_image(network, image, cfg, window)
             seconds = time.perf_counter() - started
             image_scores = score_segmentation(truth, predicted)
             scores.append(image_scores)

@@ -194,6 +194,18 @@ def run_pipeline(project: Path, stage: str, tracking_uri: str, *args: str) -> su
     )
 
 
+def run_cli(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
+    """`patchunet ARGS` in `project` with its params.yaml, against `tracking_uri`."""
+    return subprocess.run(
+        [sys.executable, "-m", "patchunet", *args, "--params", str(project / "params.yaml")],
+        cwd=project,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def mlflow_client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 

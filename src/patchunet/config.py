@@ -211,6 +211,8 @@ class EvalConfig:
     marker_threshold: Fraction
     min_marker_area: NonNegativeInt
     samples: NonNegativeInt
+    backend: Literal["torch", "onnxruntime", "openvino"]
+    precision: Literal["fp32", "bf16"]
 
     @model_validator(mode="after")
     def _overlap_fits_the_window(self) -> EvalConfig:
@@ -295,6 +297,13 @@ class MlflowConfig:
     tracking_uri: str | None
     experiment: str
     registered_model: str
+
+
+@_section("serve")
+class ServeConfig:
+    """The registered model as MLflow serves it (`register` writes these into it)."""
+
+    max_image_side: AtLeastOne
 
 
 @_section("dashboard")

@@ -17,6 +17,8 @@ CHECKOUT_EVAL = EvalConfig(
     marker_threshold=0.5,
     min_marker_area=10,
     samples=4,
+    backend="torch",
+    precision="fp32",
 )
 
 
@@ -25,9 +27,11 @@ def test_protocol_hash_is_the_one_registered_versions_carry() -> None:
     assert protocol_hash(CHECKOUT_EVAL, 256) == "8a5959bd22f4"
 
 
-def test_protocol_hash_ignores_the_samples_and_follows_every_setting_that_changes_a_score() -> None:
+def test_protocol_hash_ignores_the_samples_and_runtime_and_follows_every_setting_that_changes_a_score() -> None:
     reference = protocol_hash(CHECKOUT_EVAL, 256)
     assert protocol_hash(dataclasses.replace(CHECKOUT_EVAL, samples=1), 256) == reference
+    faster = dataclasses.replace(CHECKOUT_EVAL, backend="openvino", precision="bf16")
+    assert protocol_hash(faster, 256) == reference  # a hash from before the runtimes existed still compares
     assert protocol_hash(CHECKOUT_EVAL, 128) != reference
     assert protocol_hash(dataclasses.replace(CHECKOUT_EVAL, threshold=0.5), 256) != reference
     assert protocol_hash(dataclasses.replace(CHECKOUT_EVAL, tta=True), 256) != reference

@@ -5,16 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO_ROOT, TEST_DIR, make_train_project, mlflow_client, train_in
+from conftest import REPO_ROOT, TEST_DIR, make_train_project, mlflow_client, run_cli, train_in
 
 from patchunet import tracking
 
@@ -27,14 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def predict(project: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "patchunet", "predict", *args, "--params", str(project / "params.yaml")],
-        cwd=project,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(project, uri, "predict", *args)
 
 
 def test_predict_writes_labels_overlay_and_csvs_for_tiff_and_png(trained, real_monuseg: Path, tmp_path) -> None:

@@ -16,6 +16,7 @@ from conftest import (
     TEST_IDS,
     make_evaluation_project,
     mlflow_client,
+    run_cli,
     run_pipeline,
 )
 
@@ -256,3 +257,63 @@ def test_register_of_metrics_from_before_the_eval_protocol_says_to_evaluate_agai
     result = run_pipeline(other, "register", uri)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "metrics/test.json: has no 'eval_protocol'" in result.stderr
+
+
+def test_the_registered_version_returns_the_nuclei_that_predict_writes(registered, tmp_path: Path) -> None:
+    """mlflow.pyfunc.load_model(...).predict on an array and on PNG bytes gives `patchunet predict`'s labels."""
+    import base64
+
+    import imagecodecs
+    import mlflow.pyfunc
+    import pandas as pd
+    import tifffile
+
+    from patchunet.inference.requests import decoded_labels
+
+    project, uri, _ = registered
+    image_path = project / f"data/raw/monuseg/test/images/{TEST_IDS[0]}.tif"
+    out = tmp_path / "out"
+    result = run_cli(project, uri, "predict", str(image_path), "--model", "models:/patchunet/1", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    expected = tifffile.imread(out / f"{TEST_IDS[0]}_labels.tif")
+    with (out / f"{TEST_IDS[0]}_nuclei.csv").open() as f:
+        expected_rows = list(csv.DictReader(f))
+    assert expected.max() > 0  # the tiny model finds the synthetic nuclei, so the comparison means something
+
+    tracking.connect(uri)
+    model = mlflow.pyfunc.load_model("models:/patchunet/1")
+    image = tifffile.imread(image_path)
+    png = base64.b64encode(imagecodecs.png_encode(image)).decode()
+    as_array, as_png = model.predict(pd.DataFrame({"image": [image, png]}))
+    np.testing.assert_array_equal(as_array["labels"], expected)
+    np.testing.assert_array_equal(decoded_labels(as_png["labels"]), expected)
+    assert [str(row["nucleus"]) for row in as_array["nuclei"]] == [row["nucleus"] for row in expected_rows]
+    first, expected_first = as_array["nuclei"][0], expected_rows[0]
+    assert {key: str(value) for key, value in first.items()} == expected_first
+    assert 0.5 <= first["mean_probability"] <= 1 and as_array["microns_per_pixel"] == 0.25
+
+
+def test_the_registered_version_refuses_a_bad_image_in_one_line(registered) -> None:
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    _, uri, _ = registered
+    tracking.connect(uri)
+    model = mlflow.pyfunc.load_model("models:/patchunet/1")
+    with pytest.raises(MlflowException, match=r"^image 1: corrupt or truncated image, or not an image") as raised:
+        model.predict(pd.DataFrame({"image": [np.zeros((40, 40, 3), np.uint8), b"no image"]}))
+    assert "\n" not in raised.value.message
+    with pytest.raises(MlflowException, match=r"^image 0: 40 µm/px is 160x from the model's 0.25 µm/px"):
+        model.predict(pd.DataFrame({"image": [np.zeros((40, 40, 3), np.uint8)]}), params={"mpp": 40.0})
+
+
+def test_the_registered_model_and_version_carry_model_cards(registered) -> None:
+    project, uri, _ = registered
+    client = mlflow_client(uri)
+    metrics = json.loads((project / "metrics/test.json").read_text())["per_image_mean"]
+    card = client.get_model_version("patchunet", "1").description
+    assert card.startswith("# patchunet v1\n")
+    assert f"AJI {metrics['aji']:.4f}" in card and "MoNuSeg 2018" in card and "0.25 µm per pixel" in card
+    assert 'mlflow.pyfunc.load_model("models:/patchunet/1")' in card and "model.predict(" in card
+    assert "models:/patchunet@champion" in client.get_registered_model("patchunet").description

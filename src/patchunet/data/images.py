@@ -48,6 +48,27 @@ def read_rgb_image(path: Path, *, max_side: int | None = None) -> np.ndarray:
     return image
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def read_rgb_bytes(content: bytes, name: str, *, max_side: int | None = None) -> np.ndarray:
+    """`read_rgb_image` of an image sent as bytes (an upload, a request), which errors call `name`.
+
+    TIFF is told by its first bytes, any other format by Pillow; the bytes go to a temporary file
+    of a fixed name, so nothing the sender chose reaches the file system.
+    """
+    import tempfile
+
+    suffix = ".tif" if content[:4] in TIFF_MAGIC else ""
+    with tempfile.TemporaryDirectory(prefix="patchunet-image-") as folder:
+        path = Path(folder) / f"image{suffix}"
+        path.write_bytes(content)
+        try:
+            return read_rgb_image(path, max_side=max_side)
+        except DataError as exc:
+            raise DataError(name, exc.problem) from None
+
+
 def read_label_image(path: Path, *, max_side: int | None = None) -> np.ndarray:
     """Read an instance label map (H, W) with 0 = background and one id per nucleus."""
     labels = _read_array(path, max_side)

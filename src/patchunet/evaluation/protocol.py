@@ -13,15 +13,20 @@ from collections.abc import Iterable
 
 from patchunet.config import EvalConfig
 
+RUNTIME_SETTINGS = ("backend", "precision")
+
 
 def protocol_hash(cfg: EvalConfig, window: int) -> str:
     """12 hex digits naming the eval params and window the scores came from.
 
-    `samples` is left out: which images are drawn changes no score. The hash is stored as a version
-    tag and compared with the champion's: changing how it is computed makes every old champion
-    incomparable, so keep it stable.
+    `samples` is left out: which images are drawn changes no score; so are the runtime and its
+    precision (`backend`, `precision`), which move scores by far less than any setting does
+    (README, "Fast inference"). The hash is stored as a version tag and compared with the
+    champion's: changing how it is computed makes every old champion incomparable, so keep it stable.
     """
     settings = {**dataclasses.asdict(cfg), "window": window, "samples": None}
+    for runtime_setting in RUNTIME_SETTINGS:
+        settings.pop(runtime_setting)
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

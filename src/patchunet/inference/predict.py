@@ -2,10 +2,10 @@
 
 For each IMAGE it writes, into --out: <stem>_labels.tif (uint16 or uint32 nucleus ids,
 0 = background), <stem>_overlay.png (the image with each nucleus outlined) and <stem>_nuclei.csv
-(one row per nucleus: id, area, centroid); summary.csv has one row per image, and keeps the
-rows of images an earlier run wrote there. Files already in --out are never replaced without
---overwrite: the run stops before any inference, naming the first one. Inference and
-post-processing follow the `eval` section of params.yaml, as the evaluate stage does.
+(one row per nucleus: id, area, centroid, bounding box, mean probability); summary.csv has one
+row per image, and keeps the rows of images an earlier run wrote there. Files already in --out are
+never replaced without --overwrite: the run stops before any inference, naming the first one.
+Inference and post-processing follow the `eval` section of params.yaml, as the evaluate stage does.
 
 Scale: an image at another scale than the model's (a 20x image for a model of MoNuSeg's 40x) is
 resampled to the model's for inference, and its labels back onto the image's pixels. Give the
@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_MODEL = "models:/patchunet@champion"
-NUCLEUS_COLUMNS = ("nucleus", "area_px", "area_um2", "centroid_y", "centroid_x")
 SUMMARY_COLUMNS_BEFORE_SCALE = ("image", "nuclei", "mean_area_px", "median_area_px", "foreground_fraction")
 SUMMARY_COLUMNS = (*SUMMARY_COLUMNS_BEFORE_SCALE, "microns_per_pixel", "scale_from")
 OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_nuclei.csv")
@@ -74,8 +73,9 @@ def run(args: argparse.Namespace) -> None:
     from patchunet.data.images import read_rgb_image, write_label_tiff, write_png
     from patchunet.errors import PatchUNetError
     from patchunet.evaluation.overlay import prediction_overlay
-    from patchunet.inference.scale import recorded_mpp, segment_at_scale
-    from patchunet.inference.sliding_window import segment_image
+    from patchunet.inference.nuclei import NUCLEUS_COLUMNS, nucleus_table, segment_nuclei
+    from patchunet.inference.runtimes import runtime_network
+    from patchunet.inference.scale import recorded_mpp
 
     params = load_params(args.params)
     cfg = parse_section(EvalConfig, params, "eval")
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> None:
         args.model, tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
     )
     window = cfg.window_for(patch_size, model.cfg.size_multiple)
+    network = runtime_network(model, cfg)
     model_mpp = model.cfg.microns_per_pixel
     scales = {
         path: image_scale(path, image, given_mpp, option, recorded[path], model_mpp) for path, image in images.items()
@@ -103,10 +104,8 @@ def run(args: argparse.Namespace) -> None:
     summary = earlier_rows
     for path, image in tqdm(images.items(), desc="predict", unit="image"):
         mpp, source = scales[path]
-        labels = segment_at_scale(
-            lambda at_scale: segment_image(model, at_scale, cfg, window)[1], image, mpp, model_mpp
-        )
-        nuclei = nucleus_table(labels, mpp)
+        labels, probabilities = segment_nuclei(network, image, cfg, window, mpp)
+        nuclei = nucleus_table(labels, mpp, probabilities)
         write_label_tiff(args.out / f"{path.stem}_labels.tif", labels)
         write_png(args.out / f"{path.stem}_overlay.png", prediction_overlay(image, labels))
         write_rows(args.out / f"{path.stem}_nuclei.csv", NUCLEUS_COLUMNS, nuclei)
@@ -241,24 +240,6 @@ def load_model_reference(reference: str, tracking_uri: str):
         tracking.connect(tracking_uri)
         return tracking.load_logged_model(reference)
     return load_model(Path(reference))
-
-
-def nucleus_table(labels, mpp: float | None = None) -> list[dict]:
-    """One row per nucleus of (H, W) labels at `mpp` µm per pixel: its id, area in pixels and in
-    µm² (blank without an mpp), and centroid."""
-    from skimage.measure import regionprops_table
-
-    table = regionprops_table(labels, properties=("label", "area", "centroid"))
-    return [
-        {
-            "nucleus": int(n),
-            "area_px": int(a),
-            "area_um2": "" if mpp is None else round(float(a) * mpp**2, 3),
-            "centroid_y": round(float(y), 1),
-            "centroid_x": round(float(x), 1),
-        }
-        for n, a, y, x in zip(table["label"], table["area"], table["centroid-0"], table["centroid-1"], strict=True)
-    ]
 
 
 def write_rows(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:

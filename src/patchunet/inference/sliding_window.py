@@ -24,6 +24,7 @@ from patchunet.data.dataset import image_to_tensor
 from patchunet.data.patches import tile_grid
 from patchunet.errors import ConfigError
 from patchunet.inference.postprocess import instances_from_maps
+from patchunet.inference.runtimes import Network, network_device
 from patchunet.model.heads import activate
 
 Blend = Literal["gaussian", "linear"]
@@ -67,13 +68,13 @@ def dihedral_transforms() -> list[tuple[TensorMap, TensorMap]]:
     return transforms
 
 
-def predict_probabilities(model: torch.nn.Module, image: np.ndarray, **options: object) -> np.ndarray:
+def predict_probabilities(model: Network, image: np.ndarray, **options: object) -> np.ndarray:
     """(H, W) float32 nucleus probabilities of an (H, W, 3) uint8 image: channel 0 of `predict_maps`."""
     return predict_maps(model, image, **options)[0]
 
 
 def predict_maps(
-    model: torch.nn.Module,
+    model: Network,
     image: np.ndarray,
     *,
     window: int,
@@ -88,7 +89,8 @@ def predict_maps(
     """(C, H, W) float32 maps of an (H, W, 3) uint8 image of any size: nucleus probabilities, then
     the instance `head`'s maps (heads.activate).
 
-    `model` maps (N, 3, window, window) images in [0, 1] to (N, C, window, window) logits. With
+    `model` (a torch module or a `runtimes.Network`) maps (N, 3, window, window) images in [0, 1]
+    to (N, C, window, window) logits. With
     `tta`, each window is also predicted under the 8 flips and rotations and the results averaged.
     `progress` wraps the iterable of window batches (and gets their count), for a progress bar.
     """
@@ -107,7 +109,8 @@ def predict_maps(
     weight_sum = np.zeros(padded.shape[:2], np.float32)
     transforms = dihedral_transforms() if tta else dihedral_transforms()[:1]
 
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     batches = list(_batched(corners, batch_size))
     with torch.inference_mode():
         for batch in progress(batches, len(batches)) if progress else batches:
@@ -127,7 +130,7 @@ def predict_maps(
 
 
 def segment_image(
-    model: torch.nn.Module,
+    model: Network,
     image: np.ndarray,
     cfg: EvalConfig,
     window: int,
@@ -142,7 +145,7 @@ def segment_image(
 
 
 def image_maps(
-    model: torch.nn.Module,
+    model: Network,
     image: np.ndarray,
     cfg: EvalConfig,
     window: int,
@@ -159,7 +162,7 @@ def image_maps(
         blend=cfg.blend,
         tta=cfg.tta,
         head=model.cfg.instance_head,
-        device=next(model.parameters()).device,
+        device=network_device(model),
         progress=progress,
     )
 

@@ -6,7 +6,10 @@
 - `evaluation`: the test metrics and version tags of an evaluation;
 - `promotion`: when a registered version becomes `champion`, and moving the aliases;
 - `provenance`: the git commit and DVC data hash a run is tagged with;
-- `served_model`: the pyfunc that MLflow loads and serves (imported by MLflow only).
+- `served_model`: the raw network as training logs it (images -> logits; imported by MLflow only);
+- `nuclei_model`: logs the model `register` registers, images -> nuclei (`served_nuclei`, which
+  MLflow alone imports); imported by `register` alone, not here;
+- `model_card`: the Markdown descriptions of the registered model and its versions.
 
 `from patchunet import tracking` gives the whole public API below.
 """
@@ -15,6 +18,7 @@ from patchunet.tracking import names
 from patchunet.tracking.client import (
     DEFAULT_TRACKING_URI,
     connect,
+    describe,
     download_artifact,
     ensure_experiment,
     experiment_runs,
@@ -55,6 +59,7 @@ __all__ = [
     "VersionSummary",
     "connect",
     "decide_promotion",
+    "describe",
     "download_artifact",
     "dvc_output_hash",
     "ensure_experiment",

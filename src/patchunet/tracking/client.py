@@ -398,6 +398,14 @@ def register_model(model_uri: str, name: str, tags: Mapping[str, Any]) -> Versio
 
 
 @store_call
+def describe(name: str, model_description: str, version: int, version_description: str) -> None:
+    """Set the Markdown descriptions (model cards) of registered model `name` and its `version`."""
+    client = MlflowClient()
+    client.update_registered_model(name, description=model_description)
+    client.update_model_version(name, str(version), description=version_description)
+
+
+@store_call
 def get_version(name: str, version: int) -> VersionSummary:
     try:
         found = MlflowClient().get_model_version(name, str(version))

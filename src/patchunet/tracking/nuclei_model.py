@@ -1,0 +1,70 @@
+"""The model `register` logs beside the raw network and registers: images in, nuclei out.
+
+Its own module, imported by `register` alone: the model it logs runs served_nuclei.py, which
+imports the inference package, and the stages that only log runs must not depend on that.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import Schema
+
+from patchunet.tracking.client import WEIGHTS_FILE
+from patchunet.tracking.names import NUCLEI_MODEL_ARTIFACT, ONNX_ARTIFACT, WEIGHTS_ARTIFACT
+
+if TYPE_CHECKING:
+    from patchunet.model.unet import PatchUNet
+
+
+def nuclei_signature(model_mpp: float) -> ModelSignature:
+    """Images in an `image` column (arrays, or PNG/TIFF bytes or base64), and their µm per pixel as
+    the param `mpp`, by default the model's."""
+    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec
+
+    from patchunet.inference.requests import IMAGE_COLUMN, MPP_PARAM
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]),
+        params=ParamSchema([ParamSpec(MPP_PARAM, "double", model_mpp)]),
+    )
+
+
+def log_nuclei_model(
+    run_id: str, model: PatchUNet, eval_settings: Mapping[str, Any], window: int, max_side: int
+) -> str:
+    """Log to run `run_id`, beside its raw network, the model that returns nuclei
+    (served_nuclei.py): the network's weights file and ONNX export, and a model config of the
+    `eval_settings`, `window` and `max_side` it serves with. Returns its model URI."""
+    import base64
+    import io
+
+    import mlflow.pyfunc
+    from PIL import Image
+
+    import patchunet
+    from patchunet.inference.requests import IMAGE_COLUMN
+    from patchunet.inference.runtimes import export_onnx
+    from patchunet.model.unet import save_model
+
+    example = io.BytesIO()  # a 64x64 pink tile: what a client sends, small enough to run at logging
+    Image.fromarray(np.full((64, 64, 3), (222, 160, 200), np.uint8)).save(example, format="PNG")
+    with tempfile.TemporaryDirectory(prefix="patchunet-model-") as folder, mlflow.start_run(run_id=run_id):
+        weights = Path(folder) / WEIGHTS_FILE
+        save_model(model, weights)
+        network = export_onnx(model, Path(folder) / "network.onnx")
+        info = mlflow.pyfunc.log_model(
+            name=NUCLEI_MODEL_ARTIFACT,
+            python_model=Path(__file__).with_name("served_nuclei.py"),
+            artifacts={WEIGHTS_ARTIFACT: str(weights), ONNX_ARTIFACT: str(network)},
+            model_config={"eval": dict(eval_settings), "window": window, "max_image_side": max_side},
+            signature=nuclei_signature(model.cfg.microns_per_pixel),
+            input_example={IMAGE_COLUMN: [base64.b64encode(example.getvalue()).decode("ascii")]},
+            code_paths=[str(Path(patchunet.__file__).parent)],
+        )
+    return info.model_uri

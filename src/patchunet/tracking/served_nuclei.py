@@ -1,0 +1,70 @@
+"""The registered model as MLflow loads and serves it: images in, nuclei out (a "model from code").
+
+`tracking.log_nuclei_model` logs this file with two artifacts, the network's weights file
+(`weights`, read as plain data with `weights_only`) and its ONNX export (`onnx`), and a model
+config holding the `eval` settings, the window and the largest image side of its registration.
+So `mlflow.pyfunc.load_model("models:/patchunet@champion").predict(...)` and `mlflow models serve`
+give what `patchunet predict` writes: the same labels, and the same table of nuclei.
+
+Input: a DataFrame whose `image` column holds, per row, an RGB uint8 array or PNG/TIFF bytes (or
+their base64, as JSON carries them); the param `mpp` gives the images' µm per pixel (default:
+the model's). Output: one dict per image: `labels` (an array, or base64 TIFF for bytes, see
+inference/requests.py), `nuclei` (one record per nucleus, inference/nuclei.py) and
+`microns_per_pixel`. A bad image or param is refused, before any work, in one line naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from patchunet.config import EvalConfig
+from patchunet.errors import PatchUNetError
+from patchunet.inference.nuclei import nucleus_table, segment_nuclei
+from patchunet.inference.requests import IMAGE_COLUMN, encoded_labels, request_image, request_mpp
+from patchunet.inference.runtimes import runtime_network
+from patchunet.inference.scale import check_scale
+from patchunet.model.unet import load_model
+from patchunet.tracking.names import ONNX_ARTIFACT, WEIGHTS_ARTIFACT
+
+
+class ServedNuclei(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
+        config = context.model_config
+        self.cfg = EvalConfig(**config["eval"])
+        self.window = int(config["window"])
+        self.max_side = int(config["max_image_side"])
+        model = load_model(Path(context.artifacts[WEIGHTS_ARTIFACT]))
+        self.network = runtime_network(model, self.cfg, onnx_file=Path(context.artifacts[ONNX_ARTIFACT]))
+
+    def predict(self, context: PythonModelContext, model_input, params: dict | None = None) -> list[dict]:
+        """`model_input`: a pandas DataFrame, as MLflow hands it over (pandas comes with MLflow)."""
+        model_mpp = self.network.cfg.microns_per_pixel
+        try:
+            if IMAGE_COLUMN not in getattr(model_input, "columns", ()):
+                raise PatchUNetError(f"expected a table with an {IMAGE_COLUMN!r} column of images")
+            values = list(model_input[IMAGE_COLUMN])
+            mpp = request_mpp(params, model_mpp)
+            images = [request_image(value, f"image {i}", self.max_side) for i, value in enumerate(values)]
+            for i, image in enumerate(images):
+                check_scale(image.shape, mpp, model_mpp, f"image {i}")
+        except PatchUNetError as exc:  # MLflow answers 400 with this line
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
+        answers = []
+        for value, image in zip(values, images, strict=True):
+            labels, probabilities = segment_nuclei(self.network, image, self.cfg, self.window, mpp)
+            answers.append(
+                {
+                    "labels": labels if isinstance(value, np.ndarray) else encoded_labels(labels),
+                    "nuclei": nucleus_table(labels, mpp, probabilities),
+                    "microns_per_pixel": mpp,
+                }
+            )
+        return answers
+
+
+mlflow.models.set_model(ServedNuclei())
