@@ -43,6 +43,30 @@ def test_ids_are_contiguous_and_small_maps_use_uint16() -> None:
     assert sorted(np.unique(labels)) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("min_area", [1, 5, 16])
+def test_clean_foreground_drops_and_fills_as_skimage_does(min_area: int) -> None:
+    """Objects and holes of every size around the limits, some cut by the border."""
+    from scipy import ndimage
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    from patchunet.inference.postprocess import clean_foreground
+
+    probabilities = ndimage.gaussian_filter(np.random.default_rng(0).random((120, 150), np.float32), 1.2)
+    for max_hole_area in (0, 4, 16):
+        expected = remove_small_objects(probabilities > 0.5, max_size=min_area - 1)
+        expected = remove_small_holes(expected, max_size=max_hole_area)
+        np.testing.assert_array_equal(clean_foreground(probabilities, 0.5, min_area, max_hole_area), expected)
+
+
+def test_finished_labels_drop_pieces_under_min_area_and_keep_the_order_of_ids() -> None:
+    from patchunet.inference.postprocess import finished_labels
+
+    labels = np.zeros((4, 20), np.int32)
+    labels[0, :3], labels[1, :4], labels[2, :5], labels[3, 10:14] = 7, 2, 9, 40  # areas 3, 4, 5, 4
+    expected = np.where(labels == 7, 0, np.searchsorted([0, 2, 9, 40], labels))
+    np.testing.assert_array_equal(finished_labels(labels, 4), expected)
+
+
 def test_nothing_above_threshold_gives_an_empty_map() -> None:
     labels = instances_from_probabilities(np.full((30, 30), 0.2, np.float32), **DEFAULTS)
     assert labels.shape == (30, 30) and labels.max() == 0
@@ -59,18 +83,105 @@ def crowded_nuclei(side: int = 600, seed: int = 0) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float32), 1.5)
 
 
-def test_blobwise_distance_and_h_maxima_equal_the_whole_image_calls() -> None:
+def test_distance_and_blobwise_h_maxima_equal_the_whole_image_calls() -> None:
     from scipy import ndimage
     from skimage.morphology import h_maxima
 
-    from patchunet.inference.postprocess import distance_by_blob, h_maxima_by_blob
+    from patchunet.inference.postprocess import Blobs, distance_by_blob, h_maxima_by_blob
 
     foreground = crowded_nuclei() > 0.5
     distance = distance_by_blob(foreground)
     np.testing.assert_array_equal(distance, ndimage.distance_transform_edt(foreground))
     smoothed = ndimage.gaussian_filter(distance, 1.0)
     for h in (0.5, 2.0):
-        np.testing.assert_array_equal(h_maxima_by_blob(smoothed, h), h_maxima(smoothed, h))
+        np.testing.assert_array_equal(h_maxima_by_blob(smoothed, h, Blobs.of(foreground)), h_maxima(smoothed, h))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_blobwise_h_maxima_equal_h_maxima_for_any_h_and_smoothing(seed: int) -> None:
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+
+    from patchunet.inference.postprocess import Blobs, h_maxima_by_blob
+
+    foreground = crowded_nuclei(side=160, seed=seed) > 0.5
+    distance = ndimage.distance_transform_edt(foreground)
+    for sigma, h in [(0.0, 0.5), (0.0, 1.0), (0.7, 0.3), (1.0, 0.5), (2.0, 1.0), (1.0, 3.0)]:
+        smoothed = ndimage.gaussian_filter(distance, sigma) if sigma else distance
+        np.testing.assert_array_equal(h_maxima_by_blob(smoothed, h, Blobs.of(foreground)), h_maxima(smoothed, h))
+
+
+def straightforward_instances(
+    probabilities: np.ndarray,
+    threshold: float,
+    min_nucleus_area: int,
+    max_hole_area: int,
+    distance_sigma: float,
+    watershed_h: float,
+) -> np.ndarray:
+    """The post-processing of the `none` head as the module docstring describes it, with whole-image calls."""
+    from scipy import ndimage
+    from skimage.morphology import h_maxima, remove_small_holes, remove_small_objects
+    from skimage.segmentation import relabel_sequential, watershed
+
+    foreground = remove_small_objects(probabilities > threshold, max_size=min_nucleus_area - 1)
+    foreground = remove_small_holes(foreground, max_size=max_hole_area)
+    distance = ndimage.distance_transform_edt(foreground)
+    if distance_sigma > 0:
+        distance = ndimage.gaussian_filter(distance, distance_sigma)
+    markers, count = ndimage.label(h_maxima(distance, watershed_h), structure=np.ones((3, 3)))
+    blobs, _ = ndimage.label(foreground)
+    marked = np.zeros(blobs.max() + 1, bool)
+    marked[blobs[markers > 0]] = True
+    unmarked = foreground & ~marked[blobs]
+    markers[unmarked] = blobs[unmarked] + count  # a blob without an h-maximum is one nucleus
+    labels = watershed(-distance, markers, mask=foreground)
+    areas = np.bincount(labels.ravel())
+    labels[(areas < min_nucleus_area)[labels] & (labels > 0)] = 0
+    return relabel_sequential(labels)[0]
+
+
+def thin_bar_beside_a_disc() -> np.ndarray:
+    """A bar 3 pixels wide, a pixel from a disc: its peak is within h of the smoothed map beside it."""
+    probabilities = discs((50, 70), (25, 20, 12))
+    probabilities[10:40, 34:37] = 0.9
+    probabilities[30:33, 40:66] = 0.9  # and a bar on its own
+    return probabilities
+
+
+def bar_meeting_a_square_at_a_corner() -> np.ndarray:
+    """A square and a bar 2 pixels wide that touch only diagonally (two blobs), and a disc: the bar's
+    plateau connects to the square's peak through the corner, so it is no h-maximum."""
+    probabilities = discs((60, 80), (50, 60, 6))
+    probabilities[10:24, 10:24] = 0.9
+    probabilities[24:26, 24:34] = 0.9
+    return probabilities
+
+
+LAYOUTS = {
+    "two equal touching discs": discs((60, 80), (30, 25, 12), (30, 46, 12)),
+    "two unequal touching discs": discs((60, 80), (30, 25, 12), (31, 44, 9)),
+    "three overlapping discs in a row": discs((60, 90), (30, 18, 10), (32, 36, 9), (29, 55, 12), (30, 72, 7)),
+    "discs cut by the border": discs((60, 80), (0, 20, 10), (4, 36, 9), (30, 79, 12), (59, 50, 8)),
+    "a thin bar beside a disc": thin_bar_beside_a_disc(),
+    "a bar meeting a square at a corner": bar_meeting_a_square_at_a_corner(),
+    "single discs": discs((80, 80), (15, 15, 6), (60, 60, 8), (15, 60, 5)),
+    "crowded nuclei": crowded_nuclei(side=160, seed=4),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_instances_equal_the_straightforward_whole_image_pipeline(layout: str) -> None:
+    """Same pixels and same numbering, whatever the smoothing and h."""
+    probabilities = LAYOUTS[layout]
+    for distance_sigma in (0.0, 1.0, 2.0):
+        for watershed_h in (0.5, 1.0, 2.0):
+            params = {**DEFAULTS, "distance_sigma": distance_sigma, "watershed_h": watershed_h, "min_nucleus_area": 4}
+            np.testing.assert_array_equal(
+                instances_from_probabilities(probabilities, **params),
+                straightforward_instances(probabilities, **params),
+                err_msg=f"{layout}, distance_sigma {distance_sigma}, watershed_h {watershed_h}",
+            )
 
 
 def test_post_processing_peaks_below_fourteen_float32_maps() -> None:
