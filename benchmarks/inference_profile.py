@@ -1,11 +1,11 @@
 """Where the time of one whole 1000x1000 test image goes: network, blending, thresholding,
 distance transform, markers, watershed, relabelling (issue 15's starting point).
 
-Profiles the library's own `segment_image` (no TTA, the `eval` params of params.yaml) on the
-trained model with cProfile, after a warm-up, over several real test images, and prints each
-step's cumulative time per image. The steps are the library functions that do them, so the
-table follows the code: what is left of `predict_maps` after the network's forward passes is
-the tiling, the blending and the copies.
+Profiles the library's own `segment_image` (no TTA, the `eval` params of params.yaml, on the
+runtime `eval.backend` names) on the trained model with cProfile, after a warm-up, over several
+real test images, and prints each step's cumulative time per image. The steps are the library
+functions that do them, so the table follows the code: what is left of `predict_maps` after the
+network's forward passes is the tiling, the blending and the copies.
 
     .venv/bin/python benchmarks/inference_profile.py --images 3
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from patchunet.config import EvalConfig, PatchConfig, load_params, parse_section
 from patchunet.data.images import read_rgb_image
+from patchunet.inference.runtimes import runtime_network
 from patchunet.inference.sliding_window import segment_image
 from patchunet.model.unet import load_model
 from patchunet.paths import MODEL_FILE, RAW_DIR
@@ -28,11 +29,12 @@ from patchunet.training.devices import pick_device
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = {  # step -> (file suffix, function name) whose cumulative time it is
     "network (forward passes)": ("patchunet/model/unet.py", "forward"),
+    "network (exported, on eval.backend)": ("inference/runtimes.py", "__call__"),
     "sliding windows in all (tiling, network, blending)": ("inference/sliding_window.py", "predict_maps"),
     "post-processing in all": ("inference/postprocess.py", "instances_from_maps"),
     "  threshold, small objects and holes": ("inference/postprocess.py", "clean_foreground"),
-    "  distance transform (per blob)": ("inference/postprocess.py", "distance_by_blob"),
-    "  markers (h-maxima per blob)": ("inference/postprocess.py", "h_maxima_by_blob"),
+    "  distance transform": ("inference/postprocess.py", "distance_by_blob"),
+    "  markers (h-maxima)": ("inference/postprocess.py", "h_maxima_by_blob"),
     "  watershed": ("skimage/segmentation/_watershed.py", "watershed"),
     "  relabelling and small nuclei": ("inference/postprocess.py", "finished_labels"),
 }
@@ -44,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
     cfg = parse_section(EvalConfig, params, "eval")
-    model = load_model(ROOT / MODEL_FILE).to(pick_device())
+    model = load_model(ROOT / MODEL_FILE)
+    model = runtime_network(model.to(pick_device()) if cfg.backend == "torch" else model, cfg)
     window = cfg.window_for(parse_section(PatchConfig, params, "patch").size, model.cfg.size_multiple)
     images = [read_rgb_image(p) for p in sorted((ROOT / RAW_DIR / "test/images").glob("*.tif"))[: args.images]]
     if not images:
@@ -61,7 +64,7 @@ def main() -> None:
     stats = pstats.Stats(profile).stats  # (file, line, name) -> (calls, primitive, tottime, cumtime, callers)
     side = f"{images[0].shape[1]}x{images[0].shape[0]}"
     print(f"{len(images)} test images of {side} px, window {window}, overlap {cfg.overlap}, batch {cfg.batch_size}")
-    print("no TTA; under cProfile, which adds its own overhead")
+    print(f"no TTA; {cfg.backend} {cfg.precision}; under cProfile, which adds its own overhead")
     print(f"{'step':52s} {'s/image':>8s} {'share':>6s}")
     for step, (suffix, name) in STEPS.items():
         seconds = sum(v[3] for (file, _, function), v in stats.items() if file.endswith(suffix) and function == name)

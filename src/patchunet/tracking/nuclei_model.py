@@ -6,6 +6,7 @@ imports the inference package, and the stages that only log runs must not depend
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,7 +50,7 @@ def log_nuclei_model(
 
     import patchunet
     from patchunet.inference.requests import IMAGE_COLUMN
-    from patchunet.inference.runtimes import export_onnx
+    from patchunet.inference.runtimes import cached_onnx
     from patchunet.model.unet import save_model
 
     example = io.BytesIO()  # a 64x64 pink tile: what a client sends, small enough to run at logging
@@ -57,7 +58,8 @@ def log_nuclei_model(
     with tempfile.TemporaryDirectory(prefix="patchunet-model-") as folder, mlflow.start_run(run_id=run_id):
         weights = Path(folder) / WEIGHTS_FILE
         save_model(model, weights)
-        network = export_onnx(model, Path(folder) / "network.onnx")
+        network = Path(folder) / "network.onnx"
+        shutil.copyfile(cached_onnx(model), network)  # the export evaluate made of these weights, if any
         info = mlflow.pyfunc.log_model(
             name=NUCLEI_MODEL_ARTIFACT,
             python_model=Path(__file__).with_name("served_nuclei.py"),
