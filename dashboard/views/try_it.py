@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from patchunet.data.images import read_rgb_image, write_label_tiff
+from patchunet.data.images import read_rgb_bytes, write_label_tiff
 from patchunet.errors import DataError, PatchUNetError
 from patchunet.evaluation.overlay import prediction_overlay
 from patchunet.inference.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
@@ -21,7 +21,6 @@ import queries
 import review
 import widgets
 
-READABLE_SUFFIXES = (".tif", ".tiff", ".png")
 SHOWN_NAME_CHARS = 60
 SCALE_CHOICES = {f"{name} ({MAGNIFICATIONS[name]:g} µm/px)": MAGNIFICATIONS[name] for name in ("40x", "20x")}
 OTHER_SCALE = "other mpp"
@@ -35,19 +34,9 @@ def shown_name(name: str) -> str:
 
 def read_upload(name: str, content: bytes, max_side: int) -> np.ndarray:
     """The uploaded image as RGB uint8, checked as `patchunet predict` checks its inputs; an image
-    larger than `max_side` is refused from its header, before it is decoded.
-
-    The temporary file gets a fixed name: the browser's name (any length, `..`, slashes) only
-    chooses the reader by its suffix and appears in messages.
-    """
-    suffix = Path(name).suffix.lower()
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"upload{suffix if suffix in READABLE_SUFFIXES else ''}"
-        path.write_bytes(content)
-        try:
-            return read_rgb_image(path, max_side=max_side)
-        except DataError as exc:
-            raise DataError(shown_name(name), exc.problem) from None
+    larger than `max_side` is refused from its header, before it is decoded. The browser's name
+    (any length, `..`, slashes) appears in messages only."""
+    return read_rgb_bytes(content, shown_name(name), max_side=max_side)
 
 
 def scale_input(model_mpp: float) -> float:
