@@ -17,6 +17,7 @@ AJI is the per-image mean over the val images; its change is against torch fp32 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import tempfile
@@ -71,8 +72,7 @@ class Compiled(torch.nn.Module):
 
 def quantised_onnx(model: PatchUNet, folder: Path, patches: int) -> Path:
     """The model's ONNX export in int8 (QDQ, per channel), calibrated on `patches` train patches."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationDataReader
 
     store = PatchSet.load(ROOT / PATCH_DIR / "train")
     picked = np.random.default_rng(0).choice(len(store.images), size=min(patches, len(store.images)), replace=False)
@@ -87,6 +87,14 @@ def quantised_onnx(model: PatchUNet, folder: Path, patches: int) -> Path:
         def get_next(self):
             return next(self.items, None)
 
+    with contextlib.chdir(folder):  # onnxruntime's pre-processing leaves temporary files in the working folder
+        return _quantise(model, folder, TrainPatches())
+
+
+def _quantise(model: PatchUNet, folder: Path, calibration) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     fp32 = runtimes.export_onnx(model, folder / "fp32.onnx")
     prepared = folder / "prepared.onnx"
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # dynamic sides defeat it
@@ -94,7 +102,7 @@ def quantised_onnx(model: PatchUNet, folder: Path, patches: int) -> Path:
     quantize_static(
         str(prepared),
         str(int8),
-        TrainPatches(),
+        calibration,
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,

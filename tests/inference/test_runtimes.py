@@ -16,7 +16,9 @@ from patchunet.inference.sliding_window import segment_image
 from patchunet.model.unet import PatchUNet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EVAL = parse_section(EvalConfig, load_params(REPO_ROOT / "params.yaml"), "eval")
+EVAL = dataclasses.replace(  # the plain torch run each runtime is compared with
+    parse_section(EvalConfig, load_params(REPO_ROOT / "params.yaml"), "eval"), backend="torch", precision="fp32"
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +90,16 @@ def test_torch_is_the_model_itself_and_bf16_needs_openvino(model) -> None:
 def test_an_unknown_backend_is_refused_by_the_params(model) -> None:
     with pytest.raises(ConfigError, match=r"eval.backend"):
         dataclasses.replace(EVAL, backend="tensorrt")
+
+
+def test_an_openvino_network_serves_several_threads_at_once(model, cache) -> None:
+    """The dashboard's sessions share one network from threads; each gets its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    network = runtimes.runtime_network(model, dataclasses.replace(EVAL, backend="openvino", precision="fp32"))
+    batches = [torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(seed)) for seed in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(network, batches))
+    with torch.inference_mode():
+        for images, answer in zip(batches, answers, strict=True):
+            torch.testing.assert_close(answer, model(images), atol=1e-4, rtol=0)

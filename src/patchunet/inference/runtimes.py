@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -145,8 +146,13 @@ def runtime_network(
         compiled = openvino.Core().compile_model(
             str(onnx_file), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
         )
-        request = compiled.create_infer_request()
-        return ExportedNetwork(model.cfg, "openvino", lambda x: request.infer({0: x})[0].copy())
+        request, busy = compiled.create_infer_request(), threading.Lock()
+
+        def infer(images: np.ndarray) -> np.ndarray:
+            with busy:  # one request, not to be shared: the dashboard's sessions run in threads
+                return request.infer({0: images})[0].copy()
+
+        return ExportedNetwork(model.cfg, "openvino", infer)
     raise ConfigError("eval.backend", f"unknown backend {cfg.backend!r}: use torch, onnxruntime or openvino")
 
 
