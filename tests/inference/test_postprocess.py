@@ -270,3 +270,14 @@ def test_the_search_ranks_settings_by_val_aji_and_keeps_the_rest_of_eval() -> No
     ajis = [r.per_image_mean["aji"] for r in results]
     assert ajis == sorted(ajis, reverse=True) and ajis[0] > ajis[-1]
     assert results[0].cfg.marker_threshold < 0.7 and results[0].cfg.overlap == eval_config().overlap
+
+
+def test_finished_labels_keep_ids_past_65535_when_the_last_id_is_dropped() -> None:
+    from patchunet.inference.postprocess import finished_labels
+
+    labels = np.arange(70_002, dtype=np.int32).reshape(1, -1)  # 70,001 one-pixel pieces, then a dropped one
+    labels[0, -1] = 70_001
+    labels = np.concatenate([labels, labels])  # each kept id has 2 pixels, the last id too...
+    labels[1, -1] = 0  # ...but the last: 1 pixel, under min_area
+    finished = finished_labels(labels, 2)
+    assert finished.dtype == np.uint32 and finished.max() == 70_000

@@ -137,7 +137,7 @@ def finished_labels(labels: np.ndarray, min_area: int) -> np.ndarray:
     kept = np.bincount(labels.ravel()) >= min_area
     kept[0] = False
     ids = np.cumsum(kept) * kept
-    return np.take(ids.astype(np.promote_types(np.min_scalar_type(ids[-1]), np.uint16)), labels)
+    return np.take(ids.astype(np.promote_types(np.min_scalar_type(ids.max()), np.uint16)), labels)
 
 
 def with_orphan_blobs(markers: np.ndarray, foreground: np.ndarray, count: int) -> np.ndarray:

@@ -13,6 +13,7 @@ the registered model carries its own export (`register`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -140,10 +141,8 @@ def runtime_network(
         session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         return ExportedNetwork(model.cfg, "onnxruntime", lambda x: session.run(None, {INPUT_NAME: x})[0])
     if cfg.backend == "openvino":
-        import openvino
-
         precision = {"fp32": "f32", "bf16": "bf16"}[cfg.precision]
-        compiled = openvino.Core().compile_model(
+        compiled = openvino_core().compile_model(
             str(onnx_file), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
         )
         request, busy = compiled.create_infer_request(), threading.Lock()
@@ -152,8 +151,18 @@ def runtime_network(
             with busy:  # one request, not to be shared: the dashboard's sessions run in threads
                 return request.infer({0: images})[0].copy()
 
+        infer.compiled = compiled  # the request's model lives as long as the request
+
         return ExportedNetwork(model.cfg, "openvino", infer)
     raise ConfigError("eval.backend", f"unknown backend {cfg.backend!r}: use torch, onnxruntime or openvino")
+
+
+@functools.cache
+def openvino_core():
+    """One OpenVINO Core for the process, alive as long as the models it compiled."""
+    import openvino
+
+    return openvino.Core()
 
 
 def network_device(network: Network) -> torch.device:
