@@ -1,4 +1,4 @@
-"""GeoJSON out: nuclei as QuPath detections."""
+"""GeoJSON out and in: nuclei as QuPath detections, rasterised back to the same instance map."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from patchunet.data.geojson import (
+    GeoJSONReport,
     nuclei_feature_collection,
+    rasterize_geojson,
+    read_geojson_polygons,
     write_geojson,
 )
+from patchunet.errors import DataError
+from patchunet.evaluation.metrics import instance_counts
 from patchunet.evaluation.overlay import YELLOW
 from patchunet.inference.nuclei import nucleus_table
 
@@ -40,6 +46,12 @@ def synthetic_labels() -> np.ndarray:
     return labels
 
 
+def round_trip(labels: np.ndarray, **kwargs) -> tuple[np.ndarray, GeoJSONReport]:
+    """Through JSON text, as a file would carry it."""
+    collection = json.loads(json.dumps(nuclei_feature_collection(labels, **kwargs)))
+    return rasterize_geojson(collection, labels.shape, **kwargs)
+
+
 def polygons_of(feature: dict) -> list:
     geometry = feature["geometry"]
     return [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
@@ -48,6 +60,49 @@ def polygons_of(feature: dict) -> list:
 def signed_area(ring: list) -> float:
     x, y = np.asarray(ring, float).T
     return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def dense(labels: np.ndarray) -> np.ndarray:
+    """Ids renumbered 1..N in increasing order, as the features come back."""
+    ids = np.unique(labels[labels > 0])
+    lookup = np.zeros(int(labels.max()) + 1, np.int64)
+    lookup[ids] = np.arange(1, ids.size + 1)
+    return lookup[labels]
+
+
+# The round trip
+
+
+def test_round_trip_gives_back_exactly_the_same_instance_map() -> None:
+    labels = synthetic_labels()
+    back, report = round_trip(labels)
+    np.testing.assert_array_equal(back, labels)
+    assert instance_counts(labels, back).aji == 1.0
+    assert (report.nuclei, report.overlap_pixels, report.degenerate, report.skipped) == (9, 0, 0, 0)
+
+
+def test_round_trip_is_exact_on_random_maps_full_of_holes_parts_and_corners() -> None:
+    # Salt-and-pepper labels: the worst case for the tracer (diagonal contacts, one-pixel holes).
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        labels = rng.integers(0, 6, size=tuple(rng.integers(3, 30, size=2)), dtype=np.uint16)
+        labels[rng.random(labels.shape) < rng.random()] = 0
+        back, report = round_trip(labels)
+        np.testing.assert_array_equal(back, dense(labels))
+        assert report.overlap_pixels == 0
+
+
+def test_round_trip_keeps_maps_with_gaps_in_their_ids_up_to_renumbering() -> None:
+    labels = synthetic_labels() * 3
+    back, _ = round_trip(labels)
+    np.testing.assert_array_equal(back, dense(labels))
+    assert instance_counts(labels, back).aji == 1.0
+
+
+def test_round_trip_through_a_tile_offset() -> None:
+    labels = synthetic_labels()
+    back, _ = round_trip(labels, offset=(12000, 3400))
+    np.testing.assert_array_equal(back, labels)
 
 
 # Export: what QuPath reads
@@ -135,3 +190,128 @@ def test_write_geojson_writes_json_that_reads_back(tmp_path: Path) -> None:
     write_geojson(path, nuclei_feature_collection(labels))
     assert json.loads(path.read_text()) == nuclei_feature_collection(labels)
     assert [p.name for p in path.parent.iterdir()] == ["tile.geojson"]  # no temporary left behind
+    np.testing.assert_array_equal(rasterize_geojson(path, SHAPE)[0], labels)
+
+
+# Import: GeoJSON as QuPath writes it
+
+
+def square(x: float, y: float, side: float) -> list[list[float]]:
+    return [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+
+
+def polygon_feature(*rings: list) -> dict:
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": list(rings)}, "properties": {}}
+
+
+def test_a_pixel_is_inside_when_its_centre_is() -> None:
+    # (1.4, 2.4)-(4.6, 5.4) holds the centres (c + 0.5, r + 0.5) of cols 1..4 and rows 2..4
+    labels, _ = rasterize_geojson(
+        [polygon_feature([[1.4, 2.4], [4.6, 2.4], [4.6, 5.4], [1.4, 5.4], [1.4, 2.4]])], (8, 8)
+    )
+    expected = np.zeros((8, 8), np.uint16)
+    expected[2:5, 1:5] = 1
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_a_collection_a_list_of_features_and_one_feature_read_alike() -> None:
+    feature = polygon_feature(square(1, 1, 3))
+    as_collection = rasterize_geojson({"type": "FeatureCollection", "features": [feature]}, (6, 6))[0]
+    np.testing.assert_array_equal(rasterize_geojson([feature], (6, 6))[0], as_collection)
+    np.testing.assert_array_equal(rasterize_geojson(feature, (6, 6))[0], as_collection)
+    assert as_collection.sum() == 9
+
+
+def test_holes_are_cut_out_and_multipolygon_parts_share_one_id() -> None:
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "MultiPolygon", "coordinates": [[square(0, 0, 6), square(2, 2, 2)], [square(8, 8, 2)]]},
+    }
+    labels, report = rasterize_geojson(feature, (12, 12))
+    expected = np.zeros((12, 12), np.uint16)
+    expected[0:6, 0:6] = 1
+    expected[2:4, 2:4] = 0
+    expected[8:10, 8:10] = 1
+    np.testing.assert_array_equal(labels, expected)
+    assert report.nuclei == 1
+
+
+def test_a_polygon_crossing_the_border_is_clipped_to_the_image() -> None:
+    labels, report = rasterize_geojson([polygon_feature(square(-5, -5, 8)), polygon_feature(square(4, 4, 100))], (6, 6))
+    assert (labels[:3, :3] == 1).all() and (labels[4:, 4:] == 2).all()
+    assert (labels > 0).sum() == 9 + 4 and report.nuclei == 2
+
+
+def test_later_features_win_overlaps_and_the_overlap_is_counted() -> None:
+    labels, report = rasterize_geojson([polygon_feature(square(0, 0, 4)), polygon_feature(square(2, 2, 4))], (8, 8))
+    assert labels[3, 3] == 2 and labels[1, 1] == 1
+    assert report.overlap_pixels == 4
+
+
+def test_points_lines_and_empty_geometries_are_skipped_and_counted() -> None:
+    features = [
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 3]}},
+        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}},
+        {"type": "Feature", "geometry": None},
+        polygon_feature(square(1, 1, 2)),
+    ]
+    labels, report = rasterize_geojson(features, (6, 6))
+    assert (report.skipped, report.polygons, report.nuclei) == (3, 1, 1)
+    assert labels.max() == 1
+    assert len(read_geojson_polygons(features)) == 1
+
+
+def test_degenerate_polygons_are_counted_and_take_no_id() -> None:
+    features = [polygon_feature([[1, 1], [3, 3], [1, 1]]), polygon_feature(square(1, 1, 2))]
+    labels, report = rasterize_geojson(features, (6, 6))
+    assert (report.polygons, report.degenerate, report.nuclei) == (2, 1, 1)
+    assert labels.max() == 1
+
+
+def test_read_geojson_polygons_gives_rings_of_xy_vertices_without_the_closing_repeat(tmp_path: Path) -> None:
+    path = tmp_path / "qupath.geojson"
+    path.write_text(json.dumps([polygon_feature(square(1, 2, 3), square(2, 3, 1))]))
+    [[[exterior, hole]]] = read_geojson_polygons(path)
+    np.testing.assert_array_equal(exterior, [[1, 2], [4, 2], [4, 5], [1, 5]])
+    assert hole.shape == (4, 2)
+
+
+BAD_GEOJSON = {
+    "not_json": (b"{'type': 'Feature'", "not valid JSON"),
+    "not_utf8": (b"\xc3\x28[]", "not valid JSON (not UTF-8 text)"),
+    "other_json": (b'{"type": "Topology"}', "not GeoJSON: expected a FeatureCollection"),
+    "a_number": (b"42", "not GeoJSON: expected a FeatureCollection"),
+    "no_features": (b'{"type": "FeatureCollection"}', "has no list of 'features'"),
+    "not_a_feature": (b'[{"type": "Polygon", "coordinates": []}]', "item 1 is not a Feature"),
+    "unknown_geometry": (b'{"type": "Feature", "geometry": {"type": "Circle"}}', "feature 1 has no valid geometry"),
+    "string_coordinates": (
+        b'{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[["1", "2"], [3, 4], [5, 1]]]}}',
+        "feature 1: a ring's coordinates are not [x, y] pairs of finite numbers",
+    ),
+    "nan_coordinates": (
+        b'[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [3, 0], [3, 3]]]}},'
+        b'{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[1, NaN], [3, 4], [5, 1]]]}}]',
+        "feature 2: a ring's coordinates",
+    ),
+    "flat_coordinates": (
+        b'{"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [1, 2, 3]}}',
+        "feature 1: MultiPolygon coordinates are not lists of rings",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GEOJSON))
+def test_bad_input_is_one_line_naming_the_file(tmp_path: Path, case: str) -> None:
+    content, problem = BAD_GEOJSON[case]
+    path = tmp_path / f"{case}.geojson"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        rasterize_geojson(path, (8, 8))
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and problem in message
+    assert "\n" not in message
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="file not found"):
+        read_geojson_polygons(tmp_path / "absent.geojson")

@@ -1,4 +1,4 @@
-"""Nuclei as GeoJSON, as QuPath reads and writes them: instance maps out.
+"""Nuclei as GeoJSON, as QuPath reads and writes them: instance maps out, label maps back in.
 
 Coordinates are 0-based pixel corners, QuPath's convention: pixel (row r, col c) covers the square
 [c, c+1) x [r, r+1), so its centre is (c + 0.5, r + 0.5), and a pixel belongs to a polygon when its
@@ -16,6 +16,7 @@ over pixel count 0.91 on a MoNuSeg test image).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -26,9 +27,25 @@ from typing import Any
 import cv2
 import numpy as np
 from scipy import ndimage
+from skimage.draw import polygon as polygon_pixels
 
+from patchunet.data.masks import MIN_POLYGON_VERTICES, RasterReport, count_nuclei
+from patchunet.errors import DataError
 from patchunet.evaluation.overlay import YELLOW
 from patchunet.files import atomic_file
+
+Ring = np.ndarray
+"""(K, 2) float64 vertices as (x, y) in 0-based pixel-corner coordinates, not repeating the first."""
+PolygonRings = list[Ring]
+"""An exterior ring, then its holes."""
+FeatureShape = list[PolygonRings]
+"""The polygons of one feature: one for a Polygon, several for a MultiPolygon."""
+
+AREA_GEOMETRIES = ("Polygon", "MultiPolygon")
+OTHER_GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", "GeometryCollection")
+"""Valid GeoJSON without an area to fill (QuPath's points and lines): skipped and counted."""
+IN_MEMORY = "<GeoJSON>"
+"""What errors name when the GeoJSON came as a dict or list rather than a file."""
 
 
 def nuclei_feature_collection(
@@ -128,3 +145,133 @@ def write_geojson(path: Path, collection: dict | list) -> None:
     JSON has none."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(collection, allow_nan=False, separators=(",", ":")) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeoJSONReport(RasterReport):
+    """`RasterReport` of a GeoJSON: `polygons` counts the features with a Polygon or MultiPolygon."""
+
+    skipped: int
+    """Features with another geometry (a point, a line) or none: nothing to fill, left out."""
+
+
+def read_geojson_polygons(source: Path | dict | list) -> list[FeatureShape]:
+    """The Polygon and MultiPolygon features of a GeoJSON file (or its parsed content), in file order.
+
+    Takes a FeatureCollection, a list of Features or a single Feature, as QuPath writes each; other
+    geometries are left out (`rasterize_geojson` counts them). Bad input raises `DataError`.
+    """
+    return [shape for shape in _read_features(source) if shape is not None]
+
+
+def rasterize_geojson(
+    source: Path | dict | list, shape: tuple[int, int], *, offset: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, GeoJSONReport]:
+    """Fill each polygon feature with its own id; returns (H, W) uint16/uint32 labels and a report.
+
+    `offset` is the tile's level-0 origin (x, y), subtracted from every vertex. Pixel (r, c) belongs
+    to a feature when its centre (c + 0.5, r + 0.5) lies inside one of its polygons and outside
+    that polygon's holes; whatever lies beyond the image is clipped. As with the XML: ids are 1..N
+    over the features with at least one exterior ring of 3 vertices or more (the others are
+    degenerate), in file order, and later features win overlaps.
+    """
+    features = _read_features(source)
+    shapes = [feature for feature in features if feature is not None]
+    valid = [kept for kept in map(_with_area, shapes) if kept]
+    labels = np.zeros(shape, dtype=np.promote_types(np.min_scalar_type(len(valid)), np.uint16))
+    overlap_pixels = 0
+    for nucleus_id, polygons in enumerate(valid, start=1):
+        pixels = np.unique(np.concatenate([_polygon_pixels(rings, shape, offset) for rings in polygons]))
+        overlap_pixels += int(np.count_nonzero(labels.flat[pixels]))
+        labels.flat[pixels] = nucleus_id
+    report = GeoJSONReport(
+        polygons=len(shapes),
+        degenerate=len(shapes) - len(valid),
+        overlap_pixels=overlap_pixels,
+        nuclei=count_nuclei(labels),
+        skipped=len(features) - len(shapes),
+    )
+    return labels, report
+
+
+def _with_area(polygons: FeatureShape) -> FeatureShape:
+    """The polygons whose exterior ring has at least 3 vertices, without their holes that have fewer."""
+    return [
+        [rings[0], *(hole for hole in rings[1:] if len(hole) >= MIN_POLYGON_VERTICES)]
+        for rings in polygons
+        if len(rings[0]) >= MIN_POLYGON_VERTICES
+    ]
+
+
+def _polygon_pixels(rings: PolygonRings, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
+    """Flat indices of the pixels whose centre is inside the exterior ring and outside every hole."""
+
+    def inside(ring: Ring) -> np.ndarray:
+        # the pixel centre (c + 0.5, r + 0.5) is skimage's point (r, c): shift the vertices by half a pixel
+        rows, cols = polygon_pixels(ring[:, 1] - offset[1] - 0.5, ring[:, 0] - offset[0] - 0.5, shape=shape)
+        return np.ravel_multi_index((rows, cols), shape)
+
+    pixels = inside(rings[0])
+    for hole in rings[1:]:
+        pixels = np.setdiff1d(pixels, inside(hole), assume_unique=True)
+    return pixels
+
+
+def _read_features(source: Path | dict | list) -> list[FeatureShape | None]:
+    """Every feature's polygons, None for a feature without an area geometry."""
+    name = IN_MEMORY if isinstance(source, dict | list) else source
+    content = source if isinstance(source, dict | list) else _load_json(Path(source))
+    if isinstance(content, dict) and content.get("type") == "FeatureCollection":
+        features = content.get("features")
+        if not isinstance(features, list):
+            raise DataError(name, "not GeoJSON: the FeatureCollection has no list of 'features'")
+    elif isinstance(content, dict) and content.get("type") == "Feature":
+        features = [content]
+    elif isinstance(content, list):
+        features = content
+    else:
+        kind = content.get("type") if isinstance(content, dict) else type(content).__name__
+        raise DataError(name, f"not GeoJSON: expected a FeatureCollection, a Feature or a list of them, got {kind!r}")
+    return [_feature_shape(name, number, feature) for number, feature in enumerate(features, start=1)]
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except UnicodeDecodeError:
+        raise DataError(path, "not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON ({exc})") from None
+
+
+def _feature_shape(name: Path | str, number: int, feature: object) -> FeatureShape | None:
+    if not isinstance(feature, dict) or feature.get("type") != "Feature":
+        raise DataError(name, f"not GeoJSON: item {number} is not a Feature")
+    geometry = feature.get("geometry")
+    if geometry is None:
+        return None
+    kind = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind in OTHER_GEOMETRIES:
+        return None
+    if kind not in AREA_GEOMETRIES:
+        raise DataError(name, f"not GeoJSON: feature {number} has no valid geometry type ({kind!r})")
+    coordinates = geometry.get("coordinates")
+    polygons = [coordinates] if kind == "Polygon" else coordinates
+    if not isinstance(polygons, list) or not all(isinstance(rings, list) and rings for rings in polygons):
+        raise DataError(name, f"feature {number}: {kind} coordinates are not lists of rings")
+    return [[_ring_vertices(name, number, ring) for ring in rings] for rings in polygons]
+
+
+def _ring_vertices(name: Path | str, number: int, ring: object) -> Ring:
+    """A ring's (x, y) vertices, without the closing repeat of the first; a z, if any, is dropped."""
+    if not isinstance(ring, list) or not all(
+        isinstance(position, list) and len(position) >= 2 and all(_is_number(value) for value in position[:2])
+        for position in ring
+    ):
+        raise DataError(name, f"feature {number}: a ring's coordinates are not [x, y] pairs of finite numbers")
+    vertices = np.array([position[:2] for position in ring], dtype=np.float64).reshape(-1, 2)
+    if len(vertices) > 1 and np.array_equal(vertices[0], vertices[-1]):
+        vertices = vertices[:-1]
+    return vertices
