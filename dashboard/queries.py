@@ -179,18 +179,12 @@ def segment(
 
     Keyed by the image's SHA-1: Streamlit hashes only a sample of a large array's pixels.
     """
-    from patchunet.inference.scale import segment_at_scale
-    from patchunet.inference.sliding_window import segment_image
+    from patchunet.inference.nuclei import segment_nuclei
 
     runtime = network(uri, model_name, version, cfg, (cfg.backend, cfg.precision))
     window = cfg.window_for(patch_size, runtime.cfg.size_multiple)
     started = time.perf_counter()
-    labels = segment_at_scale(
-        lambda at_scale: segment_image(runtime, at_scale, cfg, window)[1],
-        _image,
-        image_mpp,
-        runtime.cfg.microns_per_pixel,
-    )
+    labels = segment_nuclei(runtime, _image, cfg, window, image_mpp)[0]
     return labels, time.perf_counter() - started
 
 

@@ -1,4 +1,4 @@
-"""The `patchunet` command: one subcommand per DVC stage, plus `predict`, `dashboard` and `stack`.
+"""The `patchunet` command: one subcommand per DVC stage, plus `predict`, `predict-slide`, `dashboard` and `stack`.
 
 Stage subcommands run the project's own `pipelines/<stage>.py` (the same script `dvc repro`
 runs) from the checkout they are called in, so a stage has exactly one implementation. This
@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.description = predict.__doc__
     predict_parser.formatter_class = argparse.RawDescriptionHelpFormatter
     predict.add_arguments(predict_parser)
+    from patchunet.inference import predict_slide
+
+    slide_parser = sub.add_parser(
+        "predict-slide",
+        help="segment whole slides (SVS, NDPI, pyramidal TIFF): QuPath GeoJSON, nucleus CSV and overview PNG",
+    )
+    slide_parser.description = predict_slide.__doc__
+    slide_parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    predict_slide.add_arguments(slide_parser)
     dashboard_parser = sub.add_parser(
         "dashboard",
         help="start the Streamlit review app (dashboard/app.py) on this checkout's MLflow store",
@@ -77,12 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args, stage_args = build_parser().parse_known_args(argv)
-    if args.command == "predict":
-        from patchunet.inference import predict
+    if args.command in ("predict", "predict-slide"):
+        from patchunet.inference import predict, predict_slide
 
         if stage_args:
             build_parser().error(f"unrecognized arguments: {' '.join(stage_args)}")
-        run_stage(lambda: predict.run(args))
+        command = predict if args.command == "predict" else predict_slide
+        run_stage(lambda: command.run(args))
         return
     root = _project_root_or_exit()
     if args.command == "stack":

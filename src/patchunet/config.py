@@ -306,6 +306,16 @@ class ServeConfig:
     max_image_side: AtLeastOne
 
 
+@_section("slide")
+class SlideConfig:
+    """`patchunet predict-slide`: how a whole slide is tiled, and what counts as tissue."""
+
+    tile_size: Annotated[int, Field(ge=256)]  # core side, in pixels of the level read
+    tile_margin: Annotated[int, Field(ge=32)]  # context on each side; more than a nucleus reaches from its centroid
+    tissue_saturation: Fraction  # HSV saturation from which a thumbnail pixel is tissue
+    thumbnail_max_side: Annotated[int, Field(ge=64)]  # for the tissue mask and the overview PNG
+
+
 @_section("dashboard")
 class DashboardConfig:
     """The Streamlit review app: what it accepts for live inference, and where its run links point."""

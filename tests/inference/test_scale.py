@@ -18,7 +18,6 @@ from patchunet.inference.scale import (
     parse_mpp,
     recorded_mpp,
     resample_image,
-    segment_at_scale,
 )
 
 
@@ -100,15 +99,10 @@ def test_an_image_too_large_at_the_model_scale_is_refused_before_resampling(monk
         resample_image(rgb((60, 60)), 0.5, 0.25)
 
 
-def test_segment_at_scale_segments_at_the_model_scale_and_returns_labels_of_the_image_shape() -> None:
-    seen = []
-
-    def segment(image: np.ndarray) -> np.ndarray:
-        seen.append(image.shape)
-        return blocks(image.shape[:2], 10)
-
-    labels = segment_at_scale(segment, rgb((50, 70)), 0.5, 0.25)
-    assert seen == [(100, 140, 3)] and labels.shape == (50, 70)
+def test_an_image_is_segmented_at_the_model_scale_and_its_labels_mapped_back_to_its_shape() -> None:
+    at_scale = resample_image(rgb((50, 70)), 0.5, 0.25)
+    labels = labels_to_shape(blocks(at_scale.shape[:2], 10), (50, 70, 3))
+    assert at_scale.shape == (100, 140, 3) and labels.shape == (50, 70)
     np.testing.assert_array_equal(labels, blocks((100, 140), 10)[::2, ::2])
 
 

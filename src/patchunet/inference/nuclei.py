@@ -65,3 +65,23 @@ def nucleus_table(labels: np.ndarray, mpp: float | None = None, probabilities: n
             }
         )
     return rows
+
+
+SHAPE_COLUMNS = ("perimeter_px", "eccentricity", "mean_intensity")
+"""Per nucleus: perimeter in pixels, eccentricity of its ellipse (0 a circle, toward 1 a line),
+and mean grey level (0 black to 255 white) of the image under it."""
+
+
+def shape_features(labels: np.ndarray, image: np.ndarray) -> dict[int, dict]:
+    """SHAPE_COLUMNS of every nucleus of (H, W) `labels` over the (H, W, 3) uint8 `image`, by id."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    properties = ("label", "perimeter", "eccentricity", "intensity_mean")
+    table = regionprops_table(labels, intensity_image=grey, properties=properties)
+    return {
+        int(nucleus): {
+            "perimeter_px": round(float(table["perimeter"][i]), 2),
+            "eccentricity": round(float(table["eccentricity"][i]), 4),
+            "mean_intensity": round(float(table["intensity_mean"][i]), 2),
+        }
+        for i, nucleus in enumerate(table["label"])
+    }

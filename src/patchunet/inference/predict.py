@@ -191,21 +191,22 @@ def check_writable_folder(folder: Path) -> None:
                 created.rmdir()
 
 
-def refuse_existing_outputs(folder: Path, stems: list[str]) -> None:
-    """Refuse if any per-image file this run would write is already in `folder`.
+def refuse_existing_outputs(folder: Path, stems: list[str], suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> None:
+    """Refuse if any per-image file (stem + suffix) this run would write is already in `folder`.
 
-    summary.csv is not checked: it keeps the rows of other images.
+    The summary is not checked: it keeps the rows of other images.
     """
     from patchunet.errors import DataError
 
     for stem in stems:
-        for suffix in OUTPUT_SUFFIXES:
+        for suffix in suffixes:
             if (folder / f"{stem}{suffix}").exists():
                 raise DataError(folder / f"{stem}{suffix}", "already exists: pass --overwrite to replace it")
 
 
-def read_summary(path: Path) -> list[dict]:
-    """The rows of an earlier run's summary.csv; none if there is no such file."""
+def read_summary(path: Path, accepted: tuple[tuple[str, ...], ...] | None = None) -> list[dict]:
+    """The rows of an earlier run's summary (columns one of `accepted`, by default predict's); none
+    if there is no such file."""
     from patchunet.errors import DataError
 
     if not path.exists():
@@ -216,8 +217,9 @@ def read_summary(path: Path) -> list[dict]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(path, f"cannot read this summary to add rows to it ({exc})") from None
-    if tuple(reader.fieldnames or ()) not in (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_SCALE):
-        raise DataError(path, f"not a summary of patchunet predict: columns should be {', '.join(SUMMARY_COLUMNS)}")
+    accepted = accepted or (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_SCALE)
+    if tuple(reader.fieldnames or ()) not in accepted:
+        raise DataError(path, f"not a summary this command wrote: columns should be {', '.join(accepted[0])}")
     return rows
 
 

@@ -1,8 +1,8 @@
 """Image scale: microns per pixel (mpp), objective magnification, and resampling to a model's scale.
 
 A model sees nuclei at the size it learned them: one trained on MoNuSeg (40x, 0.25 µm/px) finds a
-20x image's nuclei half as wide as it expects. `segment_at_scale` resamples an image to the model's
-scale, segments it, and maps the labels back onto the image's own pixels.
+20x image's nuclei half as wide as it expects. `resample_image` brings an image to the model's
+scale, and `labels_to_shape` its labels back onto the image's own pixels (inference/nuclei.py).
 
 Convention: an objective magnification M means 10 / M µm per pixel (40x = 0.25, 20x = 0.5,
 10x = 1.0), the scale of Aperio and most whole-slide scanners at those objectives. A scanner that
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,14 +124,6 @@ def labels_to_shape(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     rows = np.minimum(((np.arange(height) + 0.5) * (labels.shape[0] / height)).astype(np.intp), labels.shape[0] - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * (labels.shape[1] / width)).astype(np.intp), labels.shape[1] - 1)
     return labels[rows][:, cols]
-
-
-def segment_at_scale(
-    segment: Callable[[np.ndarray], np.ndarray], image: np.ndarray, image_mpp: float, model_mpp: float
-) -> np.ndarray:
-    """(H, W) instance labels of an (H, W, 3) uint8 image at `image_mpp`, by `segment`, which takes
-    an image at `model_mpp` and returns its labels: resample, segment, labels back."""
-    return labels_to_shape(segment(resample_image(image, image_mpp, model_mpp)), image.shape)
 
 
 def chosen_scale(given: float | None, recorded: float | None, model_mpp: float) -> tuple[float, str]:

@@ -1,0 +1,120 @@
+"""Tiles of a slide and the rule that gives every nucleus to exactly one of them, whole.
+
+The slide is cut into square cores that cover it without overlap. Each tile is segmented on its
+core plus a margin on every side (clipped at the slide's edge), and keeps the nuclei whose centroid
+lies in its core. The margin is more than a nucleus reaches from its centroid, so a kept nucleus
+lies whole in what the tile saw; one that still touches the margin's outer edge would be cut
+there, and is counted and dropped.
+
+Two neighbouring tiles see a nucleus on their common border with different context and can place
+its centroid on either side. So tiles run in raster order, and a tile's nucleus that mostly covers
+one its earlier neighbours kept (by half of either's area) is that nucleus again: it is dropped. A
+smaller overlap is cut away from the later nucleus, so no pixel belongs to two nuclei.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import relabel_sequential
+
+DUPLICATE_OVERLAP = 0.5
+"""A nucleus overlapping an earlier tile's by this share of either one's area is a duplicate."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """A core of the tile grid, in pixels of the level segmented."""
+
+    row: int
+    col: int
+    x: int
+    y: int
+    width: int
+    height: int
+
+    def read_box(self, margin: int, level_width: int, level_height: int) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of the core grown by `margin` on each side, within the level."""
+        x0, y0 = max(0, self.x - margin), max(0, self.y - margin)
+        x1 = min(level_width, self.x + self.width + margin)
+        y1 = min(level_height, self.y + self.height + margin)
+        return x0, y0, x1 - x0, y1 - y0
+
+
+def tile_grid(width: int, height: int, size: int) -> list[Tile]:
+    """Cores of `size` px covering a `width` x `height` level, in raster order (the last row and
+    column narrower where the size does not divide the sides)."""
+    return [
+        Tile(row, col, x, y, min(size, width - x), min(size, height - y))
+        for row, y in enumerate(range(0, height, size))
+        for col, x in enumerate(range(0, width, size))
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class StitchReport:
+    kept: int
+    duplicates: int
+    """Dropped: an earlier neighbour kept the same nucleus."""
+    cut: int
+    """Dropped: centroid in the core but touching the margin's outer edge (the margin is too narrow)."""
+    trimmed_pixels: int
+    """Pixels also claimed by an earlier neighbour's nucleus, taken from this tile's."""
+
+
+def keep_core_nuclei(
+    labels: np.ndarray,
+    core: tuple[int, int, int, int],
+    interior_edges: tuple[bool, bool, bool, bool],
+    claimed: np.ndarray,
+) -> tuple[np.ndarray, StitchReport]:
+    """The nuclei a tile keeps, as (H, W) labels 1..N in raster order of their first pixel.
+
+    `labels` are the tile's instance labels over its read box; `core` is (x, y, width, height) of
+    its core in that box; `interior_edges` says, for the box's (top, bottom, left, right) edge,
+    whether it lies inside the slide (a nucleus touching it is cut); `claimed` holds, over the same
+    box, the nuclei earlier neighbours kept (0 elsewhere).
+    """
+    x, y, width, height = core
+    kept = np.zeros_like(labels)
+    duplicates = cut = trimmed = 0
+    ids = np.arange(1, int(labels.max()) + 1)
+    centroids = ndimage.center_of_mass(np.ones(labels.shape), labels, ids) if len(ids) else []
+    claimed_areas = np.bincount(claimed.ravel())
+    for nucleus, box, (cy, cx) in zip(ids, ndimage.find_objects(labels), centroids, strict=False):
+        if box is None or not (y <= cy < y + height and x <= cx < x + width):
+            continue
+        if _touches(box, labels.shape, interior_edges):
+            cut += 1
+            continue
+        mask = labels[box] == nucleus
+        overlapped = claimed[box][mask]
+        overlapped = overlapped[overlapped > 0]
+        if overlapped.size and _is_duplicate(mask.sum(), overlapped, claimed_areas):
+            duplicates += 1
+            continue
+        trimmed += overlapped.size
+        kept[box][mask & (claimed[box] == 0)] = nucleus
+    kept = relabel_sequential(kept)[0]
+    return kept, StitchReport(int(kept.max()), duplicates, cut, trimmed)
+
+
+def _touches(box: tuple[slice, slice], shape: tuple[int, ...], interior_edges: tuple[bool, bool, bool, bool]) -> bool:
+    top, bottom, left, right = interior_edges
+    rows, cols = box
+    return (
+        (top and rows.start == 0)
+        or (bottom and rows.stop == shape[0])
+        or (left and cols.start == 0)
+        or (right and cols.stop == shape[1])
+    )
+
+
+def _is_duplicate(area: int, overlapped: np.ndarray, claimed_areas: np.ndarray) -> bool:
+    """Whether the overlap with one earlier nucleus is half of this nucleus's area or of that one's
+    (`claimed_areas[id]`: its pixels in the box)."""
+    others, counts = np.unique(overlapped, return_counts=True)
+    shares = np.maximum(counts / area, counts / claimed_areas[others])
+    return bool((shares >= DUPLICATE_OVERLAP).any())

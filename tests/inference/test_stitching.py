@@ -1,0 +1,66 @@
+"""The tile grid and the rule that gives each nucleus to one tile, whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from patchunet.inference.stitching import Tile, keep_core_nuclei, tile_grid
+
+NO_CLAIMS = np.zeros((40, 40), np.int32)
+ALL_INTERIOR = (True, True, True, True)
+
+
+def test_the_grid_covers_the_level_once_in_raster_order() -> None:
+    tiles = tile_grid(1000, 700, 300)
+    cover = np.zeros((700, 1000), int)
+    for tile in tiles:
+        cover[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width] += 1
+    assert (cover == 1).all()
+    assert [(t.row, t.col) for t in tiles] == sorted((t.row, t.col) for t in tiles)
+    assert (tiles[-1].width, tiles[-1].height) == (100, 100)
+
+
+def test_the_read_box_grows_by_the_margin_inside_the_level() -> None:
+    assert Tile(0, 0, 0, 0, 300, 300).read_box(64, 1000, 700) == (0, 0, 364, 364)
+    assert Tile(1, 1, 300, 300, 300, 300).read_box(64, 1000, 700) == (236, 236, 428, 428)
+    assert Tile(2, 3, 900, 600, 100, 100).read_box(64, 1000, 700) == (836, 536, 164, 164)
+
+
+def disc(labels: np.ndarray, nucleus: int, cy: int, cx: int, radius: int) -> None:
+    yy, xx = np.ogrid[: labels.shape[0], : labels.shape[1]]
+    labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = nucleus
+
+
+def test_a_tile_keeps_the_nuclei_whose_centroid_lies_in_its_core_whole() -> None:
+    labels = np.zeros((40, 40), np.int32)
+    disc(labels, 1, 12, 18, 4)  # centroid in the core, crossing its right edge at x = 20
+    disc(labels, 2, 12, 24, 3)  # centroid right of the core: the next tile's
+    kept, report = keep_core_nuclei(labels, (10, 10, 10, 20), ALL_INTERIOR, NO_CLAIMS)
+    assert report.kept == 1 and kept.max() == 1
+    assert ((kept == 1) == (labels == 1)).all()  # whole, past the core's edge
+
+
+def test_a_nucleus_touching_the_read_box_edge_inside_the_slide_is_cut_and_dropped() -> None:
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:20, 0:6] = 1  # centroid (14.5, 2.5) in a core starting at x = 0, but touching x = 0
+    assert keep_core_nuclei(labels, (0, 0, 20, 20), ALL_INTERIOR, NO_CLAIMS)[1].cut == 1
+    on_slide_edge = (True, True, False, True)  # the box's left edge is the slide's: nothing beyond
+    report = keep_core_nuclei(labels, (0, 0, 20, 20), on_slide_edge, NO_CLAIMS)[1]
+    assert (report.cut, report.kept) == (0, 1)
+
+
+@pytest.mark.parametrize(("shift", "dropped"), [(-1, True), (0, True), (1, False)])
+def test_a_nucleus_an_earlier_neighbour_kept_is_not_kept_twice(shift: int, dropped: bool) -> None:
+    """The earlier tile placed the centroid on its side of the border, this tile on its own: a
+    large overlap is the same nucleus, a small one is a neighbour, trimmed. Discs of radius 4, 2,
+    3 and 4 px apart overlap by 63 %, 54 % and 39 %."""
+    claimed = np.zeros((40, 40), np.int32)
+    disc(claimed, 7, 20, 18, 4)
+    labels = np.zeros((40, 40), np.int32)
+    disc(labels, 1, 20, 21 + shift, 4)
+    kept, report = keep_core_nuclei(labels, (20, 0, 20, 40), ALL_INTERIOR, claimed)
+    assert report.duplicates == int(dropped)
+    assert not (kept & (claimed > 0)).any()  # no pixel in two nuclei
+    if not dropped:
+        assert report.trimmed_pixels > 0 and report.kept == 1
