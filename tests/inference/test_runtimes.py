@@ -80,6 +80,15 @@ def test_the_export_is_made_once_per_weights_and_kept_in_the_cache(model, cache)
     assert runtimes.cached_onnx(other) != first
 
 
+def test_the_export_key_changes_with_the_torch_version_and_opset(model, monkeypatch) -> None:
+    key = runtimes.export_key(model)
+    monkeypatch.setattr(runtimes, "ONNX_OPSET", runtimes.ONNX_OPSET + 1)
+    assert runtimes.export_key(model) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(runtimes.torch, "__version__", "0.0.0")
+    assert runtimes.export_key(model) != key
+
+
 def test_torch_is_the_model_itself_and_bf16_needs_openvino(model) -> None:
     assert runtimes.runtime_network(model, EVAL) is model
     for backend in ("torch", "onnxruntime"):

@@ -1,14 +1,16 @@
 """The network on a CPU runtime: PyTorch itself, ONNX Runtime or OpenVINO (`eval.backend`).
 
 The trained PatchUNet is exported once to ONNX (`export_onnx`: torch's exporter, with any batch,
-height and width) and run by the runtime that `eval.backend` names, with `eval.precision`:
-`fp32`, or `bf16` on OpenVINO, which runs bfloat16 on CPUs that have it (AMX, AVX512-BF16) and
-fp32 on the others. Each runtime gives a `Network`: (N, 3, H, W) float32 images in [0, 1] to
-(N, C, H, W) float32 logits, as the torch module does, so the sliding windows take any of them.
+height and width) and run by the runtime that `eval.backend` names, with `eval.precision`: `fp32`,
+or `bf16` on OpenVINO, which runs bfloat16 natively on CPUs with AMX or AVX512-BF16 (on other
+AVX-512 CPUs it may emulate it, slower: choose fp32 there) and fp32 without AVX-512. Each runtime
+gives a `Network`: (N, 3, H, W) float32 images in [0, 1] to (N, C, H, W) float32 logits, as the
+torch module does, so the sliding windows take any of them.
 
-A model file or checkpoint exported here is kept in the user's cache (`onnx_cache_dir`), named
-by the hash of its weights, so `patchunet predict` exports a model once, not at every call;
-the registered model carries its own export (`register`).
+A model file or checkpoint exported here is kept in the user's cache (`onnx_cache_dir`), named by
+the hash of its weights, config, network code, torch version and opset (`export_key`), so `patchunet
+predict` exports a model once, not at every call; the registered model carries its own export
+(`register`).
 """
 
 from __future__ import annotations
@@ -91,6 +93,18 @@ def weights_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def export_key(model: PatchUNet) -> str:
+    """16 hex digits naming what an export depends on: the weights, the model config, the code of
+    the network (model/unet.py), torch's version (its exporter) and the ONNX opset."""
+    import patchunet.model.unet
+
+    digest = hashlib.sha256()
+    for part in (weights_hash(model), repr(model.cfg), torch.__version__, str(ONNX_OPSET)):
+        digest.update(part.encode() + b"\0")
+    digest.update(Path(patchunet.model.unet.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def onnx_cache_dir() -> Path:
     """$XDG_CACHE_HOME/patchunet/onnx, or ~/.cache/patchunet/onnx."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -98,11 +112,11 @@ def onnx_cache_dir() -> Path:
 
 
 def cached_onnx(model: PatchUNet) -> Path:
-    """The ONNX export of `model`, made once per set of weights and kept in `onnx_cache_dir`.
+    """The ONNX export of `model`, made once per `export_key` and kept in `onnx_cache_dir`.
 
     Falls back to a temporary file where the cache cannot be written (a read-only home).
     """
-    path = onnx_cache_dir() / f"patchunet-{weights_hash(model)}.onnx"
+    path = onnx_cache_dir() / f"patchunet-{export_key(model)}.onnx"
     if path.is_file():
         return path
     try:
