@@ -81,9 +81,11 @@ def _config_error(cls: type, section: str, exc: ValidationError) -> ConfigError:
 
 @_section("data")
 class DataConfig:
-    """Where the raw MoNuSeg data comes from. `source` may be overridden by MONUSEG_DIR."""
+    """Where the raw data comes from (`source` may be overridden by MONUSEG_DIR), and its scale:
+    the one place it is declared, which the model trains at (`ModelConfig.microns_per_pixel`)."""
 
     source: str | None
+    microns_per_pixel: PositiveFloat
     train_zip_url: str
     train_zip_sha256: str
     test_zip_url: str
@@ -146,7 +148,10 @@ horizontal and vertical distances to its centre."""
 @_section("model")
 class ModelConfig:
     """PatchUNet's shape: width of the first stage, number of pooling stages, regularisation,
-    what it predicts besides the foreground, and the scale of the images it learns from."""
+    what it predicts besides the foreground, and the scale of the images it learns from.
+
+    `microns_per_pixel` is not a key of params.yaml's `model` section: `parse_section` takes it from
+    `data.microns_per_pixel`, the scale of the fetched images."""
 
     base_channels: PositiveInt
     depth: Annotated[int, Field(ge=1, le=6)]
@@ -330,7 +335,19 @@ def parse_section(cls: type[T], params: dict[str, Any], section: str) -> T:
     raw = params.get(section)
     if not isinstance(raw, dict):
         raise ConfigError(section, "section is missing or not a mapping")
-    return cls(**{str(k): v for k, v in raw.items()})  # YAML keys need not be strings
+    values = {str(k): v for k, v in raw.items()}  # YAML keys need not be strings
+    if cls is ModelConfig:
+        values = _with_training_scale(values, section, params)
+    return cls(**values)
+
+
+def _with_training_scale(model: dict[str, Any], section: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The model section's values and the scale the model trains at: that of the data it is fetched from."""
+    if "microns_per_pixel" in model:
+        raise ConfigError(
+            f"{section}.microns_per_pixel", "has moved to data.microns_per_pixel (the scale of the fetched images)"
+        )
+    return {**model, "microns_per_pixel": parse_section(DataConfig, params, "data").microns_per_pixel}
 
 
 def load_params(path: Path) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def version_description(
     """Version `version`'s card, from its training run and its test scores (per-image means)."""
     params, metrics = run.params, run.metrics
     head = params.get(names.INSTANCE_HEAD_PARAM, "none")
-    mpp = params.get("model.microns_per_pixel", "?")
+    mpp = params.get(names.MICRONS_PER_PIXEL_PARAM) or params.get(names.OLD_MICRONS_PER_PIXEL_PARAM, "?")
     training = ", ".join(f"{key} {params[key]}" for key in TRAINING_PARAMS if key in params)
     nan = float("nan")
     val = f"Dice {metrics.get(names.BEST_VAL_DICE, nan):.4f}, IoU {metrics.get(names.BEST_VAL_IOU, nan):.4f}"

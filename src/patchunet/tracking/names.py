@@ -61,6 +61,8 @@ PATCH_SIZE_PARAM = "patch.size"
 BASE_CHANNELS_PARAM = "model.base_channels"
 DEPTH_PARAM = "model.depth"
 INSTANCE_HEAD_PARAM = "model.instance_head"
+MICRONS_PER_PIXEL_PARAM = "data.microns_per_pixel"  # the scale the model trained at
+OLD_MICRONS_PER_PIXEL_PARAM = "model.microns_per_pixel"  # its name in runs logged before it moved to `data`
 
 # --- tags of a registered version ---
 SCORE_TAG_PREFIX = "test_"

@@ -53,8 +53,13 @@ def log_run_inputs(
 ) -> None:
     """A fresh run's params (its params.yaml `sections`, as config dataclasses, and the `dataset`
     sizes), model size, and provenance tags: the git commit (also where MLflow's UI looks for it)
-    and the DVC hash of its data."""
-    tracking.log_params({name: dataclasses.asdict(cfg) for name, cfg in sections.items()})
+    and the DVC hash of its data. The model's scale is logged under the params.yaml key that
+    declares it, data.microns_per_pixel."""
+    params = {name: dataclasses.asdict(cfg) for name, cfg in sections.items()}
+    if "model" in params:
+        section, key = names.MICRONS_PER_PIXEL_PARAM.split(".")
+        params[section] = {key: params["model"].pop("microns_per_pixel")}
+    tracking.log_params(params)
     tracking.log_params({"dataset": dataset})
     tracking.log_metrics({names.PARAMETER_COUNT: parameters})
     tracking.set_tags({names.GIT_COMMIT: commit, names.MLFLOW_GIT_COMMIT: commit, names.DVC_DATA_HASH: data_hash})
