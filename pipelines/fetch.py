@@ -1,7 +1,9 @@
-"""DVC stage `fetch`: MoNuSeg into data/raw/monuseg, every image checked against its labels.
+"""DVC stage `fetch`: MoNuSeg, or your own images, into data/raw/monuseg, every image paired with its labels.
 
 Source, first found wins: --source, the MONUSEG_DIR variable, `data.source` in params.yaml;
-with none, the official zips are downloaded.
+with none, the official zips are downloaded. A source holding an `images/` folder is your own
+images in the generic layout (`data.user_layout`, split by its test.txt); anything else is MoNuSeg's.
+Writes data/raw/monuseg/dataset.json: the layout, data.microns_per_pixel and each split's image ids.
 """
 
 from __future__ import annotations
@@ -14,16 +16,28 @@ from tqdm import tqdm
 
 from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.console import run_stage
-from patchunet.data.monuseg import SPLITS, ImageRecord, check_no_shared_images, copy_to_raw, official_dirs, pair_files
+from patchunet.data.monuseg import (
+    DATASET_FILE,
+    SPLITS,
+    ImageRecord,
+    check_no_shared_images,
+    copy_to_raw,
+    dataset_description,
+    official_dirs,
+    pair_files,
+)
 from patchunet.data.sources import chosen_source, download, unpack_source
-from patchunet.files import atomic_directory
+from patchunet.data.user_layout import check_recorded_scales, find_user_root, user_records
+from patchunet.files import atomic_directory, write_json
 from patchunet.paths import RAW_DIR
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--source", help="unzipped MoNuSeg folder, or a folder holding the official zips")
+    parser.add_argument(
+        "--source", help="unzipped MoNuSeg folder, a folder holding the official zips, or your own images' folder"
+    )
     parser.add_argument("--out", type=Path, default=RAW_DIR)
     args = parser.parse_args()
     cfg = parse_section(DataConfig, load_params(args.params), "data")
@@ -35,13 +49,28 @@ def main() -> None:
             root = unpack_source(source, Path(scratch))
         else:
             root = download_official(cfg, Path(scratch))
-        dirs = official_dirs(root)
-        records = [r for split in SPLITS for r in pair_files(dirs, split)]
+        layout, records = source_records(root, cfg)
         check_no_shared_images(records)  # before anything is written
+        dataset = dataset_description(layout, records, cfg.microns_per_pixel)
         with atomic_directory(args.out) as staging:
             copy_to_raw(tqdm(records, desc="copy", unit="image"), staging)
+            write_json(staging / DATASET_FILE, dataset)
     report(records)
-    print(f"fetch: wrote {args.out}")
+    print(f"fetch: {layout} layout at {cfg.microns_per_pixel:g} µm per pixel (data.microns_per_pixel)")
+    for split in SPLITS:
+        print(f"fetch: {split} images: {', '.join(dataset['images'][split])}")
+    print(f"fetch: wrote {args.out} and {args.out / DATASET_FILE}")
+
+
+def source_records(root: Path, cfg: DataConfig) -> tuple[str, list[ImageRecord]]:
+    """The source's layout ("generic" or "monuseg") and its paired images."""
+    user_root = find_user_root(root)
+    if user_root is None:
+        dirs = official_dirs(root)
+        return "monuseg", [r for split in SPLITS for r in pair_files(dirs, split)]
+    records = user_records(user_root)
+    check_recorded_scales(records, cfg.microns_per_pixel)
+    return "generic", records
 
 
 def download_official(cfg: DataConfig, scratch: Path) -> Path:
@@ -62,9 +91,11 @@ def report(records: list[ImageRecord]) -> None:
     for split in SPLITS:
         rows = [r for r in records if r.split == split]
         xml = sum(r.xml is not None for r in rows)
+        geojson = sum(r.geojson is not None for r in rows)
         maps = sum(r.instance_map is not None for r in rows)
-        print(f"fetch: {split}: {len(rows)} images, {xml} with XML, {maps} with an instance map")
-        no_xml = [r.image_id for r in rows if r.xml is None]
+        with_geojson = f", {geojson} with GeoJSON" if geojson else ""
+        print(f"fetch: {split}: {len(rows)} images, {xml} with XML{with_geojson}, {maps} with an instance map")
+        no_xml = [r.image_id for r in rows if r.xml is None and r.geojson is None]
         if no_xml:
             print(
                 f"fetch: {split}: no XML for {len(no_xml)} images; their instance map is the label: "

@@ -1,14 +1,15 @@
 """DVC stage `masks`: one instance label map per image in data/interim/<split>/labels/<id>.tif.
 
-Labels come from the XML polygons (rasterised with the organisers' one-pixel convention) or,
-where an image has no XML, from its instance map. Writes data/interim/masks_report.json with
-what was skipped or overwritten per image.
+Labels come from the XML polygons (rasterised with the organisers' one-pixel convention), from
+the GeoJSON polygons of your own images, or, where an image has neither, from its instance map.
+Writes data/interim/masks_report.json with what was skipped or overwritten per image.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -49,8 +50,8 @@ def main() -> None:
 
 def summarise(result: LabelResult) -> dict:
     row = {"source": result.source, "nuclei": result.nuclei}
-    if result.raster is not None:
-        row.update({f"xml_{k}": v for k, v in dataclasses.asdict(result.raster).items()})
+    if result.raster is not None:  # xml_* or geojson_*
+        row.update({f"{result.source}_{k}": v for k, v in dataclasses.asdict(result.raster).items()})
     if result.xml_vs_map_iou is not None:
         row["xml_vs_map_iou"] = round(result.xml_vs_map_iou, 4)
     return row
@@ -59,16 +60,24 @@ def summarise(result: LabelResult) -> dict:
 def print_summary(report: dict[str, dict]) -> None:
     for split in SPLITS:
         rows = {k: v for k, v in report.items() if v["split"] == split}
-        from_xml = sum(v["source"] == "xml" for v in rows.values())
+        sources = Counter(v["source"] for v in rows.values())
         nuclei = sum(v["nuclei"] for v in rows.values())
+        from_geojson = f"{sources['geojson']} from GeoJSON, " if sources["geojson"] else ""
         print(
-            f"masks: {split}: {len(rows)} label maps ({from_xml} from XML, {len(rows) - from_xml} from "
-            f"instance maps), {nuclei} nuclei"
+            f"masks: {split}: {len(rows)} label maps ({sources['xml']} from XML, {from_geojson}"
+            f"{sources['instance_map']} from instance maps), {nuclei} nuclei"
         )
     for image_id, row in report.items():
-        if row.get("xml_degenerate"):
-            print(f"masks: {image_id}: skipped {row['xml_degenerate']} degenerate polygon(s) (fewer than 3 vertices)")
-    overlapping = {k: v["xml_overlap_pixels"] for k, v in report.items() if v.get("xml_overlap_pixels")}
+        source = row["source"]
+        if row.get(f"{source}_degenerate"):
+            print(f"masks: {image_id}: skipped {row[f'{source}_degenerate']} degenerate polygon(s) (under 3 vertices)")
+        if row.get("geojson_skipped"):
+            print(
+                f"masks: {image_id}: skipped {row['geojson_skipped']} GeoJSON feature(s) without area (points, lines)"
+            )
+    overlapping = {
+        k: v[f"{v['source']}_overlap_pixels"] for k, v in report.items() if v.get(f"{v['source']}_overlap_pixels")
+    }
     if overlapping:
         print(
             f"masks: {sum(overlapping.values())} pixels claimed by overlapping polygons in {len(overlapping)} "

@@ -160,6 +160,12 @@ def write_label_tiff(path: Path, labels: np.ndarray) -> None:
         tifffile.imwrite(tmp, labels, compression="zlib")
 
 
+def write_rgb_tiff(path: Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 image as a zlib-compressed RGB TIFF, atomically."""
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, image, photometric="rgb", compression="zlib")
+
+
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 image as PNG, atomically."""
     import imagecodecs

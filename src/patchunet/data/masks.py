@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from skimage.draw import polygon as polygon_pixels
 
-from patchunet.data.annotations import Polygon, read_polygons
+from patchunet.data.annotations import VERTEX_MARGIN_PX, Polygon, read_polygons
 from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import ImageRecord
 from patchunet.errors import DataError
 from patchunet.evaluation.metrics import PixelCounts
+
+if TYPE_CHECKING:
+    from patchunet.data.geojson import GeoJSONReport
 
 MIN_POLYGON_VERTICES = 3
 
@@ -66,10 +71,10 @@ class LabelResult:
     labels: np.ndarray
     """(H, W) uint16/uint32 instance ids, the shape of the image"""
     source: str
-    """'xml' or 'instance_map'"""
+    """'xml', 'geojson' or 'instance_map'"""
     nuclei: int
     raster: RasterReport | None
-    """Set when the labels come from the XML."""
+    """Set when the labels come from the XML or the GeoJSON (then a `GeoJSONReport`)."""
     xml_vs_map_iou: float | None
     """Foreground IoU of the rasterised XML against the shipped instance map, where both exist."""
 
@@ -78,9 +83,13 @@ def make_label_map(record: ImageRecord, prefer: str) -> LabelResult:
     """Build the label map of one image from its XML or its instance map, checked against the image.
 
     `prefer` ('xml' or 'instance_map') decides when an image has both; the other is the fallback.
+    An image with a GeoJSON has nothing else (`pair_files`), and its labels are the GeoJSON's.
     """
     image = read_rgb_image(record.image)
     shape = image.shape[:2]
+    if record.geojson is not None:
+        labels, report = geojson_label_map(record.geojson, shape)
+        return LabelResult(labels, "geojson", report.nuclei, report, None)
     from_xml = from_map = raster = None
     if record.xml is not None:
         polygons = read_polygons(record.xml, shape)  # every vertex checked against the image
@@ -101,3 +110,33 @@ def make_label_map(record: ImageRecord, prefer: str) -> LabelResult:
     labels = from_xml if use_xml else from_map
     assert labels is not None  # pair_files guarantees an XML or an instance map
     return LabelResult(labels, "xml" if use_xml else "instance_map", count_nuclei(labels), raster, iou)
+
+
+def geojson_label_map(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, GeoJSONReport]:
+    """(H, W) labels of a GeoJSON's polygons (`data.geojson.rasterize_geojson`: holes, multipolygons,
+    clipped at the border), with the XML's checks: every vertex within VERTEX_MARGIN_PX of the image,
+    and at least one polygon with an area."""
+    # Imported here: data.geojson builds on this module's RasterReport.
+    from patchunet.data.geojson import rasterize_geojson, read_geojson_polygons
+
+    height, width = shape
+    for number, polygons in enumerate(read_geojson_polygons(path), start=1):
+        vertices = np.concatenate([ring for rings in polygons for ring in rings]).reshape(-1, 2)
+        # 0-based pixel corners: the image spans [0, W] x [0, H]
+        beyond = np.max([-vertices[:, 0], vertices[:, 0] - width, -vertices[:, 1], vertices[:, 1] - height], axis=0)
+        worst = int(np.argmax(beyond)) if len(beyond) else 0
+        if len(beyond) and beyond[worst] > VERTEX_MARGIN_PX:
+            x, y = vertices[worst]
+            raise DataError(
+                path,
+                f"polygon feature {number}: vertex (x={x:g}, y={y:g}) lies {beyond[worst]:g} px outside the "
+                f"{width}x{height} image (at most {VERTEX_MARGIN_PX:g} px allowed; coordinates of the whole slide?)",
+            )
+    labels, report = rasterize_geojson(path, shape)
+    if report.nuclei == 0:
+        raise DataError(
+            path,
+            f"no usable polygon: {report.polygons} polygon features ({report.degenerate} degenerate), "
+            f"{report.skipped} other geometries",
+        )
+    return labels, report

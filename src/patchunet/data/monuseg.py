@@ -10,8 +10,10 @@ Two layouts are known. The official one, once unzipped:
 and the project's raw layout, which `copy_to_raw` writes and every later stage reads:
 
     data/raw/monuseg/{train,test}/{images,annotations,instance_maps}/<id>.*
+    data/raw/monuseg/dataset.json     the source's layout, its scale and the ids of each split
 
-where every image is `<id>.tif`, whatever its suffix in the source.
+where every image is `<id>.tif` (a PNG is converted), and an annotation `<id>.xml` or `<id>.geojson`.
+Your own images come in a third, generic layout: see `data.user_layout`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from patchunet.data.images import read_rgb_image
+from patchunet.data.images import read_rgb_image, write_rgb_tiff
 from patchunet.errors import DataError, SourceError
 
 Split = Literal["train", "test"]
@@ -31,6 +34,9 @@ SPLITS: tuple[Split, ...] = ("train", "test")
 OFFICIAL_TRAIN_DIR = "MoNuSeg 2018 Training Data"
 OFFICIAL_TEST_DIR = "MoNuSegTestData"
 IMAGE_SUFFIXES = (".tif", ".tiff")
+LABEL_MAP_SUFFIXES = (".png", ".tif", ".tiff")
+ANNOTATION_SUFFIXES = (".xml", ".geojson")
+DATASET_FILE = "dataset.json"
 
 # TCGA tissue source site (the 2 characters after "TCGA-") -> organ, for every site in MoNuSeg
 # 2018. The release calls sites 18/21/38/49/50 "liver", but they are TCGA lung (LUSC/LUAD) sites;
@@ -56,13 +62,14 @@ def organ_of(image_id: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
-    """One image and the files that label it; at least one of `xml` and `instance_map` exists."""
+    """One image and the files that label it: an XML and/or an instance map, or else a GeoJSON."""
 
     image_id: str
     split: Split
     image: Path
     xml: Path | None
     instance_map: Path | None
+    geojson: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,23 +112,40 @@ def _find_dir(root: Path, name: str) -> Path:
 
 
 def pair_files(dirs: SourceDirs, split: Split) -> list[ImageRecord]:
-    """Match every image with its XML and/or instance map, refusing orphans on either side."""
-    images = _files_by_id(dirs.images[split], IMAGE_SUFFIXES)
-    xmls = _files_by_id(dirs.annotations[split], (".xml",))
+    """Match every image with its XML and/or instance map, or its GeoJSON, refusing orphans on either side."""
+    images = files_by_id(dirs.images[split], IMAGE_SUFFIXES)
+    annotations = files_by_id(dirs.annotations[split], ANNOTATION_SUFFIXES)  # X.xml beside X.geojson: refused
     maps_dir = dirs.instance_maps[split]
-    maps = _files_by_id(maps_dir, (".png", ".tif", ".tiff")) if maps_dir else {}
+    maps = files_by_id(maps_dir, LABEL_MAP_SUFFIXES) if maps_dir else {}
     if not images:
         raise DataError(dirs.images[split], f"no {split} images (*.tif) found")
+    check_pairs(images, annotations, maps)
+    for image_id, annotation in annotations.items():
+        if annotation.suffix.lower() == ".geojson" and image_id in maps:
+            raise DataError(annotation, f"a second annotation for {image_id}, beside {maps[image_id]}: keep only one")
+    return [record_of(i, split, images[i], annotations.get(i), maps.get(i)) for i in sorted(images)]
+
+
+def check_pairs(images: dict[str, Path], annotations: dict[str, Path], maps: dict[str, Path]) -> None:
+    """Refuse an image without an annotation or instance map, and an annotation or map without an image."""
     for image_id, path in sorted(images.items()):
-        if image_id not in xmls and image_id not in maps:
-            raise DataError(path, "image has no annotation: neither an XML nor an instance map")
-    for image_id, path in sorted({**maps, **xmls}.items()):
+        if image_id not in annotations and image_id not in maps:
+            raise DataError(path, "image has no annotation: neither an XML or GeoJSON nor an instance map")
+    for image_id, path in sorted({**maps, **annotations}.items()):
         if image_id not in images:
             raise DataError(path, "annotation has no image")
-    return [ImageRecord(i, split, images[i], xmls.get(i), maps.get(i)) for i in sorted(images)]
 
 
-def _files_by_id(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+def record_of(
+    image_id: str, split: Split, image: Path, annotation: Path | None, instance_map: Path | None
+) -> ImageRecord:
+    """The record of an image whose `annotation` is an XML or a GeoJSON file, told by its suffix."""
+    geojson = annotation if annotation is not None and annotation.suffix.lower() == ".geojson" else None
+    xml = annotation if geojson is None else None
+    return ImageRecord(image_id, split, image, xml, instance_map, geojson)
+
+
+def files_by_id(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     """id -> file, refusing two files for one id (`X.tif` and `X.tiff`, `X.png` and `X.tif`)."""
     if not folder.is_dir():
         return {}
@@ -158,17 +182,36 @@ def check_no_shared_images(records: list[ImageRecord]) -> None:
             )
 
 
-def copy_to_raw(records: list[ImageRecord], raw_root: Path) -> None:
-    """Copy records into the project's raw layout (see module docstring) under `raw_root`."""
+def copy_to_raw(records: Iterable[ImageRecord], raw_root: Path) -> None:
+    """Copy records into the project's raw layout (see module docstring) under `raw_root`.
+
+    A TIFF image is copied byte for byte (keeping any scale it records); another format is converted
+    to TIFF, as the layout promises `<id>.tif`.
+    """
     dirs = raw_dirs(raw_root)
     for record in records:
+        images = dirs.images[record.split]
+        images.mkdir(parents=True, exist_ok=True)
+        if record.image.suffix.lower() in IMAGE_SUFFIXES:
+            shutil.copyfile(record.image, images / f"{record.image_id}.tif")
+        else:
+            write_rgb_tiff(images / f"{record.image_id}.tif", read_rgb_image(record.image))
         targets = [
-            (record.image, dirs.images[record.split], ".tif"),
-            (record.xml, dirs.annotations[record.split], ".xml"),
-            (record.instance_map, dirs.instance_maps[record.split], None),
+            (record.xml, dirs.annotations[record.split]),
+            (record.geojson, dirs.annotations[record.split]),
+            (record.instance_map, dirs.instance_maps[record.split]),
         ]
-        for source, folder, suffix in targets:
+        for source, folder in targets:
             if source is not None:
                 assert folder is not None
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, folder / f"{record.image_id}{suffix or source.suffix.lower()}")
+                shutil.copyfile(source, folder / f"{record.image_id}{source.suffix.lower()}")
+
+
+def dataset_description(layout: str, records: list[ImageRecord], microns_per_pixel: float) -> dict:
+    """What `dataset.json` holds: the source's layout, its images' scale and each split's image ids."""
+    return {
+        "layout": layout,
+        "microns_per_pixel": microns_per_pixel,
+        "images": {split: sorted(r.image_id for r in records if r.split == split) for split in SPLITS},
+    }
