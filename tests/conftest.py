@@ -100,6 +100,71 @@ def write_instance_map_png(path: Path, polygons: list[list[tuple[float, float]]]
     return path
 
 
+def write_qupath_geojson(path: Path, labels: np.ndarray) -> Path:
+    """The nuclei of (H, W) `labels` as a QuPath GeoJSON export of detections."""
+    from patchunet.data.geojson import nuclei_feature_collection, write_geojson
+
+    write_geojson(path, nuclei_feature_collection(labels))
+    return path
+
+
+def geojson_polygon(*rings: list[tuple[float, float]]) -> dict:
+    """A GeoJSON Feature of one Polygon: an exterior ring, then its holes, in 0-based pixel corners."""
+    coordinates = [[list(v) for v in (*ring, ring[0])] for ring in rings]
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": coordinates}, "properties": {}}
+
+
+USER_TEST_IDS = ["slide-b-02", "slide-c-03"]
+
+
+def write_user_source(root: Path, side: int = 64) -> Path:
+    """A tiny source in the generic layout: 6 tiles (PNG and TIFF), labelled by instance maps,
+    GeoJSON and XML in turn, and a test.txt naming USER_TEST_IDS (with a comment and a blank line)."""
+    from patchunet.data.images import write_png
+
+    kinds = ["labels", "geojson", "xml"]
+    for n, image_id in enumerate(["slide-a-01", "slide-b-02", "slide-c-03", "slide-d-04", "slide-e-05", "slide-f-06"]):
+        image, labels = nuclei_tile(side, seed=n)
+        if n % 2:
+            write_png(root / "images" / f"{image_id}.png", image)
+        else:
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(root / "images" / f"{image_id}.tif", image, photometric="rgb")
+        kind = kinds[n % 3]
+        if kind == "labels":
+            import imagecodecs
+
+            (root / "labels").mkdir(parents=True, exist_ok=True)
+            (root / "labels" / f"{image_id}.png").write_bytes(imagecodecs.png_encode(labels))
+        elif kind == "geojson":
+            write_qupath_geojson(root / "annotations" / f"{image_id}.geojson", labels)
+        else:
+            write_monuseg_xml(root / "annotations" / f"{image_id}.xml", square_polygons(labels))
+    (root / "test.txt").write_text("# held out for the final score\n" + "\n".join(USER_TEST_IDS) + "\n\n")
+    return root
+
+
+def nuclei_tile(side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A light (side, side, 3) uint8 tile with 6 dark square 'nuclei', and its (side, side) uint16 labels."""
+    from patchunet.data.masks import rasterize_polygons
+
+    labels, _ = rasterize_polygons([np.asarray(p, float) for p in nuclei_polygons(seed, side=side)], (side, side))
+    rng = np.random.default_rng(seed)
+    image = np.full((side, side, 3), 220, np.uint8)
+    image[labels > 0] = (70, 40, 120)
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    return image, labels.astype(np.uint16)
+
+
+def square_polygons(labels: np.ndarray) -> list[list[tuple[float, float]]]:
+    """The 1-based XML polygons of square nuclei, one per id of `labels`, that rasterise back to them."""
+    polygons = []
+    for nucleus in range(1, int(labels.max()) + 1):
+        rows, cols = np.nonzero(labels == nucleus)
+        polygons.append(square(cols.min() + 1, rows.min() + 1, cols.max() - cols.min()))
+    return polygons
+
+
 @pytest.fixture(autouse=True)
 def no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: undo it after each test, so a

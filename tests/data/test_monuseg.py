@@ -3,10 +3,19 @@ from pathlib import Path
 
 import pytest
 import tifffile
-from conftest import TEST_DIR, TRAIN_DIR, nuclei_polygons, write_monuseg_xml
+from conftest import TEST_DIR, TRAIN_DIR, nuclei_polygons, write_monuseg_xml, write_user_source
 
 from patchunet.data.images import read_rgb_image
-from patchunet.data.monuseg import check_no_shared_images, copy_to_raw, official_dirs, organ_of, pair_files, raw_dirs
+from patchunet.data.monuseg import (
+    check_no_shared_images,
+    copy_to_raw,
+    dataset_description,
+    official_dirs,
+    organ_of,
+    pair_files,
+    raw_dirs,
+)
+from patchunet.data.user_layout import user_records
 from patchunet.errors import DataError, SourceError
 
 
@@ -108,3 +117,39 @@ def test_test_image_renamed_and_re_encoded_among_the_training_images_is_refused(
     write_monuseg_xml(synthetic_source / TRAIN_DIR / "Annotations" / "TCGA-A7-0009-01Z.xml", nuclei_polygons(1))
     with pytest.raises(DataError, match=r"TCGA-AC-0005-01Z\.tif: same pixels as .*TCGA-A7-0009-01Z\.tif \(train image"):
         check_no_shared_images(all_records(synthetic_source))
+
+
+def test_user_images_copy_into_the_raw_layout_as_tiff_with_their_annotations(tmp_path: Path) -> None:
+    records = user_records(write_user_source(tmp_path / "mine"))
+    copy_to_raw(records, tmp_path / "raw")
+    raw = raw_dirs(tmp_path / "raw")
+    png = next(r for r in records if r.image.suffix == ".png")
+    copied = raw.images[png.split] / f"{png.image_id}.tif"
+    assert tifffile.TiffFile(copied).series[0].shape == (64, 64, 3)  # a TIFF, not PNG bytes under a .tif name
+    assert (read_rgb_image(copied) == read_rgb_image(png.image)).all()
+    again = {r.image_id: r for split in ("train", "test") for r in pair_files(raw, split)}
+    assert again["slide-b-02"].geojson == raw.annotations["test"] / "slide-b-02.geojson"
+    assert again["slide-a-01"].instance_map == raw.instance_maps["train"] / "slide-a-01.png"
+    assert sorted(again) == sorted(r.image_id for r in records)
+
+
+def test_a_geojson_beside_an_instance_map_in_the_raw_layout_is_refused(tmp_path: Path) -> None:
+    copy_to_raw(user_records(write_user_source(tmp_path / "mine")), tmp_path / "raw")
+    raw = raw_dirs(tmp_path / "raw")
+    raw.instance_maps["test"].mkdir()
+    shutil.copy(raw.instance_maps["train"] / "slide-a-01.png", raw.instance_maps["test"] / "slide-b-02.png")
+    with pytest.raises(DataError, match=r"slide-b-02\.geojson: a second annotation for slide-b-02"):
+        pair_files(raw, "test")
+
+
+def test_dataset_description_gives_layout_scale_and_ids_per_split(tmp_path: Path) -> None:
+    records = user_records(write_user_source(tmp_path / "mine"))
+    description = dataset_description("generic", records, 0.5)
+    assert description == {
+        "layout": "generic",
+        "microns_per_pixel": 0.5,
+        "images": {
+            "train": ["slide-a-01", "slide-d-04", "slide-e-05", "slide-f-06"],
+            "test": ["slide-b-02", "slide-c-03"],
+        },
+    }

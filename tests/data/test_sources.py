@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, TEST_DIR
+from conftest import REPO_ROOT, TEST_DIR, write_user_source
 
 from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.data.monuseg import official_dirs, pair_files
@@ -120,3 +120,14 @@ def test_manifest_of_a_zip_names_the_zip(synthetic_source: Path, tmp_path: Path)
     zips = zip_official_folders(synthetic_source, tmp_path / "zips")
     manifest = source_manifest(zips / "MoNuSegTestData.zip", DATA)
     assert [f["path"] for f in manifest["files"]] == ["MoNuSegTestData.zip"]
+
+
+def test_manifest_of_your_own_images_lists_every_file_of_the_folder(tmp_path: Path) -> None:
+    cfg = parse_section(DataConfig, load_params(REPO_ROOT / "params.yaml"), "data")
+    source = write_user_source(tmp_path / "mine")
+    names = [entry["path"] for entry in source_manifest(source, cfg)["files"]]
+    assert "test.txt" in names and "annotations/slide-b-02.geojson" in names and "labels/slide-a-01.png" in names
+    assert len(names) == 6 + 6 + 1
+    before = source_manifest(source, cfg)
+    (source / "test.txt").write_text("slide-b-02\n")
+    assert source_manifest(source, cfg) != before  # another test list is other data: fetch reruns
