@@ -216,3 +216,20 @@ def test_empty_strings_are_refused(cls, section: str, key: str) -> None:
 def test_params_path_that_is_a_folder_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PatchUNetError, match=r": cannot read the params file \(Is a directory\)$"):
         load_params(tmp_path)
+
+
+def test_the_model_trains_at_the_scale_of_the_data() -> None:
+    params = {**PARAMS, "data": {**PARAMS["data"], "microns_per_pixel": 0.5}}
+    assert parse_section(ModelConfig, params, "model").microns_per_pixel == 0.5
+
+
+def test_model_microns_per_pixel_is_refused_with_where_it_moved() -> None:
+    params = {**PARAMS, "model": {**PARAMS["model"], "microns_per_pixel": 0.25}}
+    with pytest.raises(ConfigError, match=r"model\.microns_per_pixel: has moved to data\.microns_per_pixel"):
+        parse_section(ModelConfig, params, "model")
+
+
+def test_a_bad_data_scale_is_named_as_data_microns_per_pixel() -> None:
+    params = {**PARAMS, "data": {**PARAMS["data"], "microns_per_pixel": 0}}
+    with pytest.raises(ConfigError, match=r"data\.microns_per_pixel: Input should be greater than 0"):
+        parse_section(ModelConfig, params, "model")

@@ -45,7 +45,7 @@ def version_description(
     """Version `version`'s card, from its training run and its test scores (per-image means)."""
     params, metrics = run.params, run.metrics
     head = params.get(names.INSTANCE_HEAD_PARAM, "none")
-    mpp = params.get(names.MICRONS_PER_PIXEL_PARAM) or params.get(names.OLD_MICRONS_PER_PIXEL_PARAM, "?")
+    mpp = params.get(names.MICRONS_PER_PIXEL_PARAM) or params.get(names.OLD_MICRONS_PER_PIXEL_PARAM)
     training = ", ".join(f"{key} {params[key]}" for key in TRAINING_PARAMS if key in params)
     nan = float("nan")
     val = f"Dice {metrics.get(names.BEST_VAL_DICE, nan):.4f}, IoU {metrics.get(names.BEST_VAL_IOU, nan):.4f}"
@@ -57,7 +57,7 @@ def version_description(
     )
     return (
         f"# {name} v{version}\n\n"
-        f"**Segments** nuclei in H&E images at {mpp} µm per pixel (40x); other scales are resampled to it "
+        f"**Segments** nuclei in H&E images at {scale_words(mpp)}; other scales are resampled to it "
         f"(param `mpp`).\n\n"
         f"**Heads:** {HEAD_WORDS.get(head, head)}.\n\n"
         f"**Data:** MoNuSeg 2018 training images, split by image into train and validation (val fraction "
@@ -72,6 +72,16 @@ def version_description(
         f"**Inference:** sliding windows of {window} px; {post}.\n\n"
         f"{usage(f'models:/{name}/{version}')}"
     )
+
+
+def scale_words(mpp: str | None) -> str:
+    """ "0.25 µm per pixel (40x)": a logged scale, with its magnification where it is one of MAGNIFICATIONS."""
+    from patchunet.inference.scale import MAGNIFICATIONS, is_same_scale
+
+    if mpp is None:
+        return "? µm per pixel"
+    known = [name for name, value in MAGNIFICATIONS.items() if is_same_scale(float(mpp), value)]
+    return f"{mpp} µm per pixel" + (f" ({known[0]})" if known else "")
 
 
 def usage(model_uri: str) -> str:

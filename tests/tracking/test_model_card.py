@@ -1,0 +1,23 @@
+"""The model card reads a run's scale under its name now and under the one older runs logged."""
+
+from __future__ import annotations
+
+import pytest
+
+from patchunet.tracking import names
+from patchunet.tracking.model_card import version_description
+from patchunet.tracking.records import RunSummary
+
+
+def card(params: dict[str, str]) -> str:
+    run = RunSummary("run-1", "1", "train", "FINISHED", params, {}, {})
+    return version_description("patchunet", 3, run, {"aji": 0.6}, {}, 256)
+
+
+@pytest.mark.parametrize("param", [names.MICRONS_PER_PIXEL_PARAM, names.OLD_MICRONS_PER_PIXEL_PARAM])
+def test_the_card_gives_the_training_scale_of_new_and_older_runs(param: str) -> None:
+    assert "nuclei in H&E images at 0.5 µm per pixel (20x);" in card({param: "0.5"})
+
+
+def test_a_scale_of_no_known_magnification_is_given_alone() -> None:
+    assert "at 0.3 µm per pixel;" in card({names.MICRONS_PER_PIXEL_PARAM: "0.3"})
