@@ -1,0 +1,171 @@
+"""Your own images (the generic layout) through the real stage scripts, fetch to register."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+from conftest import REPO_ROOT, USER_TEST_IDS, mlflow_client, nuclei_tile, update_params, write_user_source
+
+from patchunet.data.images import read_label_image
+
+STAGES = ("fetch", "masks", "split", "patches", "train", "evaluate", "register")
+
+
+def run_stage(project: Path, stage: str, source: Path | None = None, uri: str = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MONUSEG_DIR"}
+    env.update({"MLFLOW_TRACKING_URI": uri} if uri else {})
+    env.update({"MONUSEG_DIR": str(source)} if source else {})
+    script = REPO_ROOT / "pipelines" / f"{stage}.py"
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def project(stage_project: Path) -> Path:
+    update_params(
+        stage_project,
+        patch={"size": 32, "stride": 32},
+        split={"val_fraction": 0.25},
+        augment={"copies": 0},
+        model={"base_channels": 8, "depth": 2, "instance_head": "none"},
+        train={"epochs": 1, "lr": 0.01, "num_workers": 0},
+        eval={"window": 32, "overlap": 8, "samples": 1, "min_nucleus_area": 8, "threshold": 0.5},
+    )
+    return stage_project
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return write_user_source(tmp_path / "mine")
+
+
+def test_your_own_images_run_from_fetch_to_register(project: Path, source: Path) -> None:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    outputs = {}
+    for stage in STAGES:
+        result = run_stage(project, stage, source if stage == "fetch" else None, uri)
+        assert result.returncode == 0, f"{stage}: {result.stderr}"
+        outputs[stage] = result.stdout
+    dataset = json.loads((project / "data/raw/monuseg/dataset.json").read_text())
+    assert dataset["layout"] == "generic" and dataset["microns_per_pixel"] == 0.25
+    assert dataset["images"]["test"] == USER_TEST_IDS
+    assert "fetch: generic layout at 0.25 µm per pixel" in outputs["fetch"]
+    report = json.loads((project / "data/interim/masks_report.json").read_text())
+    assert sorted(row["source"] for row in report.values()) == ["geojson"] * 2 + ["instance_map"] * 2 + ["xml"] * 2
+    split = json.loads((project / "data/interim/split.json").read_text())
+    assert split["test"] == USER_TEST_IDS and len(split["train"]) == 3 and len(split["val"]) == 1
+    with (project / "reports/test_per_image.csv").open() as rows:
+        assert sorted(row["image_id"] for row in csv.DictReader(rows)) == USER_TEST_IDS
+    registry = json.loads((project / "models/registry.json").read_text())
+    assert registry["version"] == 1
+    run = mlflow_client(uri).get_run(registry["run_id"])
+    assert run.data.params["data.microns_per_pixel"] == "0.25" and "model.microns_per_pixel" not in run.data.params
+
+
+def test_masks_give_each_annotation_kind_the_labels_it_was_written_from(project: Path, source: Path) -> None:
+    for stage in ("fetch", "masks"):
+        assert run_stage(project, stage, source if stage == "fetch" else None).returncode == 0
+    for n, image_id in enumerate(sorted(p.stem for p in (source / "images").iterdir())):
+        split = "test" if image_id in USER_TEST_IDS else "train"
+        labels = read_label_image(project / f"data/interim/{split}/labels/{image_id}.tif")
+        assert (labels == nuclei_tile(64, seed=n)[1]).all(), image_id
+
+
+def test_dataset_json_records_data_microns_per_pixel(project: Path, source: Path) -> None:
+    update_params(project, data={"microns_per_pixel": 0.5})
+    result = run_stage(project, "fetch", source)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((project / "data/raw/monuseg/dataset.json").read_text())["microns_per_pixel"] == 0.5
+
+
+def test_model_microns_per_pixel_is_refused_with_where_it_moved(project: Path) -> None:
+    update_params(project, model={"microns_per_pixel": 0.25})
+    line = one_line_error(run_stage(project, "train"))
+    assert "model.microns_per_pixel: has moved to data.microns_per_pixel" in line
+
+
+def corrupt_tiff(source: Path) -> None:
+    (source / "images/slide-a-01.tif").write_bytes(b"II*\x00" + b"\x00" * 50)
+
+
+def grayscale_png(source: Path) -> None:
+    path = source / "images/slide-b-02.png"
+    path.write_bytes(imagecodecs.png_encode(imagecodecs.png_decode(path.read_bytes())[..., 0].copy()))
+
+
+def unknown_test_id(source: Path) -> None:
+    (source / "test.txt").write_text("slide-b-02\nslide-z-99\n")
+
+
+def no_test_list(source: Path) -> None:
+    (source / "test.txt").unlink()
+
+
+def labels_beside_geojson(source: Path) -> None:
+    (source / "labels/slide-b-02.png").write_bytes((source / "labels/slide-a-01.png").read_bytes())
+
+
+def label_png_and_tiff(source: Path) -> None:
+    tifffile.imwrite(source / "labels/slide-a-01.tif", np.zeros((64, 64), np.uint16))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (corrupt_tiff, "slide-a-01.tif: corrupt or truncated"),
+        (grayscale_png, "slide-b-02.png: grayscale image"),
+        (unknown_test_id, "test.txt: line 2: no image 'slide-z-99' in images/"),
+        (no_test_list, "test.txt: file not found"),
+        (labels_beside_geojson, "slide-b-02.geojson: a second annotation for slide-b-02, beside labels/slide-b-02.png"),
+        (label_png_and_tiff, "slide-a-01.tif: a second file for slide-a-01, beside slide-a-01.png"),
+    ],
+)
+def test_fetch_refuses_bad_input_in_one_line_and_writes_nothing(project: Path, source: Path, breakage, message) -> None:
+    breakage(source)
+    assert message in one_line_error(run_stage(project, "fetch", source))
+    assert not (project / "data").exists()
+
+
+def malformed_geojson(source: Path) -> None:
+    (source / "annotations/slide-b-02.geojson").write_text("{")
+
+
+def empty_geojson(source: Path) -> None:
+    (source / "annotations/slide-b-02.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+
+
+def label_map_of_another_shape(source: Path) -> None:
+    (source / "labels/slide-a-01.png").write_bytes(imagecodecs.png_encode(np.zeros((32, 64), np.uint16)))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (malformed_geojson, "slide-b-02.geojson: not valid JSON"),
+        (empty_geojson, "slide-b-02.geojson: no usable polygon: 0 polygon features"),
+        (label_map_of_another_shape, "slide-a-01.png: label map is 64x32 but its image slide-a-01.tif is 64x64"),
+    ],
+)
+def test_masks_refuses_bad_annotations_in_one_line_and_writes_nothing(
+    project: Path, source: Path, breakage, message
+) -> None:
+    breakage(source)
+    assert run_stage(project, "fetch", source).returncode == 0
+    assert message in one_line_error(run_stage(project, "masks"))
+    assert not (project / "data/interim").exists()
