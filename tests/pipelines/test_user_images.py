@@ -13,7 +13,15 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO_ROOT, USER_TEST_IDS, mlflow_client, nuclei_tile, update_params, write_user_source
+from conftest import (
+    REPO_ROOT,
+    USER_TEST_IDS,
+    mlflow_client,
+    nuclei_tile,
+    update_params,
+    write_qupath_geojson,
+    write_user_source,
+)
 
 from patchunet.data.images import read_label_image
 
@@ -169,3 +177,52 @@ def test_masks_refuses_bad_annotations_in_one_line_and_writes_nothing(
     assert run_stage(project, "fetch", source).returncode == 0
     assert message in one_line_error(run_stage(project, "masks"))
     assert not (project / "data/interim").exists()
+
+
+REAL_XML, REAL_GEOJSON, REAL_LABELS = "TCGA-21-5784-01Z-00-DX1", "TCGA-A7-A13E-01Z-00-DX1", "TCGA-18-5592-01Z-00-DX1"
+
+
+def write_real_images_as_your_own(monuseg: Path, root: Path) -> dict[str, np.ndarray]:
+    """Three real training images in the generic layout: one with its XML, one (as PNG) with a GeoJSON
+    written from its instance map, one with its instance map as labels/; returns the MoNuSeg route's labels."""
+    from patchunet.data.images import read_rgb_image, write_png
+    from patchunet.data.masks import make_label_map
+    from patchunet.data.monuseg import official_dirs, pair_files
+
+    records = {r.image_id: r for r in pair_files(official_dirs(monuseg), "train")}
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "annotations").mkdir()
+    for image_id in (REAL_XML, REAL_LABELS):
+        (root / f"images/{image_id}.tif").write_bytes(records[image_id].image.read_bytes())
+    write_png(root / f"images/{REAL_GEOJSON}.png", read_rgb_image(records[REAL_GEOJSON].image))
+    (root / f"annotations/{REAL_XML}.xml").write_bytes(records[REAL_XML].xml.read_bytes())
+    write_qupath_geojson(
+        root / f"annotations/{REAL_GEOJSON}.geojson", read_label_image(records[REAL_GEOJSON].instance_map)
+    )
+    (root / f"labels/{REAL_LABELS}.png").write_bytes(records[REAL_LABELS].instance_map.read_bytes())
+    (root / "test.txt").write_text(f"{REAL_LABELS}\n")
+    return {
+        REAL_XML: make_label_map(records[REAL_XML], prefer="xml").labels,
+        REAL_GEOJSON: make_label_map(records[REAL_GEOJSON], prefer="instance_map").labels,
+        REAL_LABELS: make_label_map(records[REAL_LABELS], prefer="xml").labels,
+    }
+
+
+def test_real_images_as_your_own_get_the_labels_of_the_monuseg_route(
+    real_monuseg: Path, project: Path, tmp_path: Path
+) -> None:
+    expected = write_real_images_as_your_own(real_monuseg, tmp_path / "mine")
+    for stage in ("fetch", "masks"):
+        result = run_stage(project, stage, tmp_path / "mine" if stage == "fetch" else None)
+        assert result.returncode == 0, result.stderr
+    for image_id, labels in expected.items():
+        split = "test" if image_id == REAL_LABELS else "train"
+        made = read_label_image(project / f"data/interim/{split}/labels/{image_id}.tif")
+        np.testing.assert_array_equal(made, labels, err_msg=image_id)
+    report = json.loads((project / "data/interim/masks_report.json").read_text())
+    assert {k: v["source"] for k, v in report.items()} == {
+        REAL_XML: "xml",
+        REAL_GEOJSON: "geojson",
+        REAL_LABELS: "instance_map",
+    }
