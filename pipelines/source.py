@@ -22,7 +22,9 @@ from patchunet.paths import SOURCE_MANIFEST
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--source", help="unzipped MoNuSeg folder, or a folder holding the official zips")
+    parser.add_argument(
+        "--source", help="unzipped MoNuSeg folder, a folder holding the official zips, or your own images' folder"
+    )
     parser.add_argument("--out", type=Path, default=SOURCE_MANIFEST)
     args = parser.parse_args()
     cfg = parse_section(DataConfig, load_params(args.params), "data")
