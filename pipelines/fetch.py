@@ -17,7 +17,6 @@ from tqdm import tqdm
 from patchunet.config import DataConfig, load_params, parse_section
 from patchunet.console import run_stage
 from patchunet.data.monuseg import (
-    DATASET_FILE,
     SPLITS,
     ImageRecord,
     check_no_shared_images,
@@ -29,7 +28,7 @@ from patchunet.data.monuseg import (
 from patchunet.data.sources import chosen_source, download, unpack_source
 from patchunet.data.user_layout import check_recorded_scales, find_user_root, user_records
 from patchunet.files import atomic_directory, write_json
-from patchunet.paths import RAW_DIR
+from patchunet.paths import DATASET_FILE, RAW_DIR
 
 
 def main() -> None:
@@ -54,12 +53,12 @@ def main() -> None:
         dataset = dataset_description(layout, records, cfg.microns_per_pixel)
         with atomic_directory(args.out) as staging:
             copy_to_raw(tqdm(records, desc="copy", unit="image"), staging)
-            write_json(staging / DATASET_FILE, dataset)
+            write_json(staging / DATASET_FILE.name, dataset)
     report(records)
     print(f"fetch: {layout} layout at {cfg.microns_per_pixel:g} µm per pixel (data.microns_per_pixel)")
     for split in SPLITS:
         print(f"fetch: {split} images: {', '.join(dataset['images'][split])}")
-    print(f"fetch: wrote {args.out} and {args.out / DATASET_FILE}")
+    print(f"fetch: wrote {args.out} and {args.out / DATASET_FILE.name}")
 
 
 def source_records(root: Path, cfg: DataConfig) -> tuple[str, list[ImageRecord]]:

@@ -36,9 +36,17 @@ from patchunet.config import (
 )
 from patchunet.console import log_to_stdout, run_stage
 from patchunet.data.patches import PatchSet
-from patchunet.files import write_csv, write_json
+from patchunet.files import read_json_value, write_csv, write_json
 from patchunet.model.unet import check_input_size, parameter_count, save_model
-from patchunet.paths import CHECKPOINT_DIR, MODEL_FILE, PATCH_DIR, RUN_FILE, TRAIN_METRICS, TRAIN_PLOTS
+from patchunet.paths import (
+    CHECKPOINT_DIR,
+    DATASET_FILE,
+    MODEL_FILE,
+    PATCH_DIR,
+    RUN_FILE,
+    TRAIN_METRICS,
+    TRAIN_PLOTS,
+)
 from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint, resumable_run_id, set_aside_checkpoints
@@ -111,7 +119,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         tracking.recorded_as_running(active.run_id, ACTIVE_RUN_RECORD),
     ):
         if not args.resume:
-            dataset = {"patch_size": patch_size, **patch_counts}
+            dataset = {"patch_size": patch_size, **patch_counts, **fetched_layout()}
             commit, data_hash = git_commit(Path.cwd()), dvc_output_hash(Path("dvc.lock"), str(PATCH_DIR))
             log_run_inputs(cfgs, dataset, parameter_count(model), commit, data_hash)
         result = fit(
@@ -165,6 +173,12 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches; model logged "
         f"to run {active.run_id}, registered by `register` once evaluated"
     )
+
+
+def fetched_layout() -> dict[str, str]:
+    """{"layout": "monuseg" or "generic"} as fetch found it, for the model card; {} where fetch wrote no
+    dataset.json (a project whose patches came from elsewhere)."""
+    return {"layout": read_json_value(DATASET_FILE, "layout")} if DATASET_FILE.is_file() else {}
 
 
 def follow(args: argparse.Namespace, ranks: Ranks) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 SOURCE_MANIFEST = Path("data/source.json")
 RAW_DIR = Path("data/raw/monuseg")
+DATASET_FILE = RAW_DIR / "dataset.json"  # what fetch fetched: layout, scale, the ids of each split
 INTERIM_DIR = Path("data/interim")
 MASKS_REPORT = INTERIM_DIR / "masks_report.json"
 SPLIT_FILE = INTERIM_DIR / "split.json"

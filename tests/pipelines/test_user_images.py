@@ -84,6 +84,9 @@ def test_your_own_images_run_from_fetch_to_register(project: Path, source: Path)
     assert registry["version"] == 1
     run = mlflow_client(uri).get_run(registry["run_id"])
     assert run.data.params["data.microns_per_pixel"] == "0.25" and "model.microns_per_pixel" not in run.data.params
+    assert run.data.params["dataset.layout"] == "generic"
+    card = mlflow_client(uri).get_model_version("patchunet", "1").description
+    assert "Your own images" in card and "named in its test.txt" in card
 
 
 def test_masks_give_each_annotation_kind_the_labels_it_was_written_from(project: Path, source: Path) -> None:

@@ -21,3 +21,14 @@ def test_the_card_gives_the_training_scale_of_new_and_older_runs(param: str) -> 
 
 def test_a_scale_of_no_known_magnification_is_given_alone() -> None:
     assert "at 0.3 µm per pixel;" in card({names.MICRONS_PER_PIXEL_PARAM: "0.3"})
+
+
+def test_the_card_names_your_own_images_and_their_test_list() -> None:
+    text = card({names.DATA_LAYOUT_PARAM: "generic"})
+    assert "Your own images" in text and "The images named in its test.txt gave the test scores" in text
+
+
+@pytest.mark.parametrize("params", [{names.DATA_LAYOUT_PARAM: "monuseg"}, {}])
+def test_the_card_of_monuseg_and_of_older_runs_names_monuseg(params: dict[str, str]) -> None:
+    text = card(params)
+    assert "MoNuSeg 2018 training images" in text and "The official test set (14 images)" in text

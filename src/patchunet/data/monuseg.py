@@ -36,7 +36,6 @@ OFFICIAL_TEST_DIR = "MoNuSegTestData"
 IMAGE_SUFFIXES = (".tif", ".tiff")
 LABEL_MAP_SUFFIXES = (".png", ".tif", ".tiff")
 ANNOTATION_SUFFIXES = (".xml", ".geojson")
-DATASET_FILE = "dataset.json"
 
 # TCGA tissue source site (the 2 characters after "TCGA-") -> organ, for every site in MoNuSeg
 # 2018. The release calls sites 18/21/38/49/50 "liver", but they are TCGA lung (LUSC/LUAD) sites;

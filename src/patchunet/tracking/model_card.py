@@ -60,17 +60,27 @@ def version_description(
         f"**Segments** nuclei in H&E images at {scale_words(mpp)}; other scales are resampled to it "
         f"(param `mpp`).\n\n"
         f"**Heads:** {HEAD_WORDS.get(head, head)}.\n\n"
-        f"**Data:** MoNuSeg 2018 training images, split by image into train and validation (val fraction "
-        f"{params.get('split.val_fraction', '?')}, seed {params.get('split.seed', '?')}, stratified by organ: "
-        f"{params.get('split.stratify_by_organ', '?')}); {params.get('dataset.train_patches', '?')} train and "
-        f"{params.get('dataset.val_patches', '?')} val patches. The official test set (14 images) gave the test "
-        "scores only.\n\n"
+        f"**Data:** {data_words(params)}\n\n"
         f"**Training:** {training}; best epoch {metrics.get(names.BEST_EPOCH, nan):.0f}; "
         f"run `{run.run_id}`, git commit `{run.tags.get(names.GIT_COMMIT, '?')}`, "
         f"DVC data `{run.tags.get(names.DVC_DATA_HASH, '?')}`.\n\n"
         f"**Scores:** validation (patches) {val}; test (whole images, per-image means) {test}.\n\n"
         f"**Inference:** sliding windows of {window} px; {post}.\n\n"
         f"{usage(f'models:/{name}/{version}')}"
+    )
+
+
+def data_words(params: Mapping[str, str]) -> str:
+    """What the run trained on: MoNuSeg's training images, or your own (a run that logged no layout is
+    older than your own images, so MoNuSeg's), and which images gave the test scores."""
+    own = params.get(names.DATA_LAYOUT_PARAM) == "generic"
+    images = "Your own images (`fetch`'s generic layout)" if own else "MoNuSeg 2018 training images"
+    test = "The images named in its test.txt" if own else "The official test set (14 images)"
+    return (
+        f"{images}, split by image into train and validation (val fraction {params.get('split.val_fraction', '?')}, "
+        f"seed {params.get('split.seed', '?')}, stratified by organ: {params.get('split.stratify_by_organ', '?')}); "
+        f"{params.get('dataset.train_patches', '?')} train and {params.get('dataset.val_patches', '?')} val patches. "
+        f"{test} gave the test scores only."
     )
 
 

@@ -62,6 +62,7 @@ BASE_CHANNELS_PARAM = "model.base_channels"
 DEPTH_PARAM = "model.depth"
 INSTANCE_HEAD_PARAM = "model.instance_head"
 MICRONS_PER_PIXEL_PARAM = "data.microns_per_pixel"  # the scale the model trained at
+DATA_LAYOUT_PARAM = "dataset.layout"  # "monuseg" or "generic" (your own images), as fetch found it
 OLD_MICRONS_PER_PIXEL_PARAM = "model.microns_per_pixel"  # its name in runs logged before it moved to `data`
 
 # --- tags of a registered version ---
