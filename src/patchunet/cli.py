@@ -18,7 +18,7 @@ from patchunet.errors import PatchUNetError
 
 STAGES = {
     "source": "list the source's files (path, size, SHA-256) in data/source.json; fetch reruns when they change",
-    "fetch": "copy MoNuSeg (folder, zips or download) into data/raw/monuseg and check every pair",
+    "fetch": "copy MoNuSeg (folder, zips or download) or your own images into data/raw/monuseg, every pair checked",
     "masks": "rasterise XML polygons (or take instance maps) into data/interim/*/labels",
     "split": "split the training images by image, stratified by organ, into data/interim/split.json",
     "patches": "tile train/val images into patches plus augmented copies in data/processed/patches",
