@@ -18,11 +18,21 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except PatchUNetError as exc:
+        close_progress_bars()
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
+        close_progress_bars()
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def close_progress_bars() -> None:
+    """Close the tqdm bars still open, so the last line is the message: a bar left open is closed at
+    exit, after it, and its line is written again (or cleared) below the message."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 def log_to_stdout(prefix: str = "") -> None:
