@@ -67,13 +67,10 @@ def nucleus_table(labels: np.ndarray, mpp: float | None = None, probabilities: n
     return rows
 
 
-SHAPE_COLUMNS = ("perimeter_px", "eccentricity", "mean_intensity")
-"""Per nucleus: perimeter in pixels, eccentricity of its ellipse (0 a circle, toward 1 a line),
-and mean grey level (0 black to 255 white) of the image under it."""
-
-
 def shape_features(labels: np.ndarray, image: np.ndarray) -> dict[int, dict]:
-    """SHAPE_COLUMNS of every nucleus of (H, W) `labels` over the (H, W, 3) uint8 `image`, by id."""
+    """By id, for every nucleus of (H, W) `labels` over the (H, W, 3) uint8 `image`: its perimeter in
+    pixels, the eccentricity of its ellipse (0 a circle, toward 1 a line) and the mean grey level
+    (0 black to 255 white) of the image under it."""
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     properties = ("label", "perimeter", "eccentricity", "intensity_mean")
     table = regionprops_table(labels, intensity_image=grey, properties=properties)
