@@ -233,3 +233,60 @@ def test_a_bad_data_scale_is_named_as_data_microns_per_pixel() -> None:
     params = {**PARAMS, "data": {**PARAMS["data"], "microns_per_pixel": 0}}
     with pytest.raises(ConfigError, match=r"data\.microns_per_pixel: Input should be greater than 0"):
         parse_section(ModelConfig, params, "model")
+
+
+@pytest.mark.parametrize("size", [8, 100])
+def test_a_patch_size_the_network_cannot_take_is_refused_with_the_patch_section(size: int) -> None:
+    """Every stage parses `patch` first: `patches` refuses it before `dvc repro` reaches `train`."""
+    message = rf"^params\.yaml patch\.size: {size} must be a multiple of 16 \(2\*\*model\.depth\)"
+    with pytest.raises(ConfigError, match=message):
+        parse_section(PatchConfig, {**PARAMS, "patch": {"size": size, "stride": 8}}, "patch")
+
+
+def test_a_patch_size_is_checked_against_the_depth_params_yaml_gives() -> None:
+    params = {**PARAMS, "patch": {"size": 96, "stride": 96}}
+    assert parse_section(PatchConfig, params, "patch").size == 96  # 96 = 6 * 16
+    with pytest.raises(ConfigError, match=r"patch\.size: 96 must be a multiple of 64"):
+        parse_section(PatchConfig, {**params, "model": {**PARAMS["model"], "depth": 6}}, "patch")
+
+
+def write_params(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_an_unknown_section_is_refused_naming_the_file_and_the_section(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "params.yaml").read_text() + "\ntrian:\n  epochs: 3\n"
+    with pytest.raises(PatchUNetError, match=r"params\.yaml: unknown section 'trian' \(expected one of \[") as raised:
+        load_params(write_params(tmp_path, text))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_section_given_twice_is_refused_not_replaced(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "params.yaml").read_text() + "\neval:\n  threshold: 0.9\n"
+    message = r"params\.yaml: key 'eval' is given twice \(lines \d+ and \d+\)"
+    with pytest.raises(PatchUNetError, match=message) as raised:
+        load_params(write_params(tmp_path, text))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_key_given_twice_inside_a_section_is_refused(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "params.yaml").read_text().replace("  seed: 42\n", "  seed: 42\n  seed: 43\n")
+    with pytest.raises(PatchUNetError, match=r"key 'seed' is given twice"):
+        load_params(write_params(tmp_path, text))
+
+
+@pytest.mark.parametrize("key", ["min_nucleus_area", "max_hole_area", "min_marker_area"])
+def test_an_object_area_no_nucleus_can_reach_is_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"eval\.{key}: Input should be less than or equal to 20000"):
+        parse_section(EvalConfig, with_value("eval", key, 10**12), "eval")
+
+
+@pytest.mark.parametrize(
+    ("cls", "section", "key", "value"),
+    [(AugmentConfig, "augment", "copies", 1_000_000_000), (TrainConfig, "train", "num_workers", 10_000)],
+)
+def test_sizes_the_machine_cannot_hold_are_refused(cls, section: str, key: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=rf"^params\.yaml {section}\.{key}: Input should be less than or equal to"):
+        parse_section(cls, with_value(section, key, value), section)

@@ -38,6 +38,17 @@ T = TypeVar("T")
 AtLeastOne = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
+MAX_AUGMENT_COPIES = 100
+"""augment.copies at most: 100 copies of MoNuSeg's 30 training images at 256 px is ~50 GB of patches.
+The patches stage also checks its estimate against the free memory and disk before it starts."""
+MAX_LOADER_WORKERS = 64
+"""train.num_workers at most; the loaders also use no more workers than this process has CPUs."""
+MAX_NUCLEUS_AREA = 20_000
+"""Pixels; the largest area eval.min_nucleus_area, max_hole_area and min_marker_area may have. MoNuSeg's
+largest nucleus reaches 78 px from its centroid (pi * 78**2 ~ 19,100 px): a bound above that drops
+or fills every nucleus, and the evaluation would find none without saying why."""
+ObjectArea = Annotated[int, Field(ge=0, le=MAX_NUCLEUS_AREA)]
+
 _STRICT = ConfigDict(
     extra="forbid",
     strict=True,  # no coercion: "4" is not 4 and true is not 1 (an int still counts as a float)
@@ -128,7 +139,7 @@ class PatchConfig:
 class AugmentConfig:
     """Offline augmentation of training images; limits are albumentations' ranges."""
 
-    copies: NonNegativeInt
+    copies: Annotated[int, Field(ge=0, le=MAX_AUGMENT_COPIES)]
     seed: int
     rotate_limit: NonNegativeFloat
     scale_limit: Annotated[float, Field(ge=0, lt=1)]
@@ -190,7 +201,7 @@ class TrainConfig:
     lr_patience: NonNegativeInt
     lr_factor: Fraction
     min_lr: float
-    num_workers: NonNegativeInt
+    num_workers: Annotated[int, Field(ge=0, le=MAX_LOADER_WORKERS)]
 
     @model_validator(mode="after")
     def _some_loss(self) -> TrainConfig:
@@ -209,12 +220,12 @@ class EvalConfig:
     batch_size: PositiveInt
     tta: bool
     threshold: Fraction
-    min_nucleus_area: NonNegativeInt
-    max_hole_area: NonNegativeInt
+    min_nucleus_area: ObjectArea
+    max_hole_area: ObjectArea
     distance_sigma: NonNegativeFloat
     watershed_h: PositiveFloat
     marker_threshold: Fraction
-    min_marker_area: NonNegativeInt
+    min_marker_area: ObjectArea
     samples: NonNegativeInt
     backend: Literal["torch", "onnxruntime", "openvino"]
     precision: Literal["fp32", "bf16"]
@@ -330,15 +341,49 @@ class DashboardConfig:
     max_image_side: AtLeastOne
 
 
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "masks": MasksConfig,
+    "split": SplitConfig,
+    "patch": PatchConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "mlflow": MlflowConfig,
+    "eval": EvalConfig,
+    "tune": TuneConfig,
+    "serve": ServeConfig,
+    "slide": SlideConfig,
+    "dashboard": DashboardConfig,
+}
+"""Every section params.yaml may hold, and its dataclass: `load_params` refuses any other."""
+
+
 def parse_section(cls: type[T], params: dict[str, Any], section: str) -> T:
-    """Build `cls` from `params[section]`; a missing, unknown or bad key raises ConfigError naming it."""
+    """Build `cls` from `params[section]`; a missing, unknown or bad key raises ConfigError naming it.
+
+    The patch section is also checked against `model.depth` when `params` has a model section, so
+    that every stage refuses a patch size the network cannot take before any work (`patches`
+    included, though its output does not depend on the depth)."""
     raw = params.get(section)
     if not isinstance(raw, dict):
         raise ConfigError(section, "section is missing or not a mapping")
     values = {str(k): v for k, v in raw.items()}  # YAML keys need not be strings
     if cls is ModelConfig:
         values = _with_training_scale(values, section, params)
-    return cls(**values)
+    parsed = cls(**values)
+    if isinstance(parsed, PatchConfig) and isinstance(params.get("model"), dict):
+        _check_patch_fits_the_model(parsed, section, parse_section(ModelConfig, params, "model"))
+    return parsed
+
+
+def _check_patch_fits_the_model(patch: PatchConfig, section: str, model: ModelConfig) -> None:
+    if patch.size % model.size_multiple:
+        raise ConfigError(
+            f"{section}.size",
+            f"{patch.size} must be a multiple of {model.size_multiple} (2**model.depth): "
+            f"the network halves its input model.depth times",
+        )
 
 
 def _with_training_scale(model: dict[str, Any], section: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -350,17 +395,43 @@ def _with_training_scale(model: dict[str, Any], section: str, params: dict[str, 
     return {**model, "microns_per_pixel": parse_section(DataConfig, params, "data").microns_per_pixel}
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last,
+    so a second `eval:` section would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise _DuplicateKey(f"key {key!r} is given twice (lines {lines[key]} and {line}); YAML keeps the last")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: Path) -> dict[str, Any]:
-    """Read a params.yaml given explicitly by an entry point; the library never looks for one."""
+    """Read a params.yaml given explicitly by an entry point; the library never looks for one.
+
+    Refuses a key given twice and a top-level section no stage reads (a misspelt `trian:`)."""
     try:
-        params = yaml.safe_load(path.read_text())
+        params = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise PatchUNetError(f"{path}: params file not found") from None
     except OSError as exc:  # a folder, or no permission
         raise PatchUNetError(f"{path}: cannot read the params file ({exc.strerror})") from None
+    except _DuplicateKey as exc:
+        raise PatchUNetError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         problem = str(exc).replace("\n", " ")
         raise PatchUNetError(f"{path}: not valid YAML ({problem})") from None
     if not isinstance(params, dict):
         raise PatchUNetError(f"{path}: must be a mapping of sections")
+    unknown = sorted(str(name) for name in params if name not in SECTIONS)
+    if unknown:
+        raise PatchUNetError(f"{path}: unknown section {unknown[0]!r} (expected one of {sorted(SECTIONS)})")
     return params
