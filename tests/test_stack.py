@@ -65,6 +65,61 @@ def test_postgresql_runs_as_an_unprivileged_user_and_wants_a_password(team_stack
         psycopg2.connect(host="127.0.0.1", port=team_stack.postgres_port, user=stack.USER, dbname="optuna")
 
 
+def test_no_command_line_on_the_machine_holds_the_password(team_stack: stack.Stack) -> None:
+    """/proc/<pid>/cmdline is every local user's to read."""
+    seen = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+        except OSError:  # the process ended meanwhile
+            continue
+        seen += "mlflow" in text and "server" in text
+        assert team_stack.password not in text, text.replace("\0", " ")
+    assert seen  # the stack's mlflow server was among them
+
+
+def test_the_stack_role_is_no_superuser_and_cannot_run_programs(team_stack: stack.Stack) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(
+        host="127.0.0.1", port=team_stack.postgres_port, user=stack.USER, password=team_stack.password, dbname="optuna"
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+            assert cursor.fetchone() == (False, False)
+            cursor.execute("CREATE TEMP TABLE t (x text)")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="pg_execute_server_program"):
+                cursor.execute("COPY t FROM PROGRAM 'id'")
+    finally:
+        connection.close()
+
+
+def test_the_superuser_cannot_log_in_over_the_network(team_stack: stack.Stack) -> None:
+    import psycopg2
+
+    for password in (team_stack.password, ""):
+        with pytest.raises(psycopg2.OperationalError, match="password"):
+            psycopg2.connect(
+                host="127.0.0.1", port=team_stack.postgres_port, user=stack.ADMIN, password=password, dbname="postgres"
+            )
+
+
+def test_the_password_file_lets_clients_in_without_the_password_in_the_url(team_stack: stack.Stack) -> None:
+    import sqlalchemy
+
+    assert Path(team_stack.pgpass_file).stat().st_mode & 0o077 == 0
+    assert team_stack.password not in team_stack.public_database_url("optuna")
+    os.environ["PGPASSFILE"] = team_stack.pgpass_file
+    try:
+        engine = sqlalchemy.create_engine(team_stack.public_database_url("optuna"))
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT current_user")).scalar() == stack.USER
+        engine.dispose()
+    finally:
+        del os.environ["PGPASSFILE"]
+
+
 def test_up_prints_the_settings_and_down_removes_only_its_own_folder(tmp_path: Path) -> None:
     for server, port in stack.UP_PORTS.items():
         try:
@@ -86,6 +141,11 @@ def test_up_prints_the_settings_and_down_removes_only_its_own_folder(tmp_path: P
         tracking_uri = f"http://127.0.0.1:{state['mlflow_port']}"
         assert f"export MLFLOW_TRACKING_URI={tracking_uri}" in up.stdout
         assert "tune.storage: postgresql+psycopg2://" in up.stdout and "dvc remote add" in up.stdout
+        password = (root / stack.PASSWORD_FILE).read_text().strip()
+        assert password not in up.stdout + up.stderr
+        assert f"export PGPASSFILE={root / stack.PGPASS_FILE}" in up.stdout
+        for secret in (stack.PASSWORD_FILE, stack.PGPASS_FILE, stack.STATE_FILE):
+            assert (root / secret).stat().st_mode & 0o077 == 0, secret
         with urllib.request.urlopen(f"{tracking_uri}/health", timeout=5) as answer:
             assert answer.status == 200
         again = subprocess.run([*command, "up"], cwd=root, capture_output=True, text=True, timeout=60, env=env)

@@ -9,8 +9,14 @@ Three real servers, as a team would run them on real machines:
   only MLFLOW_TRACKING_URI and no S3 credentials.
 
 `up` leaves them running and records them in `.stack/stack.json`; `down` stops them and removes
-the temporary folder `up` made, and nothing else. PostgreSQL takes a password (kept in
-`.stack/password`, readable by its owner only), not every local user: a superuser can run programs.
+the temporary folder `up` made, and nothing else.
+
+Secrets stay off command lines (which every local user reads in /proc) and off the console:
+PostgreSQL's password is in `.stack/password` and in a libpq password file (`.stack/pgpass`, what
+PGPASSFILE names), both readable by their owner only, and MLflow and Optuna connect as `patchunet`,
+a role that owns their two databases and nothing more: not a superuser, so it cannot run programs on
+the server (COPY ... FROM PROGRAM). The cluster's superuser sets that up at `start` and is then left
+without a password, so nobody logs in as it over the network.
 """
 
 from __future__ import annotations
@@ -34,13 +40,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from patchunet.errors import PatchUNetError
-from patchunet.files import write_json
 
 STATE_FILE = Path(".stack") / "stack.json"
 PASSWORD_FILE = Path(".stack") / "password"
+PGPASS_FILE = Path(".stack") / "pgpass"
 FOLDER_PREFIX = "patchunet-stack-"
 USER = "patchunet"
-"""The cluster's superuser."""
+"""The role MLflow and Optuna connect as: the owner of their databases, not a superuser."""
+ADMIN = "stack_admin"
+"""The cluster's superuser: creates USER and the databases at `start`, then loses its password."""
 DATABASES = ("mlflow", "optuna")
 ARTIFACT_BUCKET, DVC_BUCKET = "mlflow-artifacts", "dvc-remote"
 S3_KEY = "stack"
@@ -63,6 +71,8 @@ class Stack:
     password: str
     run_as: str | None = None
     """The unprivileged user PostgreSQL runs as when `up` ran as root."""
+    pgpass_file: str = ""
+    """The libpq password file (PGPASSFILE) that gives USER's password to the stack's clients."""
 
     @property
     def tracking_uri(self) -> str:
@@ -73,8 +83,13 @@ class Stack:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def database_url(self, database: str) -> str:
-        """A SQLAlchemy URL: `tune.storage` for Optuna, `--backend-store-uri` for MLflow."""
+        """A SQLAlchemy URL holding the password: for this process, or a file only its owner reads;
+        never a command line or the console (`public_database_url` is for those)."""
         return f"postgresql+psycopg2://{USER}:{self.password}@127.0.0.1:{self.postgres_port}/{database}"
+
+    def public_database_url(self, database: str) -> str:
+        """A SQLAlchemy URL without the password: libpq reads it from PGPASSFILE (`pgpass_file`)."""
+        return f"postgresql+psycopg2://{USER}@127.0.0.1:{self.postgres_port}/{database}"
 
     @property
     def s3_env(self) -> dict[str, str]:
@@ -92,7 +107,8 @@ class Stack:
         return "\n".join(
             [
                 f"export MLFLOW_TRACKING_URI={self.tracking_uri}",
-                f"# Optuna: tune.storage: {self.database_url('optuna')}",
+                f"export PGPASSFILE={self.pgpass_file}  # PostgreSQL's password, for Optuna and psql",
+                f"# Optuna: tune.storage: {self.public_database_url('optuna')}",
                 "# a DVC remote on the S3 server (--local: kept out of git):",
                 f"dvc remote add --local -d stack s3://{DVC_BUCKET}",
                 f"dvc remote modify --local stack endpointurl {self.s3_endpoint}",
@@ -147,9 +163,10 @@ def as_user(user: str | None, command: list[str]) -> list[str]:
     return command if user is None else ["runuser", "-u", user, "--", *command]
 
 
-def start(ports: dict[str, int] | None = None, password: str | None = None) -> Stack:
+def start(ports: dict[str, int] | None = None, password: str | None = None, pgpass: Path | None = None) -> Stack:
     """Start PostgreSQL, the S3 server and `mlflow server` on loopback: on `ports` (by server, as
-    UP_PORTS), else each on a free port; PostgreSQL with `password`, else a new random one.
+    UP_PORTS), else each on a free port; PostgreSQL with `password`, else a new random one, written
+    to the password file `pgpass` (else one in the stack's folder).
 
     A new temporary folder holds the cluster and the logs. A failure to start stops whatever had
     started, and says which server failed, with its log.
@@ -160,8 +177,10 @@ def start(ports: dict[str, int] | None = None, password: str | None = None) -> S
         chosen = [free_port() for _ in range(3)]
     run_as = unprivileged_user()
     folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
-    stack = Stack(str(folder), *chosen, {}, password or secrets.token_urlsafe(16), run_as)
+    pgpass = pgpass or folder / "pgpass"
+    stack = Stack(str(folder), *chosen, {}, password or secrets.token_urlsafe(16), run_as, str(pgpass.absolute()))
     try:
+        write_secret(pgpass, f"127.0.0.1:*:*:{USER}:{stack.password}\n")
         start_postgres(stack)
         stack.pids["s3"] = spawn(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(stack.s3_port)], folder / "s3.log"
@@ -169,12 +188,10 @@ def start(ports: dict[str, int] | None = None, password: str | None = None) -> S
         wait_for(f"{stack.s3_endpoint}/moto-api/", stack.pids["s3"], folder / "s3.log")
         create_buckets(stack)
         server = [sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1",
-                  "--port", str(stack.mlflow_port), "--backend-store-uri", stack.database_url("mlflow"),
+                  "--port", str(stack.mlflow_port), "--backend-store-uri", stack.public_database_url("mlflow"),
                   "--artifacts-destination", f"s3://{ARTIFACT_BUCKET}"]  # fmt: skip
         stack.pids["mlflow"] = spawn(
-            server,
-            folder / "mlflow.log",
-            env=stack.s3_env,
+            server, folder / "mlflow.log", env={**stack.s3_env, "PGPASSFILE": stack.pgpass_file}
         )
         wait_for(f"{stack.tracking_uri}/health", stack.pids["mlflow"], folder / "mlflow.log")
     except BaseException:
@@ -188,11 +205,12 @@ def start_postgres(stack: Stack) -> None:
     if stack.run_as:  # the unprivileged user must own the cluster's folder, and reach it
         shutil.chown(folder, user=stack.run_as)
         folder.chmod(0o700)
-    log, password_file = folder / "postgres.log", folder / "password"
-    password_file.write_text(stack.password)
+    log, password_file = folder / "postgres.log", folder / "admin-password"
+    admin_password = secrets.token_urlsafe(16)  # used below, then never again: kept nowhere
+    write_secret(password_file, admin_password)
     if stack.run_as:
         shutil.chown(password_file, user=stack.run_as)
-    check_run(as_user(stack.run_as, [postgres_bin("initdb"), "-D", str(data), "-U", USER, "-A", "scram-sha-256",
+    check_run(as_user(stack.run_as, [postgres_bin("initdb"), "-D", str(data), "-U", ADMIN, "-A", "scram-sha-256",
                                      f"--pwfile={password_file}", "-E", "UTF8", "--no-sync"]), "initdb")  # fmt: skip
     password_file.unlink()
     settings = f"-p {stack.postgres_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder}"
@@ -203,12 +221,38 @@ def start_postgres(stack: Stack) -> None:
         "pg_ctl start",
         log,
     )  # fmt: skip
-    for database in DATABASES:
-        check_run(
-            [postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(stack.postgres_port), "-U", USER, database],
-            "createdb",
-            env={"PGPASSWORD": stack.password},
+    create_role_and_databases(stack, admin_password)
+
+
+def create_role_and_databases(stack: Stack, admin_password: str) -> None:
+    """As ADMIN: USER, owning DATABASES and nothing more; then ADMIN loses its password. In this
+    process, so that no password reaches a command line."""
+    import psycopg2
+
+    try:
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=stack.postgres_port, user=ADMIN, password=admin_password, dbname="postgres"
         )
+    except psycopg2.Error as exc:
+        raise PatchUNetError(f"stack: PostgreSQL on port {stack.postgres_port} refused its superuser: {exc}") from None
+    connection.autocommit = True  # CREATE DATABASE runs outside a transaction
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"CREATE ROLE {USER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s", (stack.password,)
+            )
+            for database in DATABASES:
+                cursor.execute(f"CREATE DATABASE {database} OWNER {USER}")
+            cursor.execute(f"ALTER ROLE {ADMIN} PASSWORD NULL")
+    finally:
+        connection.close()
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable and writable by its owner only from the first byte on."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
 
 
 def check_run(command: list[str], what: str, log: Path | None = None, env: dict[str, str] | None = None) -> None:
@@ -331,17 +375,15 @@ def up(root: Path) -> tuple[Stack, float]:
         state.unlink()
     state.parent.mkdir(mode=0o700, exist_ok=True)
     started = time.perf_counter()
-    stack = start(UP_PORTS, stack_password(root / PASSWORD_FILE))
-    write_json(state, dataclasses.asdict(stack))
-    state.chmod(0o600)  # it holds the password
+    stack = start(UP_PORTS, stack_password(root / PASSWORD_FILE), root / PGPASS_FILE)
+    write_secret(state, json.dumps(dataclasses.asdict(stack), indent=2))  # it holds the password
     return stack, time.perf_counter() - started
 
 
 def stack_password(path: Path) -> str:
     """The checkout's stack password: the same at every `up`, so that a `tune.storage` naming it lasts."""
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(16))
-        path.chmod(0o600)
+        write_secret(path, secrets.token_urlsafe(16))
     return path.read_text().strip()
 
 
