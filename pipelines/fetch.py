@@ -26,7 +26,7 @@ from patchunet.data.monuseg import (
     pair_files,
 )
 from patchunet.data.sources import chosen_source, download, unpack_source
-from patchunet.data.user_layout import check_recorded_scales, find_user_root, user_records
+from patchunet.data.user_layout import check_label_maps, check_recorded_scales, find_user_root, user_records
 from patchunet.files import atomic_directory, write_json
 from patchunet.paths import DATASET_FILE, RAW_DIR
 
@@ -69,6 +69,7 @@ def source_records(root: Path, cfg: DataConfig) -> tuple[str, list[ImageRecord]]
         return "monuseg", [r for split in SPLITS for r in pair_files(dirs, split)]
     records = user_records(user_root)
     check_recorded_scales(records, cfg.microns_per_pixel)
+    check_label_maps(records)  # the masks stage would name fetch's copies
     return "generic", records
 
 

@@ -71,6 +71,11 @@ def print_summary(report: dict[str, dict]) -> None:
         source = row["source"]
         if row.get(f"{source}_degenerate"):
             print(f"masks: {image_id}: skipped {row[f'{source}_degenerate']} degenerate polygon(s) (under 3 vertices)")
+        if row.get("geojson_self_intersecting"):
+            print(
+                f"masks: {image_id}: skipped {row['geojson_self_intersecting']} GeoJSON polygon(s) whose outline "
+                "crosses or touches itself (redraw them)"
+            )
         if row.get("geojson_skipped"):
             print(
                 f"masks: {image_id}: skipped {row['geojson_skipped']} GeoJSON feature(s) without area (points, lines)"

@@ -13,6 +13,7 @@ from patchunet.data.geojson import (
     nuclei_feature_collection,
     rasterize_geojson,
     read_geojson_polygons,
+    ring_crosses_itself,
     write_geojson,
 )
 from patchunet.errors import DataError
@@ -348,3 +349,41 @@ def test_round_trip_is_exact_on_a_real_instance_map_with_gaps_in_its_ids(real_mo
     back, report = round_trip(labels)
     assert report.nuclei == 1073
     np.testing.assert_array_equal(back, dense(labels))
+
+
+BOW_TIE = [[0, 0], [6, 6], [6, 0], [0, 6]]
+"""A figure eight: its edges cross at (3, 3), between vertices."""
+
+
+def test_a_polygon_whose_outline_crosses_itself_is_skipped_and_counted() -> None:
+    features = [polygon_feature(BOW_TIE), polygon_feature(square(7, 7, 2))]
+    labels, report = rasterize_geojson(features, (10, 10))
+    assert (report.polygons, report.self_intersecting, report.degenerate, report.nuclei) == (2, 1, 0, 1)
+    assert labels[:7, :7].max() == 0 and (labels[7:9, 7:9] == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("ring", "crosses"),
+    [
+        (BOW_TIE, True),
+        ([[0, 0], [4, 0], [4, 4], [2, 0], [0, 4]], True),  # a vertex on another edge: touches
+        ([[0, 0], [2, 2], [4, 0], [4, 4], [2, 2], [0, 4]], True),  # through one point twice
+        ([[0, 0], [4, 0], [4, 4], [0, 4]], False),
+        ([[0, 0], [4, 0], [4, 0], [4, 4], [0, 4]], False),  # a repeated vertex adds no edge
+        ([[0, 0], [4, 0], [2, 1], [4, 4], [0, 4]], False),  # concave
+        ([[0, 0], [3, 0], [0, 3]], False),
+    ],
+)
+def test_ring_crosses_itself_tells_figure_eights_from_simple_rings(ring: list, crosses: bool) -> None:
+    assert ring_crosses_itself(np.array(ring, np.float64)) is crosses
+
+
+def test_ring_crosses_itself_finds_a_crossing_beyond_one_block_of_edges() -> None:
+    from patchunet.data.geojson import SEGMENT_BLOCK
+
+    angles = np.linspace(0, 2 * np.pi, 3 * SEGMENT_BLOCK, endpoint=False)
+    circle = np.stack([100 * np.cos(angles), 100 * np.sin(angles)], axis=1)
+    assert not ring_crosses_itself(circle)
+    crossed = circle.copy()
+    crossed[[-2, -1]] = crossed[[-1, -2]]  # swap two vertices near the end: two late edges cross
+    assert ring_crosses_itself(crossed)

@@ -159,3 +159,35 @@ def test_png_images_and_label_maps_are_read(tmp_path: Path) -> None:
     (tmp_path / "labels.png").write_bytes(imagecodecs.png_encode(labels))
     np.testing.assert_array_equal(read_rgb_image(tmp_path / "rgb.png"), rgb)
     np.testing.assert_array_equal(read_label_image(tmp_path / "labels.png"), labels)
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        (np.array([[0, -1], [2, 3]], np.int32), r"label map holds negative ids \(down to -1\)"),
+        (np.array([[0, 2**32], [2, 3]], np.int64), r"label map holds ids up to 4294967296, over the 32-bit maximum"),
+    ],
+)
+def test_label_ids_that_do_not_fit_an_unsigned_32_bit_map_are_refused_naming_the_file(
+    tmp_path: Path, labels: np.ndarray, problem: str
+) -> None:
+    path = tmp_path / "labels.tif"
+    tifffile.imwrite(path, labels)
+    with pytest.raises(DataError, match=rf"^{path}: {problem}") as error:
+        read_label_image(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_folder_given_as_an_image_is_named_as_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "slides.tif"
+    folder.mkdir()
+    with pytest.raises(DataError, match=rf"^{folder}: is a folder, not an image file$"):
+        read_rgb_image(folder)
+
+
+def test_a_multi_page_tiff_is_named_as_pages_not_as_channels(tmp_path: Path) -> None:
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.zeros((2, 16, 16, 3), np.uint8), photometric="rgb")
+    with pytest.raises(DataError, match=r"two\.tif: a TIFF of 2 pages .*expected a single image") as error:
+        read_rgb_image(path)
+    assert "channel" not in str(error.value)

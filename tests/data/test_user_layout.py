@@ -135,3 +135,9 @@ def test_a_tiff_recording_another_scale_than_data_microns_per_pixel_is_refused(s
 def test_a_scale_within_ten_percent_is_taken_as_the_same(source: Path) -> None:
     write_tiff_at(source / "images/slide-a-01.tif", 0.2527)  # an Aperio 40x scanner
     check_recorded_scales(user_records(source), 0.25)
+
+
+def test_a_test_list_starting_with_a_byte_order_mark_names_its_first_image(tmp_path: Path) -> None:
+    path = tmp_path / "test.txt"
+    path.write_bytes("a\nb\n".encode("utf-8-sig"))  # as Windows Notepad saves UTF-8
+    assert read_test_list(path, {"a", "b", "c"}) == {"a", "b"}

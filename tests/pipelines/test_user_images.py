@@ -16,6 +16,7 @@ import tifffile
 from conftest import (
     REPO_ROOT,
     USER_TEST_IDS,
+    geojson_polygon,
     mlflow_client,
     nuclei_tile,
     update_params,
@@ -136,6 +137,17 @@ def label_png_and_tiff(source: Path) -> None:
     tifffile.imwrite(source / "labels/slide-a-01.tif", np.zeros((64, 64), np.uint16))
 
 
+def label_map_of_another_shape(source: Path) -> None:
+    (source / "labels/slide-a-01.png").write_bytes(imagecodecs.png_encode(np.zeros((32, 64), np.uint16)))
+
+
+def negative_label_ids(source: Path) -> None:
+    labels = read_label_image(source / "labels/slide-a-01.png").astype(np.int32)
+    labels[labels == 1] = -1
+    (source / "labels/slide-a-01.png").unlink()
+    tifffile.imwrite(source / "labels/slide-a-01.tif", labels)
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -145,6 +157,9 @@ def label_png_and_tiff(source: Path) -> None:
         (no_test_list, "test.txt: file not found"),
         (labels_beside_geojson, "slide-b-02.geojson: a second annotation for slide-b-02, beside labels/slide-b-02.png"),
         (label_png_and_tiff, "slide-a-01.tif: a second file for slide-a-01, beside slide-a-01.png"),
+        # your own file, not fetch's copy in data/raw/monuseg/train/instance_maps/
+        (label_map_of_another_shape, "labels/slide-a-01.png: label map is 64x32 but its image slide-a-01.tif is 64x64"),
+        (negative_label_ids, "labels/slide-a-01.tif: label map holds negative ids (down to -1)"),
     ],
 )
 def test_fetch_refuses_bad_input_in_one_line_and_writes_nothing(project: Path, source: Path, breakage, message) -> None:
@@ -161,16 +176,11 @@ def empty_geojson(source: Path) -> None:
     (source / "annotations/slide-b-02.geojson").write_text('{"type": "FeatureCollection", "features": []}')
 
 
-def label_map_of_another_shape(source: Path) -> None:
-    (source / "labels/slide-a-01.png").write_bytes(imagecodecs.png_encode(np.zeros((32, 64), np.uint16)))
-
-
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
         (malformed_geojson, "slide-b-02.geojson: not valid JSON"),
         (empty_geojson, "slide-b-02.geojson: no usable polygon: 0 polygon features"),
-        (label_map_of_another_shape, "slide-a-01.png: label map is 64x32 but its image slide-a-01.tif is 64x64"),
     ],
 )
 def test_masks_refuses_bad_annotations_in_one_line_and_writes_nothing(
@@ -180,6 +190,21 @@ def test_masks_refuses_bad_annotations_in_one_line_and_writes_nothing(
     assert run_stage(project, "fetch", source).returncode == 0
     assert message in one_line_error(run_stage(project, "masks"))
     assert not (project / "data/interim").exists()
+
+
+def test_a_geojson_polygon_crossing_itself_is_skipped_and_counted_in_the_masks_report(
+    project: Path, source: Path
+) -> None:
+    path = source / "annotations/slide-b-02.geojson"
+    collection = json.loads(path.read_text())
+    collection["features"].append(geojson_polygon([(2, 2), (12, 12), (12, 2), (2, 12)]))  # a figure eight
+    path.write_text(json.dumps(collection))
+    assert run_stage(project, "fetch", source).returncode == 0
+    result = run_stage(project, "masks")
+    assert result.returncode == 0, result.stderr
+    row = json.loads((project / "data/interim/masks_report.json").read_text())["slide-b-02"]
+    assert (row["geojson_self_intersecting"], row["nuclei"]) == (1, len(collection["features"]) - 1)
+    assert "masks: slide-b-02: skipped 1 GeoJSON polygon(s) whose outline crosses or touches itself" in result.stdout
 
 
 REAL_XML, REAL_GEOJSON, REAL_LABELS = "TCGA-21-5784-01Z-00-DX1", "TCGA-A7-A13E-01Z-00-DX1", "TCGA-18-5592-01Z-00-DX1"

@@ -153,6 +153,9 @@ class GeoJSONReport(RasterReport):
 
     skipped: int
     """Features with another geometry (a point, a line) or none: nothing to fill, left out."""
+    self_intersecting: int
+    """Features with a ring that crosses or touches itself (a figure eight): left out, as no rule
+    tells one nucleus in two lobes from two nuclei traced in one stroke."""
 
 
 def read_geojson_polygons(source: Path | dict | list) -> list[FeatureShape]:
@@ -173,11 +176,13 @@ def rasterize_geojson(
     to a feature when its centre (c + 0.5, r + 0.5) lies inside one of its polygons and outside
     that polygon's holes; whatever lies beyond the image is clipped. As with the XML: ids are 1..N
     over the features with at least one exterior ring of 3 vertices or more (the others are
-    degenerate), in file order, and later features win overlaps.
+    degenerate), in file order, and later features win overlaps. A feature with a ring that crosses
+    or touches itself is left out and counted (`ring_crosses_itself`).
     """
     features = _read_features(source)
     shapes = [feature for feature in features if feature is not None]
-    valid = [kept for kept in map(_with_area, shapes) if kept]
+    with_area = [kept for kept in map(_with_area, shapes) if kept]
+    valid = [polygons for polygons in with_area if not any(map(ring_crosses_itself, _rings(polygons)))]
     labels = np.zeros(shape, dtype=np.promote_types(np.min_scalar_type(len(valid)), np.uint16))
     overlap_pixels = 0
     for nucleus_id, polygons in enumerate(valid, start=1):
@@ -186,10 +191,11 @@ def rasterize_geojson(
         labels.flat[pixels] = nucleus_id
     report = GeoJSONReport(
         polygons=len(shapes),
-        degenerate=len(shapes) - len(valid),
+        degenerate=len(shapes) - len(with_area),
         overlap_pixels=overlap_pixels,
         nuclei=count_nuclei(labels),
         skipped=len(features) - len(shapes),
+        self_intersecting=len(with_area) - len(valid),
     )
     return labels, report
 
@@ -201,6 +207,59 @@ def _with_area(polygons: FeatureShape) -> FeatureShape:
         for rings in polygons
         if len(rings[0]) >= MIN_POLYGON_VERTICES
     ]
+
+
+def _rings(polygons: FeatureShape) -> list[Ring]:
+    return [ring for rings in polygons for ring in rings]
+
+
+SEGMENT_BLOCK = 512
+"""Edges compared with all others at once in `ring_crosses_itself`: bounds its memory on long rings."""
+
+
+def ring_crosses_itself(ring: Ring) -> bool:
+    """Whether two edges of a ring that are not neighbours meet: cross, touch or overlap.
+
+    Such a ring (a figure eight, a loop traced twice through one point) is no valid polygon for
+    JTS or QuPath, and filled even-odd it gives lobes that only look like one nucleus.
+    Repeated consecutive vertices are dropped first; they add no edge.
+    """
+    ring = ring[np.any(ring != np.roll(ring, 1, axis=0), axis=1)] if len(ring) > 1 else ring
+    count = len(ring)
+    if count < 4:  # a triangle's edges are all neighbours
+        return False
+    starts, ends = ring, np.roll(ring, -1, axis=0)
+    index = np.arange(count)
+    for first in range(0, count, SEGMENT_BLOCK):
+        rows = index[first : first + SEGMENT_BLOCK, None]
+        gap = (index[None, :] - rows) % count
+        compared = (gap > 1) & (gap < count - 1) & (index[None, :] > rows)  # each pair once, no neighbours
+        meet = _segments_meet(starts[rows[:, 0]], ends[rows[:, 0]], starts, ends)
+        if np.any(meet & compared):
+            return True
+    return False
+
+
+def _segments_meet(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(n, m) whether segment a[i]b[i] and segment c[j]d[j] share a point; a, b (n, 2), c, d (m, 2)."""
+
+    def orientation(p, q, r):  # the sign of the cross product (q - p) x (r - p)
+        (px, py), (qx, qy), (rx, ry) = np.moveaxis(p, -1, 0), np.moveaxis(q, -1, 0), np.moveaxis(r, -1, 0)
+        return np.sign((qx - px) * (ry - py) - (qy - py) * (rx - px))
+
+    def within(p, q, r):  # r, collinear with pq, lies in pq's bounding box
+        return np.all((np.minimum(p, q) <= r) & (r <= np.maximum(p, q)), axis=-1)
+
+    a, b, c, d = a[:, None, :], b[:, None, :], c[None, :, :], d[None, :, :]
+    o1, o2, o3, o4 = orientation(a, b, c), orientation(a, b, d), orientation(c, d, a), orientation(c, d, b)
+    crossing = (o1 * o2 < 0) & (o3 * o4 < 0)
+    touching = (
+        ((o1 == 0) & within(a, b, c))
+        | ((o2 == 0) & within(a, b, d))
+        | ((o3 == 0) & within(c, d, a))
+        | ((o4 == 0) & within(c, d, b))
+    )
+    return crossing | touching
 
 
 def _polygon_pixels(rings: PolygonRings, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:

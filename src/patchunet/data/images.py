@@ -69,17 +69,31 @@ def read_rgb_bytes(content: bytes, name: str, *, max_side: int | None = None) ->
             raise DataError(name, exc.problem) from None
 
 
+MAX_LABEL_ID = int(np.iinfo(np.uint32).max)
+"""Largest nucleus id a label map may hold: label maps are written as uint16 or uint32."""
+
+
 def read_label_image(path: Path, *, max_side: int | None = None) -> np.ndarray:
-    """Read an instance label map (H, W) with 0 = background and one id per nucleus."""
+    """Read an instance label map (H, W) with 0 = background and one id per nucleus.
+
+    Ids must be 0..MAX_LABEL_ID: a negative id would wrap to a large one in the unsigned maps the
+    stages write, and a larger one would not fit them.
+    """
     labels = _read_array(path, max_side)
     if labels.ndim != 2:
         raise DataError(path, f"label map of shape {labels.shape}; expected a single-channel (H, W) image")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(path, f"{labels.dtype} label map; expected integer ids")
+    if labels.min() < 0:
+        raise DataError(path, f"label map holds negative ids (down to {labels.min()}); ids are 0 (background) or more")
+    if labels.max() > MAX_LABEL_ID:
+        raise DataError(path, f"label map holds ids up to {labels.max()}, over the 32-bit maximum {MAX_LABEL_ID}")
     return labels
 
 
 def _read_array(path: Path, max_side: int | None) -> np.ndarray:
+    if path.is_dir():
+        raise DataError(path, "is a folder, not an image file")
     if not path.is_file():
         raise DataError(path, "file not found")
     read = _read_tiff if path.suffix.lower() in (".tif", ".tiff") else _read_other
@@ -100,6 +114,7 @@ def _read_tiff(path: Path, max_side: int | None) -> np.ndarray:
                 raise DataError(path, "corrupt or truncated image (no readable pixels)")
             series = tif.series[0]
             sides = dict(zip(series.axes, series.shape, strict=True))
+            _check_single_image(path, series.axes, series.shape)
             pixels = math.prod(n for axis, n in sides.items() if axis != "S")
             _check_declared_size(path, sides.get("X", 0), sides.get("Y", 0), pixels, max_side)
             array = series.asarray()
@@ -112,6 +127,20 @@ def _read_tiff(path: Path, max_side: int | None) -> np.ndarray:
     finally:
         tifffile_log.setLevel(level)
     return array
+
+
+IMAGE_AXES = "YXS"
+"""A TIFF series' axes of one image: rows, columns and samples (channels); any other is a stack of pages."""
+
+
+def _check_single_image(path: Path, axes: str, shape: tuple[int, ...]) -> None:
+    """Refuse a series that stacks several pages (a multi-page TIFF or a z-stack): not one image."""
+    pages = math.prod(n for axis, n in zip(axes, shape, strict=True) if axis not in IMAGE_AXES)
+    if pages > 1:
+        raise DataError(
+            path,
+            f"a TIFF of {pages} pages (shape {shape}, axes {axes}); expected a single image: save one page per file",
+        )
 
 
 def _read_other(path: Path, max_side: int | None) -> np.ndarray:
@@ -157,7 +186,16 @@ def _first_line(exc: BaseException) -> str:
 def write_label_tiff(path: Path, labels: np.ndarray) -> None:
     """Write (H, W) labels as a zlib-compressed TIFF, atomically."""
     with atomic_file(path) as tmp:
-        tifffile.imwrite(tmp, labels, compression="zlib")
+        tmp.write_bytes(label_tiff_bytes(labels))
+
+
+def label_tiff_bytes(labels: np.ndarray) -> bytes:
+    """(H, W) labels as the bytes of a zlib-compressed TIFF, for writers that commit several files together."""
+    import io
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels, compression="zlib")
+    return buffer.getvalue()
 
 
 def write_rgb_tiff(path: Path, image: np.ndarray) -> None:
@@ -168,7 +206,12 @@ def write_rgb_tiff(path: Path, image: np.ndarray) -> None:
 
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write an (H, W, 3) uint8 image as PNG, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(png_bytes(image))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as the bytes of a PNG."""
     import imagecodecs
 
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(imagecodecs.png_encode(image))
+    return imagecodecs.png_encode(image)

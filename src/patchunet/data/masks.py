@@ -134,9 +134,10 @@ def geojson_label_map(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, G
             )
     labels, report = rasterize_geojson(path, shape)
     if report.nuclei == 0:
+        crossing = f", {report.self_intersecting} crossing themselves" if report.self_intersecting else ""
         raise DataError(
             path,
-            f"no usable polygon: {report.polygons} polygon features ({report.degenerate} degenerate), "
+            f"no usable polygon: {report.polygons} polygon features ({report.degenerate} degenerate{crossing}), "
             f"{report.skipped} other geometries",
         )
     return labels, report

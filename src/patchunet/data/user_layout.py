@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import (
     ANNOTATION_SUFFIXES,
     LABEL_MAP_SUFFIXES,
@@ -69,7 +70,7 @@ def read_test_list(path: Path, image_ids: set[str]) -> set[str]:
     """The ids in a test.txt, one per line; blank lines and `#` comments are ignored, an unknown or
     repeated id is refused, and so is a list with none."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM, as Notepad writes, is not an id
     except FileNotFoundError:
         raise DataError(path, "file not found: list the test images' ids in it, one per line") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -88,6 +89,22 @@ def read_test_list(path: Path, image_ids: set[str]) -> set[str]:
     if not listed:
         raise DataError(path, "lists no image: name the test images' ids, one per line")
     return listed
+
+
+def check_label_maps(records: list[ImageRecord]) -> None:
+    """Read each instance map of your own layout against its image, so a bad one is named as you
+    wrote it (labels/<id>.tif), not as fetch's copy: its ids (`read_label_image`) and its size."""
+    for record in records:
+        if record.instance_map is None:
+            continue
+        labels = read_label_image(record.instance_map)
+        height, width = read_rgb_image(record.image).shape[:2]
+        if labels.shape != (height, width):
+            raise DataError(
+                record.instance_map,
+                f"label map is {labels.shape[1]}x{labels.shape[0]} "
+                f"but its image {record.image.name} is {width}x{height}",
+            )
 
 
 def check_recorded_scales(records: list[ImageRecord], microns_per_pixel: float) -> None:
