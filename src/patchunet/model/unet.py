@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from patchunet.config import GROUPS, ModelConfig
-from patchunet.errors import PatchUNetError, first_line
+from patchunet.errors import ConfigError, PatchUNetError, first_line
 from patchunet.files import atomic_file
 from patchunet.model.heads import output_channels
 
@@ -104,9 +104,50 @@ def load_model(path: Path) -> PatchUNet:
     try:
         model = PatchUNet(ModelConfig(**{**MODEL_CONFIG_BEFORE_HEADS, **saved["model_config"]}))
         model.load_state_dict(saved["state_dict"] if "state_dict" in saved else saved["model"])
-    except Exception as exc:  # a missing key, a bad config or weights of another shape
+    except ConfigError as exc:  # the file's own model config, not params.yaml's
+        raise PatchUNetError(f"{path}: the model config this file holds is invalid: {exc.key}: {exc.problem}") from None
+    except Exception as exc:  # a missing key or weights of another shape
         raise PatchUNetError(f"{path}: not a PatchUNet model file ({type(exc).__name__}: {first_line(exc)})") from None
+    check_finite_weights(model, path)
     return model.eval()
+
+
+def check_finite_weights(model: nn.Module, path: Path) -> None:
+    """Refuse weights or statistics that hold NaN or infinity (a diverged training run): the model
+    would predict no nucleus anywhere and pass for a model that found none."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PatchUNetError(
+                f"{path}: its weights hold NaN or infinite values (first in {name}): the training that wrote it "
+                "diverged; use another checkpoint or train again"
+            )
+
+
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")
+"""How a `torch.save` file begins: a zip archive (torch 1.6 on), or a pickle (protocol 2 or later) before."""
+KNOWN_FORMATS = {
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"II+\x00": "a BigTIFF image",
+    b"MM\x00+": "a BigTIFF image",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+}
+
+
+def is_torch_save_file(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4).startswith(TORCH_SAVE_MAGIC)
+
+
+def file_kind(path: Path) -> str:
+    """What a file that `torch.save` did not write seems to be, from its first bytes, for an error."""
+    with path.open("rb") as f:
+        head = f.read(8)
+    if not head:
+        return "it is empty"
+    kind = next((kind for magic, kind in KNOWN_FORMATS.items() if head.startswith(magic)), None)
+    return f"it is {kind}" if kind else f"it begins with the bytes {head!r}"
 
 
 def load_tensor_file(path: Path, problem: str) -> dict:
@@ -115,6 +156,8 @@ def load_tensor_file(path: Path, problem: str) -> dict:
 
     `problem` says what the file is not, in the one-line error, e.g. "unreadable checkpoint".
     """
+    if not is_torch_save_file(path):
+        raise PatchUNetError(f"{path}: {problem}: not a file torch.save writes ({file_kind(path)})")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
