@@ -1,7 +1,12 @@
 """How the builder shards the loaders over DDP ranks (no process group needed: the ranks are given)."""
 
 import dataclasses
+import logging
+import os
+import subprocess
+import sys
 
+import psutil
 import pytest
 import torch
 from conftest import REPO_ROOT, disc_patches
@@ -53,3 +58,45 @@ def test_val_batches_are_one_process_batches_dealt_whole_and_never_repeated() ->
 def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"train\.batch_size: 4 patches do not split evenly over 3 processes"):
         loaders_of(0, 3)
+
+
+def test_more_loader_workers_than_cpus_are_capped_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """train.num_workers 10000 stalled creating workers: no more than this process's CPUs start."""
+    cpus = len(os.sched_getaffinity(0))
+    with caplog.at_level(logging.INFO, logger="patchunet"):
+        train_loader, _ = loaders_of(0, 1, dataclasses.replace(CFG, num_workers=cpus + 1))
+    assert train_loader.num_workers == cpus
+    line = f"train: train.num_workers {cpus + 1} is more than the {cpus} CPUs here: using {cpus} workers"
+    assert caplog.messages == [line]
+
+
+def test_loader_workers_die_with_the_process_that_made_them() -> None:
+    """A worker asks the kernel for SIGKILL when its parent dies (the trainer killed by SIGKILL would
+    otherwise leave it running, holding the checkout's training lock)."""
+    code = (
+        "import os, sys, time, torch\n"
+        "from torch.utils.data import DataLoader\n"
+        "from patchunet.training.builder import worker_settings\n"
+        "class Slow(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 1000\n"
+        "    def __getitem__(self, i): time.sleep(60 if i else 0); return i\n"  # busy when its parent dies
+        "loader = DataLoader(Slow(), **worker_settings(1))\n"
+        "for i in loader:\n"
+        "    print(os.getpid(), flush=True)\n"
+    )
+    trainer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        trainer.stdout.readline()
+        [worker] = workers = psutil.Process(trainer.pid).children()
+        trainer.kill()
+        trainer.wait(timeout=30)
+        worker.wait(timeout=3)  # psutil.TimeoutExpired if it lives on (torch's own watchdog takes 5 s or more)
+    finally:
+        for process in workers:  # whatever the outcome, stop what this test started
+            if process.is_running():
+                process.kill()
+        if trainer.poll() is None:
+            trainer.kill()
+        trainer.wait(timeout=30)
+        trainer.stdout.close()

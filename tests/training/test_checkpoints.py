@@ -8,6 +8,7 @@ import torch
 from patchunet.config import ModelConfig
 from patchunet.errors import PatchUNetError
 from patchunet.training.checkpoints import (
+    KEEP_PREVIOUS,
     LAST_CHECKPOINT,
     PROCESSES_KEY,
     resumable_run_id,
@@ -27,6 +28,20 @@ def test_setting_aside_never_overwrites_an_earlier_folder(tmp_path: Path) -> Non
     assert len(set(folders)) == 3
     assert [(f / LAST_CHECKPOINT).read_text() for f in folders] == ["run 0", "run 1", "run 2"]
     assert set_aside_checkpoints(tmp_path) is None
+
+
+def test_setting_aside_keeps_only_the_most_recent_previous_folders(tmp_path: Path) -> None:
+    """Each fresh run adds a previous-* folder; only the last KEEP_PREVIOUS stay, whatever their order
+    on disk (two in one second carry -2, -3, ... -10, which must sort after -9)."""
+    made = []
+    for run in range(12):
+        (tmp_path / LAST_CHECKPOINT).write_text(f"run {run}")
+        second = 1_700_000_000 + (0 if run < 11 else 60)  # ten in one second, then a later one
+        os.utime(tmp_path / LAST_CHECKPOINT, (second, second))
+        made.append(set_aside_checkpoints(tmp_path))
+    kept = sorted(tmp_path.glob("previous-*"))
+    assert set(kept) == set(made[-KEEP_PREVIOUS:]) and KEEP_PREVIOUS == 3
+    assert sorted((f / LAST_CHECKPOINT).read_text() for f in kept) == ["run 10", "run 11", "run 9"]
 
 
 def write_last(folder: Path, **state: object) -> None:

@@ -12,7 +12,16 @@ from patchunet.errors import PatchUNetError
 from patchunet.model.unet import PatchUNet
 from patchunet.training.builder import make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
-from patchunet.training.loop import EarlyStopping, EpochResult, FitResult, fit, out_of_time
+from patchunet.training.loop import (
+    DIVERGENCE_FACTOR,
+    EarlyStopping,
+    EpochResult,
+    FitResult,
+    LossDiverged,
+    check_convergence,
+    fit,
+    out_of_time,
+)
 
 TINY_MODEL = ModelConfig(
     base_channels=8, depth=2, norm="batch", dropout=0.1, instance_head="none", microns_per_pixel=0.25
@@ -51,7 +60,7 @@ def test_early_stopping_stops_at_the_expected_epoch() -> None:
 
 
 def test_fit_stops_at_the_expected_epoch_on_a_scripted_val_loss(tmp_path: Path, monkeypatch) -> None:
-    scripted = iter([1.0, 0.9, 0.95, 0.895, 0.92, 0.5, 0.4])
+    scripted = iter([1.0, 1.0, 0.9, 0.95, 0.895, 0.92, 0.5, 0.4])  # the untrained network's first
     real_evaluate = patchunet.training.loop.evaluate
 
     def scripted_evaluate(*args, **kwargs):
@@ -174,3 +183,42 @@ def test_fit_trains_each_instance_head(tmp_path: Path, head: str) -> None:
 
     weights = load_checkpoint(tmp_path / BEST_CHECKPOINT)["model"]["head.weight"]
     assert weights.shape[0] == output_channels(head)
+
+
+def test_a_learning_rate_that_explodes_the_loss_ends_training_before_its_checkpoints(tmp_path: Path) -> None:
+    """train.lr 1e6 once trained to a loss of 7.6e10 and exited as a success."""
+    seen = []
+    with pytest.raises(LossDiverged, match=r"^training diverged at epoch 0 \(counting from 0\): train loss") as raised:
+        train(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, lr=1e6), tmp_path, callbacks=[seen.append])
+    assert "train.lr 1e+06 is likely too high" in str(raised.value) and "\n" not in str(raised.value)
+    assert seen == [] and not (tmp_path / LAST_CHECKPOINT).exists() and not (tmp_path / BEST_CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize(
+    ("train_loss", "val_loss", "initial", "diverged"),
+    [
+        (float("nan"), 0.5, 1.0, True),
+        (0.5, float("inf"), None, True),
+        (DIVERGENCE_FACTOR * 1.0 + 0.1, 0.5, 1.0, True),
+        (DIVERGENCE_FACTOR * 1.0, 0.5, 1.0, False),
+        (1e6, 0.5, None, False),  # a checkpoint that predates the untrained loss: finiteness alone
+        (1.3, 1.2, 1.0, False),  # a noisy early epoch
+    ],
+)
+def test_divergence_is_a_non_finite_loss_or_one_ten_times_the_untrained_networks(
+    train_loss: float, val_loss: float, initial: float | None, diverged: bool
+) -> None:
+    epoch = EpochResult(3, train_loss, val_loss, 0.5, 0.4, 1e-3, 1.0)
+    if diverged:
+        with pytest.raises(LossDiverged, match="training diverged at epoch 3"):
+            check_convergence(epoch, initial, TINY_TRAIN)
+    else:
+        check_convergence(epoch, initial, TINY_TRAIN)
+
+
+def test_a_resumed_run_judges_divergence_against_the_same_untrained_loss(tmp_path: Path) -> None:
+    train(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path)
+    initial = load_checkpoint(tmp_path / LAST_CHECKPOINT)["initial_val_loss"]
+    assert initial > 0
+    train(tiny_model(), *datasets(), TINY_TRAIN, tmp_path, resume=True)
+    assert load_checkpoint(tmp_path / LAST_CHECKPOINT)["initial_val_loss"] == initial

@@ -4,6 +4,7 @@ and the benchmarks, so that they train the same thing the same way."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import torch
@@ -14,8 +15,12 @@ from patchunet.data.augment import build_augmentation
 from patchunet.data.dataset import PatchDataset
 from patchunet.data.patches import PatchSet
 from patchunet.model.unet import PatchUNet
+from patchunet.resources import worker_count
 from patchunet.training.distributed import Ranks
+from patchunet.training.lifetime import loader_worker_init
 from patchunet.training.run_log import EpochLogger
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -83,7 +88,7 @@ def make_loaders(
         shuffle=True,
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(cfg.seed),
-        num_workers=cfg.num_workers,
+        **worker_settings(cfg.num_workers),
     )
     return train_loader, DataLoader(val_set, batch_size=cfg.batch_size)
 
@@ -107,7 +112,17 @@ def sharded_loaders(
         sampler=sampler,
         drop_last=drop_last,
         generator=torch.Generator().manual_seed(cfg.seed),  # seeds loader workers only; kept as one process's
-        num_workers=cfg.num_workers,
+        **worker_settings(cfg.num_workers),
     )
     val_batches = list(BatchSampler(SequentialSampler(val_set), cfg.batch_size, drop_last=False))
     return train_loader, DataLoader(val_set, batch_sampler=val_batches[ranks.rank :: ranks.world_size])
+
+
+def worker_settings(num_workers: int) -> dict:
+    """DataLoader arguments for `num_workers` (train.num_workers) worker processes, no more than this
+    process has CPUs (said in one line when that lowers it), each killed if this process dies."""
+    cpus = worker_count()
+    if num_workers > cpus:
+        log.info(f"train: train.num_workers {num_workers} is more than the {cpus} CPUs here: using {cpus} workers")
+        num_workers = cpus
+    return {"num_workers": num_workers, "worker_init_fn": loader_worker_init() if num_workers else None}

@@ -11,6 +11,7 @@ loop serves `dvc repro train`, each tuning trial, the benchmarks and the tests.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from patchunet.config import InstanceHead, TrainConfig
+from patchunet.errors import PatchUNetError
 from patchunet.evaluation.metrics import PixelCounts
 from patchunet.model.heads import head_loss
 from patchunet.training.checkpoints import (
@@ -40,6 +42,24 @@ Fixed on purpose, and not `eval.threshold`: val Dice picks the best epoch (best.
 `eval.threshold` is chosen on val *after* training, for whole-image post-processing. Tying the two
 would make the choice of weights depend on a value tuned on those weights, and retrain on its change.
 """
+
+
+DIVERGENCE_FACTOR = 10
+"""An epoch whose train or val loss is above this many times the untrained network's val loss has
+diverged, and so has one whose loss is not finite: training ends there (`LossDiverged`).
+
+The untrained network predicts next to nothing, so its loss is about the loss of knowing nothing
+(BCE ~ ln 2 per pixel, soft Dice ~ 1 - the foreground share, the head's terms alike): learning only
+lowers it. A network 10 times worse than knowing nothing has left the region where gradient steps
+improve it (too high a `train.lr`, typically) and does not come back; a healthy run's noisiest epoch
+stays well within 10 times. The reference is measured, not a formula of the loss weights and heads.
+"""
+INITIAL_LOSS_KEY = "initial_val_loss"
+"""The untrained network's val loss in a checkpoint, so that a resumed run judges divergence alike."""
+
+
+class LossDiverged(PatchUNetError):
+    """Training diverged: its losses are not finite, or DIVERGENCE_FACTOR times the untrained network's."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +140,8 @@ class LoopState:
     stopper: EarlyStopping
     shuffle: torch.Generator
     history: list[EpochResult] = dataclasses.field(default_factory=list)
+    initial_loss: float | None = None
+    """The untrained network's val loss (None when resumed from a checkpoint that predates it)."""
 
     @classmethod
     def start(cls, model: torch.nn.Module, cfg: TrainConfig, shuffle: torch.Generator) -> LoopState:
@@ -143,6 +165,7 @@ class LoopState:
             "early_stopping": dataclasses.asdict(self.stopper),
             "history": [dataclasses.asdict(r) for r in self.history],
             "rng": {"torch": rng["torch"], "shuffle": self.shuffle.get_state(), "cuda": rng["cuda"]},
+            INITIAL_LOSS_KEY: self.initial_loss,
             **(extra_state or {}),
         }
         if ranks.world_size > 1:  # a single process's checkpoint stays as it was before DDP
@@ -158,6 +181,7 @@ class LoopState:
             state["early_stopping"]["bad_epochs"],
         )
         self.history = [EpochResult(**row) for row in state["history"]]
+        self.initial_loss = state.get(INITIAL_LOSS_KEY)
         self.shuffle.set_state(state["rng"]["shuffle"])
         set_rng_state(state[RANK_RNG_KEY][ranks.rank] if ranks.world_size > 1 else state["rng"])
 
@@ -198,6 +222,9 @@ def fit(
     `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
     `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
 
+    A fresh run first measures the untrained network's val loss; an epoch whose losses are not
+    finite or DIVERGENCE_FACTOR times that raises `LossDiverged` before its checkpoints and callbacks.
+
     `ranks` (from `distributed.process_group`, on `device`) makes this one of several DDP processes
     over loaders sharded by `builder.make_loaders`: every rank must call `fit` alike, and each
     epoch's scores, and so every decision, are the same on all of them. Only rank 0 sets
@@ -212,6 +239,8 @@ def fit(
         state = load_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
         check_processes(checkpoint_dir / LAST_CHECKPOINT, state, ranks.world_size)
         loop.restore(model, state, ranks)
+    else:  # eval mode, no gradient, no random draw: the training that follows is unchanged
+        loop.initial_loss, _ = evaluate(model, val_loader, cfg, device, val_loader.dataset.head, ranks)
     trained = ranks.wrap(model)
     wrap = progress or (lambda batches, total, description: batches)
 
@@ -231,6 +260,7 @@ def fit(
         loop.stopper.step(val_loss)
         seconds = ranks.from_main(time.perf_counter() - started)  # so that max_minutes stops every rank alike
         result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, seconds)
+        check_convergence(result, loop.initial_loss, cfg)
         is_best = not loop.history or result.val_dice > max(r.val_dice for r in loop.history)
         loop.history.append(result)
         state = loop.checkpoint(model, epoch, extra_state, ranks)
@@ -301,6 +331,22 @@ def evaluate(
 def training_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, head: InstanceHead) -> torch.Tensor:
     return head_loss(
         logits, targets, head, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, head_weight=cfg.head_weight
+    )
+
+
+def check_convergence(epoch: EpochResult, initial_loss: float | None, cfg: TrainConfig) -> None:
+    """Raise LossDiverged when the epoch's losses are not finite, or above DIVERGENCE_FACTOR times
+    `initial_loss` (the untrained network's val loss; None: judge finiteness alone)."""
+    worst = max(epoch.train_loss, epoch.val_loss)
+    if all(map(math.isfinite, (epoch.train_loss, epoch.val_loss))):
+        if initial_loss is None or worst <= DIVERGENCE_FACTOR * initial_loss:
+            return
+        why = f"over {DIVERGENCE_FACTOR}x the untrained network's val loss {initial_loss:.3g}"
+    else:
+        why = "not finite"
+    raise LossDiverged(
+        f"training diverged at epoch {epoch.epoch} (counting from 0): train loss {epoch.train_loss:.3g}, "
+        f"val loss {epoch.val_loss:.3g}, {why}; train.lr {cfg.lr:g} is likely too high"
     )
 
 

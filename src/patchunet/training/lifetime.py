@@ -1,0 +1,40 @@
+"""Processes of a training that end with the process that started them.
+
+A DataLoader worker, or a DDP rank under torchrun, left running after its parent is killed (even by
+SIGKILL) would go on holding memory, CPUs and the checkout's training lock (`locking.sole_holder`).
+Linux delivers a chosen signal to a process when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere
+these functions do nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1
+"""prctl's option number (linux/prctl.h)."""
+
+
+def die_with_parent(signum: int, parent: int) -> None:
+    """Have this process receive `signum` when its parent, PID `parent`, dies; exit at once if it
+    already has (this process then has another parent)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the line above: no signal will come
+        os.kill(os.getpid(), signum)
+
+
+def loader_worker_init() -> Callable[[int], None]:
+    """A DataLoader `worker_init_fn`: each worker is killed when the process that made the loader dies."""
+    return functools.partial(_kill_worker_with_parent, os.getpid())
+
+
+def _kill_worker_with_parent(parent: int, worker_id: int) -> None:
+    die_with_parent(signal.SIGKILL, parent)  # a worker holds nothing to clean up
