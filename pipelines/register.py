@@ -35,7 +35,7 @@ def main() -> None:
     mlflow_cfg = parse_section(MlflowConfig, params, "mlflow")
     eval_cfg = parse_section(EvalConfig, params, "eval")
     patch_size = parse_section(PatchConfig, params, "patch").size
-    max_side = parse_section(ServeConfig, params, "serve").max_image_side
+    serve_settings = dataclasses.asdict(parse_section(ServeConfig, params, "serve"))
     run_id, model_uri = (read_json_value(RUN_FILE, key) for key in ("run_id", "model_uri"))
     training_tags = read_json_value(RUN_FILE).get("version_tags", {})  # none in a run.json of the old order
     summary = {key: read_json_value(TEST_METRICS, key) for key in ("per_image_mean", "seconds_per_image")}
@@ -51,7 +51,7 @@ def main() -> None:
     network = tracking.load_logged_model(model_uri)
     window = eval_cfg.window_for(patch_size, network.cfg.size_multiple)
     settings = dataclasses.asdict(eval_cfg)
-    nuclei_uri = log_nuclei_model(run_id, network, settings, window, max_side)
+    nuclei_uri = log_nuclei_model(run_id, network, settings, window, serve_settings)
     # queued experiments (`dvc queue start --jobs N`) register at once: one reads the champion at a time
     with storage_lock(uri, f"promotion|{name}"):
         candidate = tracking.register_run_model(name, run_id, nuclei_uri, tags)

@@ -1,15 +1,17 @@
-"""The `patchunet` command: one subcommand per DVC stage, plus `predict`, `predict-slide`, `dashboard` and `stack`.
+"""The `patchunet` command: one subcommand per DVC stage, plus `predict`, `predict-slide`,
+`dashboard`, `stack` and `serve`.
 
-Stage subcommands run the project's own `pipelines/<stage>.py` (the same script `dvc repro`
-runs) from the checkout they are called in, so a stage has exactly one implementation. This
-module imports nothing heavy, so `patchunet --help` answers at once.
+Stage subcommands become the project's own `pipelines/<stage>.py` (the same script `dvc repro`
+runs) in the checkout they are called in, so a stage has exactly one implementation; they exec it,
+so a signal to `patchunet train` reaches the trainer itself. This module imports nothing heavy, so
+`patchunet --help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import socket
 import sys
 from pathlib import Path
 
@@ -81,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         "settings to use; down stops them and removes the temporary folder up made.",
     )
     stack_parser.add_argument("action", choices=("up", "down"))
+    serve_parser = sub.add_parser(
+        "serve",
+        help="serve a registered model over HTTP as `mlflow models serve` does, every error in one line",
+        description="MLflow's scoring server (POST /invocations, GET /ping) for MODEL, without its stack "
+        "traces and echoed requests in error answers; MLFLOW_TRACKING_URI says where MODEL is registered.",
+    )
+    serve_parser.add_argument("-m", "--model", default="models:/patchunet@champion", help="model URI")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, default=5001, help="port to serve on (default 5001)")
     return parser
 
 
@@ -94,6 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         command = predict if args.command == "predict" else predict_slide
         run_stage(lambda: command.run(args))
         return
+    if args.command == "serve":
+        from patchunet.tracking.scoring import serve
+
+        run_stage(lambda: serve(args.model, args.host, args.port))
+        return
     root = _project_root_or_exit()
     if args.command == "stack":
         run_stage(lambda: report_stack(args.action, root))
@@ -105,7 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "train":
         run_stage(lambda: check_nproc(args.nproc))
         command = train_command(script, args.nproc, stage_args)
-    raise SystemExit(subprocess.call(command, cwd=root))
+    become(command, root)
+
+
+def become(command: list[str], root: Path) -> None:
+    """Replace this process by `command`, run in `root`: not a child process, which a signal to this
+    one (`kill`, a service manager's SIGTERM, even SIGKILL) would leave running, orphaned."""
+    os.chdir(root)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def check_nproc(nproc: int) -> None:
@@ -145,11 +170,21 @@ def start_dashboard(root: Path, port: int, address: str, extra: list[str]) -> No
     if importlib.util.find_spec("streamlit") is None:
         raise PatchUNetError('the dashboard needs its extra: pip install -e ".[dashboard]" (or ".[dev]")')
     max_upload_mb = parse_section(DashboardConfig, load_params(root / "params.yaml"), "dashboard").max_upload_mb
-    command = dashboard_command(root, port, address, extra, max_upload_mb=max_upload_mb)
-    os.chdir(root)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(command[0], command)
+    check_port(port, address)
+    become(dashboard_command(root, port, address, extra, max_upload_mb=max_upload_mb), root)
+
+
+def check_port(port: int, address: str) -> None:
+    """Refuse, in one line, a port outside 1..65535 or one `address` cannot listen on (in use)."""
+    if not 1 <= port <= 65535:
+        raise PatchUNetError(f"--port {port}: a port must be from 1 to 65535")
+    try:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is free
+            probe.bind((address, port))
+    except OSError as exc:
+        raise PatchUNetError(f"--port {port}: cannot serve on {address}:{port} ({exc.strerror})") from None
 
 
 def dashboard_command(root: Path, port: int, address: str, extra: list[str], *, max_upload_mb: int) -> list[str]:

@@ -319,7 +319,8 @@ class MlflowConfig:
 class ServeConfig:
     """The registered model as MLflow serves it (`register` writes these into it)."""
 
-    max_image_side: AtLeastOne
+    max_image_side: AtLeastOne  # at the model's scale: after resampling from the request's mpp
+    max_images: AtLeastOne  # per request
 
 
 @_section("slide")

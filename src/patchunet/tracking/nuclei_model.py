@@ -37,15 +37,23 @@ def nuclei_signature(model_mpp: float) -> ModelSignature:
 
 
 def log_nuclei_model(
-    run_id: str, model: PatchUNet, eval_settings: Mapping[str, Any], window: int, max_side: int
+    run_id: str,
+    model: PatchUNet,
+    eval_settings: Mapping[str, Any],
+    window: int,
+    serve_settings: Mapping[str, Any],
 ) -> str:
     """Log to run `run_id`, beside its raw network, the model that returns nuclei
     (served_nuclei.py): the network's weights file and ONNX export, and a model config of the
-    `eval_settings`, `window` and `max_side` it serves with. Returns its model URI."""
+    `eval_settings`, `window` and `serve_settings` (params.yaml `serve`) it serves with.
+
+    Its input example is a one-row table, so that its serving example is the `dataframe_split`
+    request a client sends; MLflow checks it by running the model on it. Returns its model URI."""
     import base64
     import io
 
     import mlflow.pyfunc
+    import pandas as pd
     from PIL import Image
 
     import patchunet
@@ -64,9 +72,9 @@ def log_nuclei_model(
             name=NUCLEI_MODEL_ARTIFACT,
             python_model=Path(__file__).with_name("served_nuclei.py"),
             artifacts={WEIGHTS_ARTIFACT: str(weights), ONNX_ARTIFACT: str(network)},
-            model_config={"eval": dict(eval_settings), "window": window, "max_image_side": max_side},
+            model_config={"eval": dict(eval_settings), "window": window, "serve": dict(serve_settings)},
             signature=nuclei_signature(model.cfg.microns_per_pixel),
-            input_example={IMAGE_COLUMN: [base64.b64encode(example.getvalue()).decode("ascii")]},
+            input_example=pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example.getvalue()).decode("ascii")]}),
             code_paths=[str(Path(patchunet.__file__).parent)],
         )
     return info.model_uri

@@ -10,7 +10,9 @@ Input: a DataFrame whose `image` column holds, per row, an RGB uint8 array or PN
 their base64, as JSON carries them); the param `mpp` gives the images' µm per pixel (default:
 the model's). Output: one dict per image: `labels` (an array, or base64 TIFF for bytes, see
 inference/requests.py), `nuclei` (one record per nucleus, inference/nuclei.py) and
-`microns_per_pixel`. A bad image or param is refused, before any work, in one line naming it.
+`microns_per_pixel`. A bad image or param, or a request over the `serve` limits of its
+registration (images per request, pixels on a side at the model's scale), is refused before any
+work, in one line naming it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from patchunet.config import EvalConfig
+from patchunet.config import EvalConfig, ServeConfig
 from patchunet.errors import PatchUNetError
 from patchunet.inference.nuclei import nucleus_table, segment_nuclei
-from patchunet.inference.requests import IMAGE_COLUMN, encoded_labels, request_image, request_mpp
+from patchunet.inference.requests import MPP_PARAM, encoded_labels, request_image, request_mpp, request_values
 from patchunet.inference.runtimes import runtime_network
 from patchunet.inference.scale import check_scale
 from patchunet.model.unet import load_model
@@ -37,19 +39,19 @@ class ServedNuclei(PythonModel):
         config = context.model_config
         self.cfg = EvalConfig(**config["eval"])
         self.window = int(config["window"])
-        self.max_side = int(config["max_image_side"])
+        self.serve = ServeConfig(**config["serve"])
         model = load_model(Path(context.artifacts[WEIGHTS_ARTIFACT]))
         self.network = runtime_network(model, self.cfg, onnx_file=Path(context.artifacts[ONNX_ARTIFACT]))
 
     def predict(self, context: PythonModelContext, model_input, params: dict | None = None) -> list[dict]:
-        """`model_input`: a pandas DataFrame, as MLflow hands it over (pandas comes with MLflow)."""
+        """`model_input`: a pandas DataFrame, or a dict of columns, as MLflow hands them over."""
         model_mpp = self.network.cfg.microns_per_pixel
+        max_side = self.serve.max_image_side
         try:
-            if IMAGE_COLUMN not in getattr(model_input, "columns", ()):
-                raise PatchUNetError(f"expected a table with an {IMAGE_COLUMN!r} column of images")
-            values = list(model_input[IMAGE_COLUMN])
+            values = request_values(model_input, self.serve.max_images)
             mpp = request_mpp(params, model_mpp)
-            images = [request_image(value, f"image {i}", self.max_side) for i, value in enumerate(values)]
+            check_scale((1, 1), mpp, model_mpp, f"params {MPP_PARAM}")  # the scales' ratio, before any image is read
+            images = [request_image(value, f"image {i}", max_side, mpp, model_mpp) for i, value in enumerate(values)]
             for i, image in enumerate(images):
                 check_scale(image.shape, mpp, model_mpp, f"image {i}")
         except PatchUNetError as exc:  # MLflow answers 400 with this line

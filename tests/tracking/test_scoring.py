@@ -1,0 +1,180 @@
+"""`patchunet serve`: the registered nuclei model behind a real scoring server on loopback; its own
+serving example answered with nuclei, and every bad or hostile request with one line: no stack
+trace, no echo of the request, nothing past the `serve` limits computed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import requests
+import yaml
+from conftest import REPO_ROOT, free_port, wait_for_http
+
+from patchunet import tracking
+
+pytestmark = pytest.mark.e2e
+SERVE = {"max_image_side": 256, "max_images": 2}
+
+
+def png_base64(height: int, width: int) -> str:
+    return base64.b64encode(imagecodecs.png_encode(np.full((height, width, 3), 200, np.uint8))).decode()
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
+    """(tracking URI, model URI, what logging printed): the nuclei model of a tiny network, registered."""
+    folder = tmp_path_factory.mktemp("scoring")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    settings = {**yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["eval"], "backend": "torch"}
+    settings["precision"] = "fp32"
+    log = folder / "log.txt"
+    script = f"""
+from test_client import tiny_network
+from patchunet import tracking
+from patchunet.tracking.nuclei_model import log_nuclei_model
+
+tracking.connect({uri!r})
+with tracking.run("serve") as active:
+    pass
+model_uri = log_nuclei_model(active.run_id, tiny_network(), {settings!r}, 128, {SERVE!r})
+tracking.register_model(model_uri, "nuclei", tags={{}})
+print("MODEL", model_uri)
+"""
+    with open(log, "w") as out:  # a process of its own, so that everything MLflow prints is caught
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO_ROOT / "tests")])},
+            timeout=600,
+        )
+    printed = log.read_text()
+    assert done.returncode == 0, printed
+    return uri, printed.split("MODEL ")[-1].strip(), printed
+
+
+@pytest.fixture(scope="module")
+def served(logged, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The invocations URL of `patchunet serve` of the registered model, stopped however the tests end."""
+    uri, _, _ = logged
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [sys.executable, "-m", "patchunet", "serve", "-m", "models:/nuclei/1", "--port", str(port)]
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            command,
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, log, timeout_s=180)
+        yield f"http://127.0.0.1:{port}/invocations"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_logging_the_model_validates_its_own_input_example_without_a_traceback(logged) -> None:
+    _, _, printed = logged
+    assert "Traceback" not in printed and "Failed to validate" not in printed, printed
+
+
+def test_the_models_own_serving_example_gets_nuclei_from_the_server(logged, served) -> None:
+    import mlflow.artifacts
+
+    uri, model_uri, _ = logged
+    tracking.connect(uri)
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    example = (folder / "serving_input_example.json").read_text()
+    answer = requests.post(served, data=example, headers={"Content-Type": "application/json"}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    [prediction] = answer.json()["predictions"]
+    assert isinstance(prediction["nuclei"], list) and prediction["microns_per_pixel"] == 0.25
+
+
+def test_images_as_a_dict_of_columns_are_served_too(served) -> None:
+    answer = requests.post(served, json={"inputs": {"image": [png_base64(40, 40)]}}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["predictions"]) == 1
+
+
+JUNK = base64.b64encode(os.urandom(270_000)).decode()  # 360 kB of base64 that is no image
+HOSTILE = {
+    "csv": ("text/csv", b"image\nabc\n", 415, "Content-Type text/csv: send application/json"),
+    "malformed json": ("application/json", b'{"dataframe_split": {', 400, "request body: not valid JSON"),
+    "empty body": ("application/json", b"", 400, "request body: not valid JSON"),
+    "not utf-8": ("application/json", b"\xff\xfe{", 400, "request body: not UTF-8"),
+    "a list": ("application/json", b"[1, 2]", 400, "request body: a JSON list; expected an object"),
+    "no image column": (
+        "application/json",
+        json.dumps({"dataframe_split": {"columns": ["x"], "data": [[1]]}}).encode(),
+        400,
+        "Model is missing inputs ['image']",
+    ),
+    "junk image as inputs": (
+        "application/json",
+        json.dumps({"inputs": {"image": [JUNK]}}).encode(),
+        400,
+        "image 0: corrupt or truncated image",
+    ),
+    "unknown param": (
+        "application/json",
+        json.dumps({"inputs": {"image": [png_base64(8, 8)]}, "params": {"foo": 1}}).encode(),
+        400,
+        "params foo: unknown; the model takes mpp",
+    ),
+    "params not an object": (
+        "application/json",
+        json.dumps({"inputs": {"image": [png_base64(8, 8)]}, "params": [1]}).encode(),
+        400,
+        "params: a JSON list; expected an object",
+    ),
+    "too many images": (
+        "application/json",
+        json.dumps({"inputs": {"image": [png_base64(8, 8)] * 3}}).encode(),
+        400,
+        "3 images in one request; at most 2 (serve.max_images)",
+    ),
+    "too large once resampled": (
+        "application/json",
+        json.dumps({"inputs": {"image": [png_base64(8, 200)]}, "params": {"mpp": 0.5}}).encode(),
+        400,
+        "200x8 px is larger than 128 px on a side",
+    ),
+    "too large as sent": (
+        "application/json",
+        json.dumps({"inputs": {"image": [png_base64(8, 257)]}}).encode(),
+        400,
+        "image 0: 257x8 px is larger than 256 px on a side",
+    ),
+}
+
+
+@pytest.mark.parametrize(("content_type", "body", "status", "reason"), HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_bad_request_gets_one_line_without_trace_or_echo_and_the_server_stays_up(
+    served, content_type: str, body: bytes, status: int, reason: str
+) -> None:
+    answer = requests.post(served, data=body, headers={"Content-Type": content_type}, timeout=120)
+    assert answer.status_code == status, answer.text
+    message = answer.json()["message"]
+    assert reason in message and "\n" not in message, message
+    assert len(answer.content) < 1000 and "Traceback" not in answer.text and ".py" not in answer.text
+    assert set(answer.json()) == {"error_code", "message"}  # no stack_trace
+    assert requests.post(served, json={"inputs": {"image": [png_base64(40, 40)]}}, timeout=120).status_code == 200
