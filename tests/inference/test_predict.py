@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import imagecodecs
@@ -272,3 +276,70 @@ def test_a_summary_written_before_scales_were_recorded_keeps_its_rows(tmp_path: 
     assert result.returncode == 0, result.stderr
     rows = read_csv(out / "summary.csv")
     assert [(r["image"], r["microns_per_pixel"]) for r in rows] == [("old.png", ""), (image, "0.25")]
+
+
+def output_bytes(out: Path, stem: str) -> dict[str, bytes]:
+    return {suffix: (out / f"{stem}{suffix}").read_bytes() for suffix in ("_labels.tif", "_overlay.png", "_nuclei.csv")}
+
+
+def test_a_rerun_skips_the_images_already_done_and_keeps_their_files(tmp_path: Path) -> None:
+    model, out = str(random_model(tmp_path)), tmp_path / "out"
+    first = [str(small_png(tmp_path / "a.png")), str(small_png(tmp_path / "b.png"))]
+    assert predict_here(tmp_path, *first, "--model", model, "--out", str(out)).returncode == 0
+    done = {stem: output_bytes(out, stem) for stem in ("a", "b")}
+    result = predict_here(tmp_path, *first, str(small_png(tmp_path / "c.png")), "--model", model, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"2 of 3 images already done in {out}: skipped (--overwrite redoes them)\n" in result.stderr
+    assert {stem: output_bytes(out, stem) for stem in ("a", "b")} == done
+    assert summary_stems(out) == ["a", "b", "c"]
+
+
+HANG_BEFORE_RENAMING = """
+import os, sys, time
+from pathlib import Path
+
+rename = os.replace
+
+def hang_before(source, target, *args, **kwargs):
+    if str(target).endswith(sys.argv[1]):
+        Path(sys.argv[2]).touch()
+        time.sleep(600)
+    return rename(source, target, *args, **kwargs)
+
+os.replace = hang_before
+from patchunet.cli import main
+main(sys.argv[3:])
+"""
+"""`patchunet predict` that stops for good just before it renames a file ending in argv[1] into place,
+after touching the marker argv[2]: a kill there finds the run mid-write, its temporaries on disk."""
+
+
+def test_a_predict_killed_mid_run_keeps_the_finished_rows_and_a_rerun_resumes(tmp_path: Path) -> None:
+    model, out, marker = str(random_model(tmp_path)), tmp_path / "out", tmp_path / "writing-b"
+    images = [str(small_png(tmp_path / f"{stem}.png", seed)) for seed, stem in enumerate("abc")]
+    options = ("--model", model, "--out", str(out), "--params", str(REPO_ROOT / "params.yaml"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    command = [sys.executable, "-c", HANG_BEFORE_RENAMING, "b_nuclei.csv", str(marker), "predict", *images, *options]
+    killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), killed.communicate()[1]
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert summary_stems(out) == ["a"]  # the finished image's row survives the kill
+    assert not any((out / f"b{suffix}").exists() for suffix in ("_labels.tif", "_overlay.png", "_nuclei.csv"))
+    assert sorted(p.name.split(".")[1] for p in out.glob(".*.tmp")) == ["b_labels", "b_nuclei", "b_overlay"]
+    finished = output_bytes(out, "a")
+
+    only_a = predict_here(tmp_path, images[0], "--model", model, "--out", str(out))
+    assert only_a.returncode == 0, only_a.stderr
+    assert f"1 of 1 images already done in {out}: skipped" in only_a.stderr
+    assert not list(out.glob(".*.tmp"))  # the dead writer's temporaries, though b is not written again
+
+    resumed = predict_here(tmp_path, *images, "--model", model, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"1 of 3 images already done in {out}: skipped" in resumed.stderr
+    assert summary_stems(out) == ["a", "b", "c"]
+    assert output_bytes(out, "a") == finished
+    assert imagecodecs.imread(out / "c_overlay.png").shape == (64, 64, 3)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
 
     from patchunet import tracking
     from patchunet.config import EvalConfig, MlflowConfig, PatchConfig, load_params, parse_section
-    from patchunet.data.images import read_rgb_image, write_label_tiff, write_png
+    from patchunet.data.images import label_tiff_bytes, png_bytes, read_rgb_image
     from patchunet.errors import PatchUNetError
     from patchunet.evaluation.overlay import prediction_overlay
     from patchunet.inference.nuclei import NUCLEUS_COLUMNS, nucleus_table, segment_nuclei
@@ -84,12 +86,22 @@ def run(args: argparse.Namespace) -> None:
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
         raise PatchUNetError(f"two images named {duplicates[0]}: their outputs would overwrite each other")
-    images = {path: read_rgb_image(path) for path in args.images}  # every input checked before any output
-    recorded = {path: recorded_mpp(path) for path in args.images}
-    check_writable_folder(args.out)
+    summary = read_summary(args.out / SUMMARY_FILE)
+    done = set() if args.overwrite else finished_stems(args.out, stems, summary)
+    todo = [path for path in args.images if path.stem not in done]
     if not args.overwrite:
-        refuse_existing_outputs(args.out, stems)
-    earlier_rows = [row for row in read_summary(args.out / SUMMARY_FILE) if Path(row["image"]).stem not in stems]
+        refuse_existing_outputs(args.out, [path.stem for path in todo])
+    images = {path: read_rgb_image(path) for path in todo}  # every input checked before any output
+    recorded = {path: recorded_mpp(path) for path in todo}
+    check_writable_folder(args.out)
+    remove_dead_writers_files(args.out)
+    if done:
+        print(
+            f"{len(done)} of {len(stems)} images already done in {args.out}: skipped (--overwrite redoes them)",
+            file=sys.stderr,
+        )
+    if not todo:
+        return
     model = load_model_reference(
         args.model, tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
     )
@@ -101,28 +113,70 @@ def run(args: argparse.Namespace) -> None:
     }
     announce_scales(scales, model_mpp)
 
-    summary = earlier_rows
     for path, image in tqdm(images.items(), desc="predict", unit="image"):
         mpp, source = scales[path]
         labels, probabilities = segment_nuclei(network, image, cfg, window, mpp)
         nuclei = nucleus_table(labels, mpp, probabilities)
-        write_label_tiff(args.out / f"{path.stem}_labels.tif", labels)
-        write_png(args.out / f"{path.stem}_overlay.png", prediction_overlay(image, labels))
-        write_rows(args.out / f"{path.stem}_nuclei.csv", NUCLEUS_COLUMNS, nuclei)
-        areas = np.array([row["area_px"] for row in nuclei])
-        summary.append(
+        write_together(
             {
-                "image": str(path),
-                "nuclei": len(nuclei),
-                "mean_area_px": round(float(areas.mean()), 1) if len(areas) else 0,
-                "median_area_px": float(np.median(areas)) if len(areas) else 0,
-                "foreground_fraction": round(float((labels > 0).mean()), 4),
-                "microns_per_pixel": mpp,
-                "scale_from": source,
+                args.out / f"{path.stem}_labels.tif": label_tiff_bytes(labels),
+                args.out / f"{path.stem}_overlay.png": png_bytes(prediction_overlay(image, labels)),
+                args.out / f"{path.stem}_nuclei.csv": csv_bytes(NUCLEUS_COLUMNS, nuclei),
             }
         )
+        areas = np.array([row["area_px"] for row in nuclei])
+        row = {
+            "image": str(path),
+            "nuclei": len(nuclei),
+            "mean_area_px": round(float(areas.mean()), 1) if len(areas) else 0,
+            "median_area_px": float(np.median(areas)) if len(areas) else 0,
+            "foreground_fraction": round(float((labels > 0).mean()), 4),
+            "microns_per_pixel": mpp,
+            "scale_from": source,
+        }
+        # after the image's files, so a row always stands for three complete files; each image's row is
+        # written at once, so a run killed later keeps them, and replaces an earlier run's row only now
+        summary = [*(earlier for earlier in summary if Path(earlier["image"]).stem != path.stem), row]
+        write_rows(args.out / SUMMARY_FILE, SUMMARY_COLUMNS, summary)
         tqdm.write(f"{path}: {len(nuclei)} nuclei -> {args.out / (path.stem + '_labels.tif')}")
-    write_rows(args.out / SUMMARY_FILE, SUMMARY_COLUMNS, summary)
+
+
+def finished_stems(folder: Path, stems: list[str], summary: list[dict]) -> set[str]:
+    """The stems whose outputs an earlier run finished: all their files in `folder` and their row in
+    the summary (written after the files, so a run killed mid-image leaves no row)."""
+    in_summary = {Path(row["image"]).stem for row in summary}
+    return {
+        stem
+        for stem in stems
+        if stem in in_summary and all((folder / f"{stem}{suffix}").is_file() for suffix in OUTPUT_SUFFIXES)
+    }
+
+
+def write_together(contents: dict[Path, bytes]) -> None:
+    """Write files atomically and together: none is renamed into place before every one is written,
+    so a failure or a kill while writing leaves none of them (only temporaries, which
+    `remove_dead_writers_files` removes)."""
+    from patchunet.files import atomic_file
+
+    with contextlib.ExitStack() as stack:
+        for path, content in contents.items():
+            stack.enter_context(atomic_file(path)).write_bytes(content)
+
+
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.[^.]+\.tmp")
+"""`files.atomic_file`'s temporaries: `.<name>.<pid>.<random>.tmp`."""
+
+
+def remove_dead_writers_files(folder: Path) -> None:
+    """Remove the temporaries that killed writers left in `folder`, of any file (`files.remove_stale_temporaries`):
+    a rerun may never write that file again (an image done before the kill, or not given again)."""
+    from patchunet.files import remove_stale_temporaries
+
+    if not folder.is_dir():  # `check_writable_folder` removes a folder it created
+        return
+    names = {match["name"] for entry in folder.iterdir() if (match := TEMPORARY_NAME.fullmatch(entry.name))}
+    for name in sorted(names):
+        remove_stale_temporaries(folder / name)
 
 
 def scale_option(mpp: str | None, magnification: str | None) -> tuple[float | None, str]:
@@ -247,7 +301,14 @@ def load_model_reference(reference: str, tracking_uri: str):
 def write_rows(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     from patchunet.files import atomic_file
 
-    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(csv_bytes(columns, rows))
+
+
+def csv_bytes(columns: tuple[str, ...], rows: list[dict]) -> bytes:
+    """Rows as a CSV table with a header, as UTF-8 bytes."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
