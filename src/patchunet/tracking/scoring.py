@@ -90,7 +90,9 @@ def error_line(body: bytes) -> str:
         message = str(json.loads(text).get("message", ""))
     except (ValueError, AttributeError):  # not JSON, or not an object: a plain-text answer
         message = text
-    if CAUSE_MARK in message:
+    if "\n" + CAUSE_MARK in message:  # a model's own line may hold "Error: " itself
+        message = message.rsplit("\n" + CAUSE_MARK, 1)[1]
+    if "\n" in message.strip() and CAUSE_MARK in message:  # MLflow's own cause after another echo
         message = message.rsplit(CAUSE_MARK, 1)[1]
     line = message.strip().splitlines()[0].strip() if message.strip() else "request failed"
     return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 1] + "…"
