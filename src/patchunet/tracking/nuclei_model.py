@@ -47,13 +47,12 @@ def log_nuclei_model(
     (served_nuclei.py): the network's weights file and ONNX export, and a model config of the
     `eval_settings`, `window` and `serve_settings` (params.yaml `serve`) it serves with.
 
-    Its input example is a one-row table, so that its serving example is the `dataframe_split`
-    request a client sends; MLflow checks it by running the model on it. Returns its model URI."""
+    Its input example is a dict of columns, so its serving example is an `{"inputs": {"image": [...]}}`
+    request, which the model answers; MLflow checks it by running the model on it. Returns its model URI."""
     import base64
     import io
 
     import mlflow.pyfunc
-    import pandas as pd
     from PIL import Image
 
     import patchunet
@@ -74,7 +73,7 @@ def log_nuclei_model(
             artifacts={WEIGHTS_ARTIFACT: str(weights), ONNX_ARTIFACT: str(network)},
             model_config={"eval": dict(eval_settings), "window": window, "serve": dict(serve_settings)},
             signature=nuclei_signature(model.cfg.microns_per_pixel),
-            input_example=pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example.getvalue()).decode("ascii")]}),
+            input_example={IMAGE_COLUMN: [base64.b64encode(example.getvalue()).decode("ascii")]},
             code_paths=[str(Path(patchunet.__file__).parent)],
         )
     return info.model_uri
