@@ -5,8 +5,10 @@ model and the tags its registered version will carry: `register` registers it on
 metrics/train.json and plots/train.csv. Checkpoints go to
 models/checkpoints/ and to the run's artifacts after every epoch; `--resume` continues a killed
 run from the last one, in the same MLflow run. A fresh run moves the checkpoints it finds into
-models/checkpoints/previous-<time>/. Ctrl-C or SIGTERM ends the MLflow run KILLED; a run that
-SIGKILL left RUNNING is ended FAILED by the next start.
+models/checkpoints/previous-<time>/, keeping the last 3 such folders. Ctrl-C or SIGTERM ends the
+MLflow run KILLED; a run that SIGKILL left RUNNING is ended FAILED by the next start. A loss that
+diverges (not finite, or 10x the untrained network's) ends the run FAILED, and writes no model.
+One training at a time per checkout: a second is refused while models/checkpoints/train.lock is held.
 
 Under `torchrun --nproc_per_node N` (`patchunet train --nproc N`) it trains with
 DistributedDataParallel, `train.batch_size` split over the N processes; rank 0 alone prints, logs
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,7 @@ from patchunet.config import (
 from patchunet.console import log_to_stdout, run_stage
 from patchunet.data.patches import PatchSet
 from patchunet.files import read_json_value, write_csv, write_json
+from patchunet.locking import sole_holder
 from patchunet.model.unet import check_input_size, parameter_count, save_model
 from patchunet.paths import (
     CHECKPOINT_DIR,
@@ -49,8 +54,15 @@ from patchunet.paths import (
 )
 from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training
-from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint, resumable_run_id, set_aside_checkpoints
+from patchunet.training.checkpoints import (
+    BEST_CHECKPOINT,
+    KEEP_PREVIOUS,
+    load_checkpoint,
+    resumable_run_id,
+    set_aside_checkpoints,
+)
 from patchunet.training.distributed import Ranks, process_group
+from patchunet.training.lifetime import die_with_parent
 from patchunet.training.loop import HISTORY_COLUMNS, fit
 from patchunet.training.run_log import log_best, log_run_inputs
 
@@ -66,10 +78,14 @@ SECTIONS = {
 
 ACTIVE_RUN_RECORD = CHECKPOINT_DIR / "active_run.json"
 """The MLflow run this stage is training, while it trains: see tracking.fail_abandoned_run."""
+TRAIN_LOCK = CHECKPOINT_DIR / "train.lock"
+"""Held by the training process of this checkout while it runs (see locking.sole_holder)."""
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
+    if "LOCAL_RANK" in os.environ:  # a rank of torchrun's: stop (rank 0: end its run KILLED) if torchrun dies
+        die_with_parent(signal.SIGTERM, os.getppid())
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--resume", action="store_true", help="continue from models/checkpoints/last.pt")
@@ -77,7 +93,8 @@ def main() -> None:
     with process_group() as ranks:
         if ranks.is_main:
             log_to_stdout()
-            train(args, ranks)
+            with sole_holder(TRAIN_LOCK, "a training"):
+                train(args, ranks)
         else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # no MLflow run here to end: torchrun may just stop it
             follow(args, ranks)
@@ -101,7 +118,10 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     run_id = resumable_run_id(CHECKPOINT_DIR, model_cfg, ranks.world_size) if args.resume else None
     previous = None if args.resume else set_aside_checkpoints(CHECKPOINT_DIR)
     if previous:
-        print(f"train: the checkpoints of the previous run are now in {previous}")
+        print(
+            f"train: the checkpoints of the previous run are now in {previous} "
+            f"(the {KEEP_PREVIOUS} most recent {previous.parent}/previous-* folders are kept)"
+        )
     training = build_training(
         model_cfg, train_cfg, cfgs["augment"], train_patches, val_patches, checkpoint_dir=CHECKPOINT_DIR, ranks=ranks
     )
@@ -130,9 +150,9 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             ranks.device,
             CHECKPOINT_DIR,
             resume=args.resume,
-            callbacks=[training.log_epoch],
-            progress=lambda batches, total, desc: tqdm(
-                batches, total=total, desc=desc, unit="batch", leave=False, mininterval=1
+            callbacks=[training.log_epoch, stop_if_asked],
+            progress=lambda batches, total, desc: stoppable(
+                tqdm(batches, total=total, desc=desc, unit="batch", leave=False, mininterval=1)
             ),
             extra_state={"mlflow_run_id": active.run_id, "model_config": dataclasses.asdict(model_cfg)},
             ranks=ranks,
@@ -210,9 +230,30 @@ def follow(args: argparse.Namespace, ranks: Ranks) -> None:
     )
 
 
+STOP_ASKED = {signal.SIGTERM: False}
+"""Whether SIGTERM came: see `stop_on_sigterm`."""
+
+
 def stop_on_sigterm(signum: int, frame: object) -> None:
-    """`kill` ends the run as Ctrl-C does: MLflow marks it KILLED, and the checkpoints stay."""
+    """`kill` ends the run as Ctrl-C does: MLflow marks it KILLED, and the checkpoints stay.
+
+    Python drops an exception a signal handler raises inside some callbacks (the at-fork hooks that
+    run as a DataLoader starts its workers, every epoch): the flag makes the next batch, or the end of
+    the epoch, raise it again, so that the training stops anyway."""
+    STOP_ASKED[signal.SIGTERM] = True
     raise KeyboardInterrupt
+
+
+def stop_if_asked(*_: object) -> None:
+    if STOP_ASKED[signal.SIGTERM]:
+        raise KeyboardInterrupt
+
+
+def stoppable(batches: Iterable) -> Iterator:
+    """`batches`, stopping before the next one once SIGTERM has come."""
+    for batch in batches:
+        stop_if_asked()
+        yield batch
 
 
 if __name__ == "__main__":

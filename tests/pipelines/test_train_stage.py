@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from conftest import (
@@ -238,3 +239,89 @@ def test_after_a_sigkill_the_next_start_fails_the_run_and_keeps_its_checkpoints(
     kept = torch.load(previous / "last.pt", weights_only=True)
     assert kept["mlflow_run_id"] == killed
     assert all(torch.equal(kept["model"][name], tensor) for name, tensor in killed_weights.items())
+
+
+def make_checkout(project: Path) -> Path:
+    """`project` as a checkout the `patchunet` command accepts: a dvc.yaml beside this repo's pipelines/."""
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "pipelines").symlink_to(REPO_ROOT / "pipelines")
+    return project
+
+
+def start_until_first_epoch(project: Path, uri: str, command: list[str]) -> subprocess.Popen:
+    """Start `command` (a training of many epochs) in `project`; return once its first epoch is done."""
+    stage = subprocess.Popen(
+        command,
+        cwd=project,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=(project / "stage.err").open("w"),
+        text=True,
+    )
+    try:
+        for line in stage.stdout:
+            if line.startswith("epoch   1/"):
+                return stage
+        raise AssertionError(f"the stage ended before its first epoch:\n{(project / 'stage.err').read_text()}")
+    except BaseException:
+        stage.kill()
+        stage.wait()
+        raise
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_patchunet_train_by_its_pid_leaves_no_trainer_alive(train_project: Path, signum: int) -> None:
+    """`patchunet train` becomes the trainer (exec), and its loader workers die with it."""
+    uri = f"sqlite:///{train_project / 'mlflow.db'}"
+    update_params(train_project, train={"epochs": 500, "early_stopping_patience": 500, "num_workers": 1})
+    command = [sys.executable, "-m", "patchunet", "train"]
+    with stopped_at_the_end(start_until_first_epoch(make_checkout(train_project), uri, command)) as stage:
+        trainer = psutil.Process(stage.pid)
+        assert "pipelines/train.py" in " ".join(trainer.cmdline())  # the process the user sees is the trainer
+        processes = [trainer, *trainer.children(recursive=True)]
+        try:
+            os.kill(stage.pid, signum)
+            _, alive = psutil.wait_procs(processes, timeout=120)  # reaps the trainer: its status is in `trainer`
+            assert not alive, [p.cmdline() for p in alive]
+        finally:
+            for process in processes:  # whatever the outcome, stop what this test started
+                if process.is_running():
+                    process.kill()
+    if signum == signal.SIGTERM:
+        assert trainer.returncode == 130 and client(uri).get_run(run_ids(uri)[0]).info.status == "KILLED"
+
+
+def test_a_second_trainer_is_refused_while_the_first_lives_and_accepted_after(train_project: Path) -> None:
+    uri = f"sqlite:///{train_project / 'mlflow.db'}"
+    checkpoints = train_project / "models/checkpoints"
+    with stopped_at_the_end(train_until_first_epoch(train_project, uri)) as first:
+        result = run_train(train_project, uri)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"error: {Path('models/checkpoints/train.lock')}: PID {first.pid} is already")
+        assert not list(checkpoints.glob("previous-*")) and (checkpoints / "last.pt").is_file()  # nothing moved
+        assert len(run_ids(uri)) == 1 and first.poll() is None  # the first trains on, its run untouched
+        first.kill()
+        first.wait(timeout=60)
+    update_params(train_project, train={"epochs": 1})
+    result = run_train(train_project, uri)
+    assert result.returncode == 0, result.stderr
+    assert not (checkpoints / "train.lock").exists()
+
+
+def test_a_diverging_loss_fails_the_run_in_one_line_and_writes_no_model(train_project: Path) -> None:
+    """train.lr 1e6 once ended with a loss of 7.6e10, exit 0 and a model ready for `register`."""
+    uri = f"sqlite:///{train_project / 'mlflow.db'}"
+    update_params(train_project, train={"lr": 1.0e6})
+    result = run_train(train_project, uri)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: training diverged at epoch 0") and "train.lr 1e+06 is likely too high" in line
+    [run_id] = run_ids(uri)
+    assert client(uri).get_run(run_id).info.status == "FAILED"
+    assert not (train_project / "models/patchunet.pt").exists() and not (train_project / "models/run.json").exists()
+    assert not tracking_models(uri)
+
+
+def tracking_models(uri: str) -> list:
+    tracking.connect(uri)
+    return tracking.list_versions("patchunet")
