@@ -3,8 +3,11 @@
 For each IMAGE it writes, into --out: <stem>_labels.tif (uint16 or uint32 nucleus ids,
 0 = background), <stem>_overlay.png (the image with each nucleus outlined) and <stem>_nuclei.csv
 (one row per nucleus: id, area, centroid, bounding box, mean probability); summary.csv has one
-row per image, and keeps the rows of images an earlier run wrote there. Files already in --out are
-never replaced without --overwrite: the run stops before any inference, naming the first one.
+row per image, and keeps the rows of images an earlier run wrote there. Each image's three files
+are renamed into place together and then its row is written, so a run killed mid-way keeps every
+image it finished. Without --overwrite, a rerun skips the images whose three files and row are
+there (resuming a killed run), and any other file it would write in --out stops it before any
+inference, naming the first one; --overwrite redoes every image given.
 Inference and post-processing follow the `eval` section of params.yaml, as the evaluate stage does.
 
 Scale: an image at another scale than the model's (a 20x image for a model of MoNuSeg's 40x) is
@@ -46,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace this run's files already in --out (and their rows of summary.csv); without it, stop",
+        help="redo every image, replacing its files in --out and its row of summary.csv; without it, images "
+        "already done there are skipped and any other file this run would write stops it",
     )
     from patchunet.inference.scale import MAGNIFICATIONS
 
