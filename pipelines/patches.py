@@ -11,16 +11,19 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+import tifffile
 from tqdm import tqdm
 
 from patchunet.config import AugmentConfig, PatchConfig, load_params, parse_section
 from patchunet.console import run_stage
 from patchunet.data.image_copies import LabelledCopy, labelled_copies
 from patchunet.data.monuseg import raw_dirs
-from patchunet.data.patches import PatchSet
+from patchunet.data.patches import PatchSet, check_room, patch_count
 from patchunet.data.split import read_split
+from patchunet.errors import DataError
 from patchunet.files import atomic_directory, write_json
 from patchunet.paths import PATCH_DIR, PATCH_SUMMARY, RAW_DIR, SPLIT_FILE, labels_dir
+from patchunet.resources import available_memory, free_disk
 
 RAW_IMAGES = raw_dirs(RAW_DIR).images["train"]
 LABELS = labels_dir("train")
@@ -40,6 +43,7 @@ def main() -> None:
     patch = parse_section(PatchConfig, params, "patch")
     augment = parse_section(AugmentConfig, params, "augment")
     split = read_split(SPLIT_FILE)
+    announce_size(split, patch, augment)
 
     with atomic_directory(PATCH_DIR) as staging:
         train = PatchSet.from_images(
@@ -63,6 +67,33 @@ def main() -> None:
     print(f"patches: {patch.size}x{patch.stride} (size x stride), {augment.copies} augmented copies per train image")
     print("patches: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()))
     print(f"patches: wrote {PATCH_DIR}/{{train,val}} and {PATCH_SUMMARY}")
+
+
+def announce_size(split: dict[str, list[str]], patch: PatchConfig, augment: AugmentConfig) -> None:
+    """Refuse a patch set the free memory or disk cannot hold, or say in one line how much it holds."""
+    shapes = {image_id: label_shape(image_id) for image_id in split["train"] + split["val"]}
+    count = sum(
+        patch_count(shapes[image_id], patch.size, patch.stride) * (copies + 1)
+        for image_ids, copies in ((split["train"], augment.copies), (split["val"], 0))
+        for image_id in image_ids
+        if patch.size <= min(shapes[image_id])  # a smaller image is refused, by name, as it is read
+    )
+    memory, disk = available_memory(), free_disk(PATCH_DIR)
+    needed = check_room(count, patch.size, augment.copies, memory=memory, disk=disk)
+    print(
+        f"patches: about {count} patches, {needed / 1e9:.2f} GB "
+        f"({memory / 1e9:.1f} GB of memory available, {disk / 1e9:.1f} GB of disk free)"
+    )
+
+
+def label_shape(image_id: str) -> tuple[int, int]:
+    """(H, W) of an image's label map, from its TIFF header."""
+    path = LABELS / f"{image_id}.tif"
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            return tiff.pages[0].shape[:2]
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise DataError(path, f"unreadable label map ({exc}); rerun `dvc repro masks`") from None
 
 
 if __name__ == "__main__":

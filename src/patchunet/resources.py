@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 
 def worker_count() -> int:
@@ -17,3 +19,22 @@ def cpu_share(index: int, count: int) -> set[int]:
     if count > len(cpus):
         return {cpus[index % len(cpus)]}
     return set(cpus[index::count])
+
+
+def available_memory() -> int:
+    """Bytes of memory a new allocation may take without swapping (Linux's MemAvailable)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def free_disk(path: Path) -> int:
+    """Bytes free on the file system `path` is (or would be) on."""
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return shutil.disk_usage(Path.cwd()).free

@@ -3,8 +3,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from patchunet.data.patches import PatchSet, copy_seed, extract_patches, tile_grid, tile_starts
-from patchunet.errors import DataError
+from patchunet.data.patches import (
+    PatchSet,
+    check_room,
+    copy_seed,
+    extract_patches,
+    patch_count,
+    tile_grid,
+    tile_starts,
+)
+from patchunet.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize(
@@ -62,3 +70,18 @@ def test_patch_set_round_trips_through_disk(tmp_path: Path) -> None:
 def test_missing_patch_store_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="dvc repro patches"):
         PatchSet.load(tmp_path / "nothing")
+
+
+def test_a_patch_set_the_memory_or_disk_cannot_hold_is_refused_naming_augment_copies() -> None:
+    """augment.copies 1000000000 ran `patches` until it was killed."""
+    gb = 10**9
+    assert check_room(1000, 256, 1, memory=gb, disk=gb) == 1000 * 256**2 * 5
+    with pytest.raises(ConfigError, match=r"^params\.yaml augment\.copies: 100 copies .* more than the memory free"):
+        check_room(3000, 256, 100, memory=gb, disk=100 * gb)  # ~1 GB, held twice while cut
+    with pytest.raises(ConfigError, match=r"more than the disk free here holds; lower augment\.copies or patch\.size$"):
+        check_room(3000, 256, 100, memory=100 * gb, disk=gb // 2)
+
+
+def test_patch_count_is_what_the_tile_grid_cuts() -> None:
+    for shape in [(100, 100), (1000, 1000), (37, 300)]:
+        assert patch_count(shape, 32, 24) == len(tile_grid(shape, 32, 24))

@@ -77,6 +77,15 @@ def test_data_stages_build_split_patches_without_leakage(small_project: Path, sy
     assert summary["augmented_patches"] == 48 and summary["total_patches"] == 112
 
 
+def test_patches_says_how_many_patches_it_will_make_before_it_starts(
+    small_project: Path, synthetic_source: Path
+) -> None:
+    run_data_stages(small_project, synthetic_source)
+    result = run_stage("patches", small_project)
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("patches: about 112 patches, 0.00 GB (") and "GB of disk free)" in first
+
+
 def test_masks_stage_reports_degenerate_polygons(small_project: Path, synthetic_source: Path) -> None:
     xml = synthetic_source / TRAIN_DIR / "Annotations" / "TCGA-A7-0001-01Z.xml"
     xml.write_text(

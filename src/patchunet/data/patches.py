@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchunet.errors import DataError
+from patchunet.errors import ConfigError, DataError
 
 INDEX_FIELDS = ("patch", "image_id", "copy", "y", "x")
 
@@ -37,6 +37,30 @@ def tile_starts(length: int, size: int, stride: int) -> list[int]:
 def tile_grid(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
     """(y, x) top-left corners of the patches covering an image of `shape` (H, W)."""
     return [(y, x) for y in tile_starts(shape[0], size, stride) for x in tile_starts(shape[1], size, stride)]
+
+
+def patch_count(shape: tuple[int, int], size: int, stride: int) -> int:
+    """How many patches `tile_grid` cuts out of an image of `shape` (H, W)."""
+    return len(tile_starts(shape[0], size, stride)) * len(tile_starts(shape[1], size, stride))
+
+
+PATCH_PIXEL_BYTES = 3 + 2
+"""Bytes per pixel of a saved patch: RGB uint8 and uint16 labels (uint32 only past 65,535 nuclei)."""
+
+
+def check_room(count: int, size: int, copies: int, *, memory: int, disk: int) -> int:
+    """The bytes of `count` patches of `size` px; ConfigError naming augment.copies (their usual
+    cause) when `memory` bytes cannot hold them twice (`PatchSet.from_images` concatenates its
+    lists) or `disk` bytes cannot hold them once."""
+    needed = count * size**2 * PATCH_PIXEL_BYTES
+    if 2 * needed > memory or needed > disk:
+        room = "memory" if 2 * needed > memory else "disk"
+        raise ConfigError(
+            "augment.copies",
+            f"{copies} copies of each train image make about {count} patches of {size} px, "
+            f"{needed / 1e9:.1f} GB: more than the {room} free here holds; lower augment.copies or patch.size",
+        )
+    return needed
 
 
 def extract_patches(array: np.ndarray, grid: list[tuple[int, int]], size: int) -> np.ndarray:
