@@ -22,7 +22,9 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
+import logging
 import math
 import shutil
 import sys
@@ -89,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from patchunet.inference.scale import parse_mpp
 
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # zarr's pending reads, when a slide is refused
     given_mpp = parse_mpp(args.mpp, "--mpp") if args.mpp is not None else None
 
     from patchunet import tracking
@@ -134,9 +137,15 @@ def run(args: argparse.Namespace) -> None:
 
 def slide_scale(slide: Slide, given_mpp: float | None) -> tuple[float, str]:
     """µm per level-0 pixel and where it comes from: "--mpp", else "slide"; refused without either."""
-    from patchunet.errors import DataError
+    from patchunet.errors import DataError, PatchUNetError
+    from patchunet.inference.scale import PLAUSIBLE_MPP
 
     if given_mpp is not None:
+        if not PLAUSIBLE_MPP[0] <= given_mpp <= PLAUSIBLE_MPP[1]:
+            raise PatchUNetError(
+                f"--mpp {given_mpp:g}: not a microscope's scale; µm per level-0 pixel lies between "
+                f"{PLAUSIBLE_MPP[0]:g} and {PLAUSIBLE_MPP[1]:g} (40x is about 0.25)"
+            )
         return given_mpp, "--mpp"
     if slide.mpp is None:
         raise DataError(slide.path, "records no scale (µm per pixel): pass --mpp (40x is about 0.25)")
@@ -157,7 +166,6 @@ def segment_slide(
     its summary row."""
     from tqdm import tqdm
 
-    from patchunet.inference.scale import check_scale
     from patchunet.inference.slides import level_for_scale, thumbnail
     from patchunet.inference.stitching import tile_grid
     from patchunet.inference.tissue import tissue_mask
@@ -166,14 +174,14 @@ def segment_slide(
     model_mpp = network.cfg.microns_per_pixel
     level = level_for_scale(slide, mpp, model_mpp)
     level_mpp = mpp * slide.level_downsamples[level]
-    check_scale((slide_cfg.tile_size, slide_cfg.tile_size), level_mpp, model_mpp, str(slide.path))
+    check_tile_scale(slide.path, slide_cfg.tile_size, level_mpp, model_mpp)
     width, height = slide.level_dimensions[level]
     picture, picture_scale = thumbnail(slide, slide_cfg.thumbnail_max_side)
     tissue = tissue_mask(picture, slide_cfg.tissue_saturation)
     tiles = tile_grid(width, height, slide_cfg.tile_size)
     scale = slide.level_downsamples[level] / picture_scale  # thumbnail pixels per level pixel
     tissue_tiles = [tile for tile in tiles if has_tissue(tissue, tile, scale)]
-    plan = {**identity, "slide": str(slide.path.resolve()), "bytes": slide.path.stat().st_size, "level": level}
+    plan = {**identity, "slide": str(slide.path.resolve()), "sha256": file_sha256(slide.path), "level": level}
     plan["mpp"] = mpp
     store = TileStore(out / f"{slide.path.stem}{TILES_SUFFIX}", plan)
     finished = sum(store.has(tile.row, tile.col) for tile in tissue_tiles)
@@ -207,6 +215,31 @@ def segment_slide(
         "seconds": round(seconds, 1),
         "tissue_megapixels_per_second": round(tissue_mp / seconds, 3),
     }
+
+
+def check_tile_scale(path: Path, tile_size: int, level_mpp: float, model_mpp: float) -> None:
+    """Refuse in one line a level too far from the model's scale, or one at which a tile, resampled
+    to the model's scale, exceeds MAX_IMAGE_PIXELS: the fix there is a smaller slide.tile_size."""
+    from patchunet.data.images import MAX_IMAGE_PIXELS
+    from patchunet.errors import PatchUNetError
+    from patchunet.inference.scale import check_scale, resampled_shape
+
+    check_scale((1, 1), level_mpp, model_mpp, str(path))
+    height, width = resampled_shape((tile_size, tile_size), level_mpp, model_mpp)
+    if height * width > MAX_IMAGE_PIXELS:
+        largest = math.floor(math.sqrt(MAX_IMAGE_PIXELS) * model_mpp / level_mpp)
+        raise PatchUNetError(
+            f"{path}: at {level_mpp:g} µm/px a {tile_size} px tile becomes {width}x{height} px at the model's "
+            f"{model_mpp:g} µm/px, over {MAX_IMAGE_PIXELS / 1e6:g} megapixels; set params.yaml slide.tile_size "
+            f"to {largest} or less"
+        )
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in streaming chunks: what identifies a slide to resume,
+    whatever its name, size or time (a few seconds for a gigabyte)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def has_tissue(tissue: np.ndarray, tile: Tile, scale: float) -> bool:
@@ -280,6 +313,10 @@ class TileStore:
         folder.mkdir(parents=True, exist_ok=True)
         if not plan_path.is_file():
             write_json(plan_path, plan)
+        for path in sorted(folder.glob("[0-9]*_[0-9]*.json")):
+            if not isinstance(_read_tile(path), dict):
+                print(f"{path}: damaged (not a finished tile's JSON); the tile is redone", file=sys.stderr)
+                path.unlink()
 
     def path(self, row: int, col: int) -> Path:
         return self.folder / f"{row:04d}_{col:04d}.json"
@@ -311,6 +348,12 @@ class TileStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder)
+
+
+def _read_tile(path: Path) -> dict | None:
+    """A finished tile's file, or None where it is not one (truncated, damaged, another's)."""
+    done = _read_plan(path)
+    return done if isinstance(done, dict) and {"features", "report"} <= done.keys() else None
 
 
 def _read_plan(path: Path) -> Any:

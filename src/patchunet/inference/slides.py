@@ -7,8 +7,12 @@ asked for, as tiffslide's `level_dimensions`; level 0 is the full resolution.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +25,9 @@ from patchunet.inference.scale import PLAUSIBLE_MPP, RECORDED_SCALE_TOLERANCE
 if TYPE_CHECKING:
     from tiffslide import TiffSlide
 
+LIBRARY_LOGGERS = ("tifffile", "tiffslide", "zarr", "asyncio", "imagecodecs")
+"""Loggers whose warnings about a broken file (tifffile's "shaped series raised ...", zarr's
+"Task was destroyed") would bury the one line that names the file and the problem."""
 THUMBNAIL_CHUNK = 512
 """Thumbnail pixels read per chunk where the smallest level is too large to read whole."""
 
@@ -48,22 +55,68 @@ class Slide:
 
 
 def open_slide(path: Path) -> Slide:
-    """Open a slide, refusing in one line a missing file or one tiffslide does not read."""
+    """Open a slide, refusing in one line a missing file, one tiffslide does not read, and pixels
+    that are not 8-bit RGB (16-bit, float, grayscale), as `patchunet predict` refuses them."""
     import tiffslide
 
     if not path.is_file():
         raise DataError(path, "no such slide file")
     try:
-        handle = tiffslide.TiffSlide(path)
-        dimensions = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
-        downsamples = tuple(float(d) for d in handle.level_downsamples)
-        mpp = handle.properties.get("tiffslide.mpp-x")
+        with quiet_libraries():
+            handle = tiffslide.TiffSlide(path)
+            dimensions = tuple((int(w), int(h)) for w, h in handle.level_dimensions)
+            downsamples = tuple(float(d) for d in handle.level_downsamples)
+            mpp = handle.properties.get("tiffslide.mpp-x")
+            corner = np.asarray(handle.read_region((0, 0), len(dimensions) - 1, (1, 1), as_array=True))
     except Exception as exc:  # tifffile, zarr and imagecodecs raise many kinds; all mean "not readable"
         raise DataError(
             path, f"not a slide tiffslide reads (SVS, NDPI, pyramidal TIFF): {first_line(exc) or type(exc).__name__}"
         ) from None
-    plausible = mpp is not None and PLAUSIBLE_MPP[0] <= float(mpp) <= PLAUSIBLE_MPP[1]
-    return Slide(path, handle, dimensions, downsamples, float(mpp) if plausible else None)
+    slide = Slide(path, handle, dimensions, downsamples, _plausible_mpp(mpp))
+    try:
+        _check_pixels(path, corner)
+    except DataError:
+        slide.close()
+        raise
+    return slide
+
+
+def _plausible_mpp(recorded: object) -> float | None:
+    """The recorded µm per pixel as a float, or None where it is missing, not a number (an Aperio
+    description's `MPP = abc`) or outside PLAUSIBLE_MPP."""
+    try:
+        mpp = float(recorded)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return mpp if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
+
+
+def _check_pixels(path: Path, pixels: np.ndarray) -> None:
+    """Refuse a slide whose pixels (a region read from it) are not 8-bit RGB or RGBA."""
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    if channels == 1:
+        raise DataError(path, "grayscale slide; expected RGB (H&E)")
+    if channels not in (3, 4):
+        raise DataError(path, f"{channels}-channel slide; expected RGB (H&E)")
+    if pixels.dtype != np.uint8:
+        raise DataError(path, f"{pixels.dtype} pixels; expected 8-bit (uint8) RGB")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence, for a block, the warnings and log lines tifffile, zarr and asyncio emit about a
+    broken file: the error raised names the file and the problem in one line."""
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def read_region(slide: Slide, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
@@ -71,17 +124,15 @@ def read_region(slide: Slide, level: int, x: int, y: int, width: int, height: in
     line naming the slide, level and place where its tiles cannot be decoded."""
     scale = slide.level_downsamples[level]
     try:
-        region = slide.handle.read_region(
-            (round(x * scale), round(y * scale)), level, (width, height), as_array=True, padding=True
-        )
+        with quiet_libraries():
+            region = slide.handle.read_region(
+                (round(x * scale), round(y * scale)), level, (width, height), as_array=True, padding=True
+            )
     except Exception as exc:  # a corrupt tile surfaces as a codec, zarr or tifffile error
         raise DataError(
             slide.path, f"level {level} is unreadable at x={x}, y={y}: {first_line(exc) or type(exc).__name__}"
         ) from None
-    region = np.asarray(region)
-    if region.ndim == 2:
-        region = np.repeat(region[..., None], 3, axis=2)
-    return np.ascontiguousarray(region[..., :3], dtype=np.uint8)
+    return np.ascontiguousarray(np.asarray(region)[..., :3])  # open_slide refused all but uint8 RGB(A)
 
 
 def level_for_scale(slide: Slide, slide_mpp: float, model_mpp: float) -> int:
