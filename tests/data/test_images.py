@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from conftest import write_rgb_tiff
 
-from patchunet.data.images import read_label_image, read_rgb_image
+from patchunet.data.images import read_label_image, read_rgb_bytes, read_rgb_image
 from patchunet.errors import DataError
 
 
@@ -191,3 +191,13 @@ def test_a_multi_page_tiff_is_named_as_pages_not_as_channels(tmp_path: Path) -> 
     with pytest.raises(DataError, match=r"two\.tif: a TIFF of 2 pages .*expected a single image") as error:
         read_rgb_image(path)
     assert "channel" not in str(error.value)
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"II*\x00junk"])
+def test_bytes_that_are_no_image_are_named_by_the_senders_name_not_a_temporary_path(content: bytes) -> None:
+    with pytest.raises(DataError) as caught:
+        read_rgb_bytes(content, "upload.png")
+    message = str(caught.value)
+    assert message.startswith("upload.png")
+    assert "patchunet-image-" not in message and "/tmp" not in message
+    assert "\n" not in message

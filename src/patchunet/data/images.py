@@ -65,8 +65,8 @@ def read_rgb_bytes(content: bytes, name: str, *, max_side: int | None = None) ->
         path.write_bytes(content)
         try:
             return read_rgb_image(path, max_side=max_side)
-        except DataError as exc:
-            raise DataError(name, exc.problem) from None
+        except DataError as exc:  # a library's own message may quote the temporary path: it is not the sender's
+            raise DataError(name, exc.problem.replace(str(path), name)) from None
 
 
 MAX_LABEL_ID = int(np.iinfo(np.uint32).max)
