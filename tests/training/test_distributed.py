@@ -257,3 +257,45 @@ def test_resume_under_ddp_goes_on_as_if_never_stopped(tmp_path: Path) -> None:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_patchunet_train_nproc_by_its_pid_leaves_no_rank_alive(tmp_path: Path, signum: int) -> None:
+    """`patchunet train --nproc 2` becomes torchrun (exec); its ranks stop with it, even when it is
+    killed outright (each rank asked for SIGTERM when its parent dies)."""
+    import psutil
+
+    project, uri = make_ddp_project(tmp_path / "project", epochs=500)
+    update_params(project, train={"early_stopping_patience": 500})
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "patchunet", "train", "--nproc", "2"],
+        cwd=project,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.PIPE,
+        stderr=(project / "stage.err").open("w"),
+        text=True,
+        start_new_session=True,
+    )
+    processes = []
+    try:
+        for line in launcher.stdout:
+            if line.startswith("epoch   1/"):
+                break
+        processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
+        assert "patchunet.training.launch" in " ".join(processes[0].cmdline()) and len(processes) >= 3
+        os.kill(launcher.pid, signum)
+        # seconds: without a death signal the ranks of a SIGKILLed torchrun linger past a minute
+        _, alive = psutil.wait_procs(processes, timeout=45)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        for process in processes:  # whatever the outcome, stop what this test started
+            if process.is_running():
+                process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=60)
+        launcher.stdout.close()
+    if signum == signal.SIGTERM:
+        assert (project / "stage.err").read_text().splitlines()[-1] == "interrupted"
+        [run] = mlflow_client(uri).search_runs([mlflow_client(uri).get_experiment_by_name("patchunet").experiment_id])
+        assert run.info.status == "KILLED"

@@ -3,7 +3,9 @@
 `python -m torch.distributed.run` follows a rank's own one-line error with its agent's traceback
 and failure table; this runs the same launcher (`torch.distributed.run.run`) and exits 1 instead,
 so the rank's line is what the user reads; a rank that crashed (a signal, an exit status other
-than a user error's 1) gets one line naming it.
+than a user error's 1) gets one line naming it. SIGTERM or Ctrl-C to this launcher stops every rank
+(torchrun sends them the signal: rank 0 ends its MLflow run KILLED) and ends it as `interrupted`, as
+the single-process stage ends; a rank whose launcher is killed outright stops too (pipelines/train.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -31,6 +34,9 @@ def main(argv: list[str]) -> int:
                 reason = f"rank {rank} failed with exit code {failure.exitcode}"
                 print(f"train: {reason}; see its output above", file=sys.stderr)
         return 1
+    except (SignalException, KeyboardInterrupt):  # torchrun has stopped the ranks with the same signal
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
