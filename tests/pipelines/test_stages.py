@@ -111,6 +111,8 @@ def test_patch_size_larger_than_the_image_is_one_line(small_project: Path, synth
     ("section", "values", "message"),
     [
         ("patch", {"stride": 0}, "patch.stride: Input should be greater than 0, got 0"),
+        ("patch", {"size": 100, "stride": 100}, "patch.size: 100 must be a multiple of 16 (2**model.depth)"),
+        ("augment", {"copies": 1_000_000_000}, "augment.copies: Input should be less than or equal to 100"),
         ("augment", {"copies": -1}, "augment.copies"),
         ("augment", {"rotate_limit": float("nan")}, "augment.rotate_limit: Input should be a finite number, got nan"),
     ],
