@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -349,6 +350,19 @@ def truncated(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
 
 
+def inflated(path: Path) -> None:
+    """A tiled TIFF whose width and length tags were patched to 200000 px: 16 tiles of data where
+    611,524 are declared (reading it used to pad missing tiles for hours, with zarr's log noise)."""
+    tiled(path, glass(1024, 1024))
+    data = bytearray(path.read_bytes())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", data, entry)[0] in (256, 257):  # ImageWidth, ImageLength
+            struct.pack_into("<HII", data, entry + 2, 4, 1, 200_000)  # LONG, count 1
+    path.write_bytes(bytes(data))
+
+
 APERIO = "Aperio Image Library v12.0.15\n1200x1200 (256x256) RGB|AppMag = 40|MPP = abc"
 
 
@@ -375,6 +389,7 @@ APERIO = "Aperio Image Library v12.0.15\n1200x1200 (256x256) RGB|AppMag = 40|MPP
         ),
         (truncated, (), "is unreadable at x="),
         (lambda p: p.write_bytes(b"II*\x00" + np.random.default_rng(0).bytes(5000)), (), "not a slide tiffslide reads"),
+        (inflated, (), "level 0 declares 200000x200000 px in 611,524 tiles but the file holds 16"),
     ],
     ids=[
         "corrupt",
@@ -389,6 +404,7 @@ APERIO = "Aperio Image Library v12.0.15\n1200x1200 (256x256) RGB|AppMag = 40|MPP
         "tiny-mpp",
         "truncated",
         "garbage",
+        "200000-px-tags",
     ],
 )
 def test_a_bad_slide_gets_one_line_naming_it(model, tmp_path: Path, make, args, message) -> None:

@@ -74,6 +74,7 @@ def open_slide(path: Path) -> Slide:
         ) from None
     slide = Slide(path, handle, dimensions, downsamples, _plausible_mpp(mpp))
     try:
+        _check_tiles(path, handle)
         _check_pixels(path, corner)
     except DataError:
         slide.close()
@@ -89,6 +90,22 @@ def _plausible_mpp(recorded: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return mpp if PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
+
+
+def _check_tiles(path: Path, handle: TiffSlide) -> None:
+    """Refuse a tiled level that declares more tiles than the file holds (its size tags altered or
+    the file cut short): reading it would pad the missing tiles for hours instead of failing."""
+    for series in handle.ts_tifffile.series[:1]:  # the series tiffslide reads
+        for level, page in enumerate(series.levels):
+            page = page.keyframe
+            declared, held = math.prod(page.chunked), len(page.dataoffsets)
+            if page.is_tiled and held < declared:
+                height, width = page.imagelength, page.imagewidth
+                raise DataError(
+                    path,
+                    f"level {level} declares {width}x{height} px in {declared:,} tiles but the file holds "
+                    f"{held:,}: a damaged or altered file",
+                )
 
 
 def _check_pixels(path: Path, pixels: np.ndarray) -> None:
