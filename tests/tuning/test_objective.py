@@ -38,3 +38,22 @@ def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: 
     assert len(children) == 2
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [0]
+
+
+def test_a_trial_whose_loss_diverges_is_pruned_and_the_study_goes_on(tmp_path: Path) -> None:
+    """A learning rate the search tries may explode the loss: that trial has no score, and the
+    worker goes on to the next instead of ending the study."""
+    space = {"train.lr": {"low": 1e5, "high": 1e6, "log": True}, "patch.size": {"choices": [16]}}
+    project = make_tune_project(tmp_path / "project", space=space)
+    params = load_params(project / "params.yaml")
+    cfg = parse_section(TuneConfig, params, "tune")
+    tracking.connect(f"sqlite:///{project / 'mlflow.db'}")
+    study = optuna.create_study(storage=f"sqlite:///{project / 'optuna.db'}", direction="maximize")
+    with tracking.run(cfg.experiment) as parent:
+        pass
+    split = json.loads((project / "data/interim/split.json").read_text())
+    cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
+    objective = Objective(params, cfg, cache, parent.run_id)
+    run_worker(study, objective, n_trials=2, lock=lambda: exclusive_lock(str(tmp_path)), heartbeat=True)
+
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2

@@ -27,7 +27,7 @@ from patchunet.data.patches import PatchSet
 from patchunet.tracking import names
 from patchunet.training.builder import Training, build_training
 from patchunet.training.devices import pick_device
-from patchunet.training.loop import EpochResult, fit
+from patchunet.training.loop import EpochResult, LossDiverged, fit
 from patchunet.tuning.space import apply_overrides, suggest
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class Objective:
 
 
 def train(trial: optuna.Trial, training: Training, train_cfg: TrainConfig) -> float | None:
-    """The best val Dice of the trial's epochs, logged to the active run; None when it was pruned."""
+    """The best val Dice of the trial's epochs, logged to the active run; None when it was pruned
+    or its loss diverged (no score: it is pruned, and the workers go on to the next trial)."""
     callbacks = [training.log_epoch, lambda epoch: report(trial, epoch)]
     with tempfile.TemporaryDirectory(prefix="patchunet-trial-") as checkpoints:
         try:
@@ -111,6 +112,9 @@ def train(trial: optuna.Trial, training: Training, train_cfg: TrainConfig) -> fl
                 callbacks=callbacks,
             )
         except optuna.TrialPruned:
+            return None
+        except LossDiverged as exc:  # a learning rate the search may try: its trial ends, the study goes on
+            log.info(f"trial {trial.number}: {exc}")
             return None
     tracking.log_metrics({names.OBJECTIVE: result.best.val_dice})
     return result.best.val_dice
