@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 from conftest import REPO_ROOT, free_port, wait_for_http
 
@@ -113,19 +114,21 @@ def test_train_with_several_processes_runs_under_torchrun_and_with_one_as_before
     assert train_command(script, 2, ["--resume"]) == [*launcher, str(script), "--resume"]
 
 
-def test_dashboard_port_outside_the_range_is_one_line() -> None:
-    """--port 70000 printed a 52-line Streamlit traceback."""
+@pytest.mark.parametrize("command", ["dashboard", "serve"])
+def test_a_port_outside_the_range_is_one_line(command: str) -> None:
+    """`dashboard --port 70000` printed a 52-line Streamlit traceback."""
     for port in ("70000", "0"):
-        result = run_cli("dashboard", "--port", port, cwd=REPO_ROOT)
+        result = run_cli(command, "--port", port, cwd=REPO_ROOT)
         assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
         assert f"error: --port {port}: a port must be from 1 to 65535" in result.stderr
 
 
-def test_dashboard_port_in_use_is_one_line() -> None:
+@pytest.mark.parametrize("command", ["dashboard", "serve"])
+def test_a_port_in_use_is_one_line(command: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("dashboard", "--port", str(port), cwd=REPO_ROOT)
+        result = run_cli(command, "--port", str(port), cwd=REPO_ROOT)
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
     assert f"error: --port {port}: cannot serve on 127.0.0.1:{port} (Address already in use)" in result.stderr

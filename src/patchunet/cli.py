@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         from patchunet.tracking.scoring import serve
 
-        run_stage(lambda: serve(args.model, args.host, args.port))
+        run_stage(lambda: check_port(args.port, args.host) or serve(args.model, args.host, args.port))
         return
     root = _project_root_or_exit()
     if args.command == "stack":
