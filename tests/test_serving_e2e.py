@@ -103,3 +103,17 @@ def test_a_bad_request_gets_a_400_with_its_reason_and_the_server_stays_up(served
     assert reason in answer.json()["message"].splitlines()[-1]
     small = base64.b64encode(imagecodecs.png_encode(np.full((40, 40, 3), 200, np.uint8))).decode()
     assert invoke(url, [small]).status_code == 200  # still serving
+
+
+def test_the_registered_models_own_serving_example_gets_nuclei(served) -> None:
+    """`register` logs an input example: MLflow's own serving example of it must be a request the
+    served model answers (it was refused: "expected a table with an 'image' column")."""
+    import mlflow.artifacts
+
+    _, uri, url = served
+    mlflow.set_tracking_uri(uri)
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/patchunet@champion"))
+    example = (folder / "serving_input_example.json").read_text()
+    answer = requests.post(url, data=example, headers={"Content-Type": "application/json"}, timeout=300)
+    assert answer.status_code == 200, answer.text
+    assert all(isinstance(prediction["nuclei"], list) for prediction in answer.json()["predictions"])
