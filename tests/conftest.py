@@ -445,3 +445,23 @@ def team_stack() -> Iterator:
         pytest.skip(str(exc))
     with stack.running() as running:
         yield running
+
+
+def wait_gone(processes: list, timeout: float) -> list:
+    """The `psutil.Process`es still running after up to `timeout` s, reaping this process's own
+    children (their `returncode` set). A zombie counts as gone: it runs nothing, and whether an init
+    reaps orphans is the machine's business, not the code under test's."""
+    import psutil
+
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while True:
+        _, alive = psutil.wait_procs(processes, timeout=0.5)
+        processes = [process for process in alive if running(process)]
+        if not processes or time.monotonic() > deadline:
+            return processes

@@ -7,7 +7,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import REPO_ROOT, free_port, wait_for_http
+from conftest import REPO_ROOT, free_port, wait_for_http, wait_gone
 
 from patchunet.cli import STAGES, build_parser, dashboard_command, train_command
 
@@ -90,7 +90,7 @@ def test_stopping_the_dashboard_stops_its_streamlit_server(tmp_path: Path) -> No
         wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", server, log)
         processes += processes[0].children(recursive=True)
         server.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(processes, timeout=10)
+        alive = wait_gone(processes, timeout=10)
         assert not alive, [p.cmdline() for p in alive]
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more

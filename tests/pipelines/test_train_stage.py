@@ -24,6 +24,7 @@ from conftest import (
     train_in,
     update_params,
     wait_for_http,
+    wait_gone,
 )
 from conftest import mlflow_client as client
 
@@ -281,7 +282,7 @@ def test_stopping_patchunet_train_by_its_pid_leaves_no_trainer_alive(train_proje
         processes = [trainer, *trainer.children(recursive=True)]
         try:
             os.kill(stage.pid, signum)
-            _, alive = psutil.wait_procs(processes, timeout=120)  # reaps the trainer: its status is in `trainer`
+            alive = wait_gone(processes, timeout=120)  # reaps the trainer: its status is in `trainer`
             assert not alive, [p.cmdline() for p in alive]
         finally:
             for process in processes:  # whatever the outcome, stop what this test started

@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 import torch
-from conftest import REPO_ROOT, disc_patches
+from conftest import REPO_ROOT, disc_patches, wait_gone
 
 from patchunet.config import TrainConfig, load_params, parse_section
 from patchunet.data.dataset import PatchDataset
@@ -70,28 +70,42 @@ def test_more_loader_workers_than_cpus_are_capped_in_one_line(caplog: pytest.Log
     assert caplog.messages == [line]
 
 
-def test_loader_workers_die_with_the_process_that_made_them() -> None:
+WORKER_SCRIPT = """
+import multiprocessing, os, sys, time, torch
+from torch.utils.data import DataLoader
+from patchunet.training.builder import worker_settings
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        time.sleep(60 if i else 0)  # busy when its parent dies
+        return os.getpid()
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    for worker_pid in DataLoader(Slow(), batch_size=None, **worker_settings(1)):
+        print(worker_pid, flush=True)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])  # forkserver: Python 3.14's default
+def test_loader_workers_die_with_the_process_that_made_them(tmp_path, start_method: str) -> None:
     """A worker asks the kernel for SIGKILL when its parent dies (the trainer killed by SIGKILL would
-    otherwise leave it running, holding the checkout's training lock)."""
-    code = (
-        "import os, sys, time, torch\n"
-        "from torch.utils.data import DataLoader\n"
-        "from patchunet.training.builder import worker_settings\n"
-        "class Slow(torch.utils.data.Dataset):\n"
-        "    def __len__(self): return 1000\n"
-        "    def __getitem__(self, i): time.sleep(60 if i else 0); return i\n"  # busy when its parent dies
-        "loader = DataLoader(Slow(), **worker_settings(1))\n"
-        "for i in loader:\n"
-        "    print(os.getpid(), flush=True)\n"
-    )
-    trainer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    otherwise leave it running, holding the checkout's training lock). Under forkserver the
+    worker's parent is the fork server, which ends with the trainer."""
+    script = tmp_path / "loader.py"
+    script.write_text(WORKER_SCRIPT)
+    trainer = subprocess.Popen([sys.executable, str(script), start_method], stdout=subprocess.PIPE, text=True)
     workers = []
     try:
-        trainer.stdout.readline()
-        [worker] = workers = psutil.Process(trainer.pid).children()
+        worker = psutil.Process(int(trainer.stdout.readline()))
+        workers = [worker, *psutil.Process(trainer.pid).children(recursive=True)]
         trainer.kill()
         trainer.wait(timeout=30)
-        worker.wait(timeout=3)  # psutil.TimeoutExpired if it lives on (torch's own watchdog takes 5 s or more)
+        # torch's own watchdog takes 5 s or more, and only between items
+        assert not wait_gone([worker], timeout=3), f"the {start_method} worker outlived its trainer"
     finally:
         for process in workers:  # whatever the outcome, stop what this test started
             if process.is_running():

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import REPO_ROOT, disc_patches, free_port, make_train_project, mlflow_client, update_params
+from conftest import (
+    REPO_ROOT,
+    disc_patches,
+    free_port,
+    make_train_project,
+    mlflow_client,
+    update_params,
+    wait_gone,
+)
 
 from patchunet.config import AugmentConfig, ModelConfig, TrainConfig, load_params, parse_section
 from patchunet.data.patches import PatchSet
@@ -285,7 +293,7 @@ def test_stopping_patchunet_train_nproc_by_its_pid_leaves_no_rank_alive(tmp_path
         assert "patchunet.training.launch" in " ".join(processes[0].cmdline()) and len(processes) >= 3
         os.kill(launcher.pid, signum)
         # seconds: without a death signal the ranks of a SIGKILLed torchrun linger past a minute
-        _, alive = psutil.wait_procs(processes, timeout=45)
+        alive = wait_gone(processes, timeout=45)
         assert not alive, [p.cmdline() for p in alive]
     finally:
         for process in processes:  # whatever the outcome, stop what this test started

@@ -222,3 +222,14 @@ def test_a_resumed_run_judges_divergence_against_the_same_untrained_loss(tmp_pat
     assert initial > 0
     train(tiny_model(), *datasets(), TINY_TRAIN, tmp_path, resume=True)
     assert load_checkpoint(tmp_path / LAST_CHECKPOINT)["initial_val_loss"] == initial
+
+
+def test_measuring_the_untrained_loss_leaves_the_trained_weights_unchanged(tmp_path: Path, monkeypatch) -> None:
+    """Starting the val loader draws a seed from the global RNG: unforked, that shifted every
+    dropout mask after it, and `dvc repro train` trained another model than before the check."""
+    measured = train(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path / "measured")
+    monkeypatch.setattr(patchunet.training.loop, "untrained_loss", lambda *args: 1.0)
+    unmeasured = train(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, epochs=1), tmp_path / "unmeasured")
+    assert [r.train_loss for r in measured.history] == [r.train_loss for r in unmeasured.history]
+    for name, tensor in load_checkpoint(tmp_path / "measured" / LAST_CHECKPOINT)["model"].items():
+        assert torch.equal(tensor, load_checkpoint(tmp_path / "unmeasured" / LAST_CHECKPOINT)["model"][name]), name

@@ -239,8 +239,8 @@ def fit(
         state = load_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
         check_processes(checkpoint_dir / LAST_CHECKPOINT, state, ranks.world_size)
         loop.restore(model, state, ranks)
-    else:  # eval mode, no gradient, no random draw: the training that follows is unchanged
-        loop.initial_loss, _ = evaluate(model, val_loader, cfg, device, val_loader.dataset.head, ranks)
+    else:
+        loop.initial_loss = untrained_loss(model, val_loader, cfg, device, ranks)
     trained = ranks.wrap(model)
     wrap = progress or (lambda batches, total, description: batches)
 
@@ -332,6 +332,19 @@ def training_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
     return head_loss(
         logits, targets, head, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, head_weight=cfg.head_weight
     )
+
+
+def untrained_loss(
+    model: torch.nn.Module, val_loader: DataLoader, cfg: TrainConfig, device: torch.device, ranks: Ranks
+) -> float:
+    """The val loss of `model` before training: the reference `check_convergence` judges against.
+
+    Measured on a fork of the global RNG: starting a loader draws its base seed from that RNG
+    (when it has no generator of its own), and training must draw the dropout masks it would
+    draw without this measurement, so that the trained weights stay the same."""
+    with torch.random.fork_rng(devices=[]):
+        loss, _ = evaluate(model, val_loader, cfg, device, val_loader.dataset.head, ranks)
+    return loss
 
 
 def check_convergence(epoch: EpochResult, initial_loss: float | None, cfg: TrainConfig) -> None:
