@@ -362,19 +362,32 @@ def test_a_polygon_whose_outline_crosses_itself_is_skipped_and_counted() -> None
     assert labels[:7, :7].max() == 0 and (labels[7:9, 7:9] == 1).all()
 
 
+PINCHED = [[0, 0], [2, 2], [4, 0], [4, 4], [2, 2], [0, 4]]
+"""Two lobes that touch at (2, 2), the outline passing through it twice without crossing."""
+
+
+def test_a_polygon_whose_outline_only_touches_itself_is_filled() -> None:
+    labels, report = rasterize_geojson([polygon_feature(PINCHED)], (6, 6))
+    assert (report.self_intersecting, report.nuclei) == (0, 1)
+    assert np.count_nonzero(labels) == 12  # two lobes of 6 pixel centres each
+
+
 @pytest.mark.parametrize(
     ("ring", "crosses"),
     [
         (BOW_TIE, True),
-        ([[0, 0], [4, 0], [4, 4], [2, 0], [0, 4]], True),  # a vertex on another edge: touches
-        ([[0, 0], [2, 2], [4, 0], [4, 4], [2, 2], [0, 4]], True),  # through one point twice
+        ([[0, 0], [2, 0], [4, 4], [6, 4], [6, 0], [4, 0], [2, 4], [0, 4]], True),  # edges cross at (3, 2)
+        ([[0, 0], [4, 0], [4, 4], [2, 0], [0, 4]], False),  # a vertex on another edge: touches
+        (PINCHED, False),  # through one point twice, touching
+        ([[0, 0], [6, 0], [6, 2], [4, 0], [2, 0], [0, 2]], False),  # runs back along [2, 4]: no area
+        ([[0, 0], [2, 2], [4, 4], [4, 0], [2, 2], [0, 4]], False),  # strokes cross at a shared vertex
         ([[0, 0], [4, 0], [4, 4], [0, 4]], False),
         ([[0, 0], [4, 0], [4, 0], [4, 4], [0, 4]], False),  # a repeated vertex adds no edge
         ([[0, 0], [4, 0], [2, 1], [4, 4], [0, 4]], False),  # concave
         ([[0, 0], [3, 0], [0, 3]], False),
     ],
 )
-def test_ring_crosses_itself_tells_figure_eights_from_simple_rings(ring: list, crosses: bool) -> None:
+def test_ring_crosses_itself_flags_crossings_between_vertices_only(ring: list, crosses: bool) -> None:
     assert ring_crosses_itself(np.array(ring, np.float64)) is crosses
 
 

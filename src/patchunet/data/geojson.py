@@ -154,8 +154,9 @@ class GeoJSONReport(RasterReport):
     skipped: int
     """Features with another geometry (a point, a line) or none: nothing to fill, left out."""
     self_intersecting: int
-    """Features with a ring that crosses or touches itself (a figure eight): left out, as no rule
-    tells one nucleus in two lobes from two nuclei traced in one stroke."""
+    """Features with a ring whose edges cross (a figure eight, `ring_crosses_itself`): left out, as no
+    rule tells one nucleus in two lobes from two nuclei traced in one stroke. Rings that only touch
+    themselves are filled, not counted here."""
 
 
 def read_geojson_polygons(source: Path | dict | list) -> list[FeatureShape]:
@@ -176,8 +177,8 @@ def rasterize_geojson(
     to a feature when its centre (c + 0.5, r + 0.5) lies inside one of its polygons and outside
     that polygon's holes; whatever lies beyond the image is clipped. As with the XML: ids are 1..N
     over the features with at least one exterior ring of 3 vertices or more (the others are
-    degenerate), in file order, and later features win overlaps. A feature with a ring that crosses
-    or touches itself is left out and counted (`ring_crosses_itself`).
+    degenerate), in file order, and later features win overlaps. A feature with a ring whose edges
+    cross is left out and counted (`ring_crosses_itself`); one that only touches itself is filled.
     """
     features = _read_features(source)
     shapes = [feature for feature in features if feature is not None]
@@ -218,11 +219,17 @@ SEGMENT_BLOCK = 512
 
 
 def ring_crosses_itself(ring: Ring) -> bool:
-    """Whether two edges of a ring that are not neighbours meet: cross, touch or overlap.
+    """Whether two edges of a ring that are not neighbours cross: meet at one point inside both.
 
-    Such a ring (a figure eight, a loop traced twice through one point) is no valid polygon for
-    JTS or QuPath, and filled even-odd it gives lobes that only look like one nucleus.
-    Repeated consecutive vertices are dropped first; they add no edge.
+    Such a ring (a figure eight, one stroke around two nuclei) is no valid polygon for JTS or
+    QuPath, and filled even-odd it gives lobes that only look like one nucleus. A ring that only
+    touches itself is not flagged: a vertex on another edge, or an outline pinched through one
+    point twice (QuPath's brush leaves these), fills the same by even-odd and by winding, so its
+    nucleus is unambiguous. Nor are collinear edges that overlap (an outline that runs back along
+    itself): they enclose no area, so they change no pixel. The other cost of "only crossings
+    between vertices": a figure eight whose two strokes cross exactly at a shared vertex passes too;
+    filled, it is the same two lobes joined at one point as a pinch. Repeated consecutive vertices
+    are dropped first; they add no edge.
     """
     ring = ring[np.any(ring != np.roll(ring, 1, axis=0), axis=1)] if len(ring) > 1 else ring
     count = len(ring)
@@ -234,32 +241,26 @@ def ring_crosses_itself(ring: Ring) -> bool:
         rows = index[first : first + SEGMENT_BLOCK, None]
         gap = (index[None, :] - rows) % count
         compared = (gap > 1) & (gap < count - 1) & (index[None, :] > rows)  # each pair once, no neighbours
-        meet = _segments_meet(starts[rows[:, 0]], ends[rows[:, 0]], starts, ends)
-        if np.any(meet & compared):
+        cross = _segments_cross(starts[rows[:, 0]], ends[rows[:, 0]], starts, ends)
+        if np.any(cross & compared):
             return True
     return False
 
 
-def _segments_meet(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """(n, m) whether segment a[i]b[i] and segment c[j]d[j] share a point; a, b (n, 2), c, d (m, 2)."""
+def _segments_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(n, m) whether segments a[i]b[i] and c[j]d[j] cross properly; a, b (n, 2), c, d (m, 2).
+
+    Proper: c and d lie strictly on opposite sides of ab's line, and a and b of cd's, so the one
+    common point is inside both segments. An end on the other segment, or collinear overlap, is not.
+    """
 
     def orientation(p, q, r):  # the sign of the cross product (q - p) x (r - p)
         (px, py), (qx, qy), (rx, ry) = np.moveaxis(p, -1, 0), np.moveaxis(q, -1, 0), np.moveaxis(r, -1, 0)
         return np.sign((qx - px) * (ry - py) - (qy - py) * (rx - px))
 
-    def within(p, q, r):  # r, collinear with pq, lies in pq's bounding box
-        return np.all((np.minimum(p, q) <= r) & (r <= np.maximum(p, q)), axis=-1)
-
     a, b, c, d = a[:, None, :], b[:, None, :], c[None, :, :], d[None, :, :]
     o1, o2, o3, o4 = orientation(a, b, c), orientation(a, b, d), orientation(c, d, a), orientation(c, d, b)
-    crossing = (o1 * o2 < 0) & (o3 * o4 < 0)
-    touching = (
-        ((o1 == 0) & within(a, b, c))
-        | ((o2 == 0) & within(a, b, d))
-        | ((o3 == 0) & within(c, d, a))
-        | ((o4 == 0) & within(c, d, b))
-    )
-    return crossing | touching
+    return (o1 * o2 < 0) & (o3 * o4 < 0)
 
 
 def _polygon_pixels(rings: PolygonRings, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
