@@ -5,6 +5,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from patchunet.config import (
+    MAX_NUCLEUS_AREA,
+    PLAUSIBLE_MPP,
     AugmentConfig,
     DashboardConfig,
     DataConfig,
@@ -231,7 +233,7 @@ def test_model_microns_per_pixel_is_refused_with_where_it_moved() -> None:
 
 def test_a_bad_data_scale_is_named_as_data_microns_per_pixel() -> None:
     params = {**PARAMS, "data": {**PARAMS["data"], "microns_per_pixel": 0}}
-    with pytest.raises(ConfigError, match=r"data\.microns_per_pixel: Input should be greater than 0"):
+    with pytest.raises(ConfigError, match=r"data\.microns_per_pixel: Input should be greater than or equal to 0.05"):
         parse_section(ModelConfig, params, "model")
 
 
@@ -279,8 +281,28 @@ def test_a_key_given_twice_inside_a_section_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["min_nucleus_area", "max_hole_area", "min_marker_area"])
 def test_an_object_area_no_nucleus_can_reach_is_refused(key: str) -> None:
-    with pytest.raises(ConfigError, match=rf"eval\.{key}: Input should be less than or equal to 20000"):
+    with pytest.raises(ConfigError, match=rf"eval\.{key}: Input should be less than or equal to {MAX_NUCLEUS_AREA}"):
         parse_section(EvalConfig, with_value("eval", key, 10**12), "eval")
+
+
+@pytest.mark.parametrize("key", ["min_nucleus_area", "max_hole_area", "min_marker_area"])
+def test_an_object_area_of_a_large_nucleus_at_a_fine_scale_is_accepted(key: str) -> None:
+    assert parse_section(DataConfig, with_value("data", "microns_per_pixel", 0.1), "data")
+    largest_at_a_tenth_of_a_micron = 119_000  # MoNuSeg's largest nucleus, ~1,190 µm², at 0.1 µm/px
+    config = parse_section(EvalConfig, with_value("eval", key, largest_at_a_tenth_of_a_micron), "eval")
+    assert getattr(config, key) == largest_at_a_tenth_of_a_micron
+
+
+@pytest.mark.parametrize("mpp", [0.01, 50.0])
+def test_a_data_scale_no_microscope_gives_is_refused(mpp: float) -> None:
+    with pytest.raises(ConfigError, match=r"data\.microns_per_pixel: Input should be (greater|less) than or equal"):
+        parse_section(DataConfig, with_value("data", "microns_per_pixel", mpp), "data")
+
+
+def test_the_scales_data_may_declare_are_those_a_slide_may_record() -> None:
+    from patchunet.inference.scale import PLAUSIBLE_MPP as SLIDE_MPP
+
+    assert PLAUSIBLE_MPP == SLIDE_MPP
 
 
 @pytest.mark.parametrize(

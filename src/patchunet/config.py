@@ -43,10 +43,19 @@ MAX_AUGMENT_COPIES = 100
 The patches stage also checks its estimate against the free memory and disk before it starts."""
 MAX_LOADER_WORKERS = 64
 """train.num_workers at most; the loaders also use no more workers than this process has CPUs."""
-MAX_NUCLEUS_AREA = 20_000
-"""Pixels; the largest area eval.min_nucleus_area, max_hole_area and min_marker_area may have. MoNuSeg's
-largest nucleus reaches 78 px from its centroid (pi * 78**2 ~ 19,100 px): a bound above that drops
-or fills every nucleus, and the evaluation would find none without saying why."""
+PLAUSIBLE_MPP = (0.05, 5.0)
+"""The µm per pixel a microscope image can have, and so the scales data.microns_per_pixel may declare.
+The same range as `inference.scale.PLAUSIBLE_MPP`, which tells a TIFF's real resolution from a
+screen default (a test keeps the two equal; config imports nothing above it)."""
+MAX_NUCLEUS_AREA_UM2 = 1_200
+"""µm²; MoNuSeg's largest nucleus is about this big (19,100 px at its 0.25 µm/px)."""
+MAX_NUCLEUS_AREA = math.ceil(MAX_NUCLEUS_AREA_UM2 / PLAUSIBLE_MPP[0] ** 2)
+"""Pixels (480,000); the largest area eval.min_nucleus_area, max_hole_area and min_marker_area may
+have. Those are pixels at data.microns_per_pixel, so the bound is the largest nucleus at the finest
+scale that key accepts: a fixed pixel count would refuse valid values at a fine scale (0.1 µm/px
+puts MoNuSeg's largest nucleus at ~120,000 px). It still refuses a value no nucleus at any scale can
+reach (1e12), whose evaluation would drop or fill every nucleus and find none without saying why; a
+bound above the largest nucleus at the data's own scale is left to that scale's user."""
 ObjectArea = Annotated[int, Field(ge=0, le=MAX_NUCLEUS_AREA)]
 
 _STRICT = ConfigDict(
@@ -96,7 +105,7 @@ class DataConfig:
     the one place it is declared, which the model trains at (`ModelConfig.microns_per_pixel`)."""
 
     source: str | None
-    microns_per_pixel: PositiveFloat
+    microns_per_pixel: Annotated[float, Field(ge=PLAUSIBLE_MPP[0], le=PLAUSIBLE_MPP[1])]
     train_zip_url: str
     train_zip_sha256: str
     test_zip_url: str
