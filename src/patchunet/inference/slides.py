@@ -94,12 +94,25 @@ def _plausible_mpp(recorded: object) -> float | None:
 
 def _check_tiles(path: Path, handle: TiffSlide) -> None:
     """Refuse a tiled level that declares more tiles than the file holds (its size tags altered or
-    the file cut short): reading it would pad the missing tiles for hours instead of failing."""
-    for series in handle.ts_tifffile.series[:1]:  # the series tiffslide reads
+    the file cut short): reading it would pad the missing tiles for hours instead of failing.
+
+    The count is only sound where the tiles are the file's own TileOffsets. An NDPI's are not:
+    tifffile makes virtual tiles of its JPEG, one per restart interval found through the McuStarts
+    tag, so their count follows the JPEG, not the size tags. Such files are not checked. This is
+    tifffile's only virtual tiling (its `TiffPage` with `is_ndpi`); a strip-stored level (NDPI's
+    without McuStarts, any plain TIFF) is not tiled and never checked, and Philips' padded size
+    tags only shrink when tifffile corrects them, so their count is never short.
+    """
+    tif = handle.ts_tifffile
+    if tif.is_ndpi:
+        return
+    for series in tif.series[:1]:  # the series tiffslide reads
         for level, page in enumerate(series.levels):
             page = page.keyframe
+            if not page.is_tiled or page.is_ndpi:
+                continue
             declared, held = math.prod(page.chunked), len(page.dataoffsets)
-            if page.is_tiled and held < declared:
+            if held < declared:
                 height, width = page.imagelength, page.imagewidth
                 raise DataError(
                     path,
