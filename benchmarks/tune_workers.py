@@ -39,7 +39,7 @@ def run_study(team: stack.Stack, workers: int, trials: int, patch_size: int) -> 
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["tune"].update(
             study_name=name,
-            storage=team.database_url("optuna"),
+            storage=team.public_database_url("optuna"),  # the password: PGPASSFILE
             n_trials=trials,
             epochs_per_trial=1,
             pruner="none",
@@ -55,7 +55,7 @@ def run_study(team: stack.Stack, workers: int, trials: int, patch_size: int) -> 
         )  # fmt: skip
         wall = time.perf_counter() - started
         shutil.rmtree(project / "reports", ignore_errors=True)
-    study = optuna.load_study(study_name=name, storage=open_storage(team.database_url("optuna")))
+    study = optuna.load_study(study_name=name, storage=open_storage(team.public_database_url("optuna")))
     return wall, [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials]
 
 
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=128)
     args = parser.parse_args()
     with stack.running() as team:
+        os.environ["PGPASSFILE"] = team.pgpass_file  # PostgreSQL's password, for tune's workers and this process
         rows = {workers: run_study(team, workers, args.trials, args.patch_size) for workers in (1, 2)}
     for workers, (wall, seconds) in rows.items():
         print(

@@ -75,7 +75,10 @@ def main() -> None:
             print("tune: trial 0 runs the params.yaml values, as the untuned baseline")
         parent_run_id = parent_run(study, cfg)
     held = counted_trials(study)
-    print(f"tune: study {cfg.study_name} in {cfg.storage} holds {held} of {cfg.n_trials} trials; {workers} worker(s)")
+    print(
+        f"tune: study {cfg.study_name} in {shown_storage(cfg.storage)} holds {held} of {cfg.n_trials} trials; "
+        f"{workers} worker(s)"
+    )
     if workers == 1:
         run_trials(cfg, params, patch_sets)
     else:
@@ -85,6 +88,20 @@ def main() -> None:
         if any([process.wait() for process in processes]):  # a list: wait for every worker, even after one fails
             raise PatchUNetError("tune: a worker process failed; see its output above")
     summarise(load_study(cfg), cfg, params, parent_run_id)
+
+
+def shown_storage(storage: str) -> str:
+    """`tune.storage` for the console: a database URL with its password as `***`; anything else
+    (a `journal:` file) as it is."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if storage.startswith("journal:"):  # a file, which open_storage reads, not a URL
+        return storage
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL
+        return storage
 
 
 def summarise(study: optuna.Study, cfg: TuneConfig, params: dict, parent_run_id: str) -> None:

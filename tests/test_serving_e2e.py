@@ -107,12 +107,18 @@ def test_a_bad_request_gets_a_400_with_its_reason_and_the_server_stays_up(served
 
 def test_the_registered_models_own_serving_example_gets_nuclei(served) -> None:
     """`register` logs an input example: MLflow's own serving example of it must be a request the
-    served model answers (it was refused: "expected a table with an 'image' column")."""
+    served model answers (it was refused: "expected a table with an 'image' column"). MLflow resolves
+    `models:/` by the global tracking URI alone: set for the download, and put back for later tests."""
     import mlflow.artifacts
 
     _, uri, url = served
+    before = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/patchunet@champion"))
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/patchunet@champion"))
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert (mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None) == before
     example = (folder / "serving_input_example.json").read_text()
     answer = requests.post(url, data=example, headers={"Content-Type": "application/json"}, timeout=300)
     assert answer.status_code == 200, answer.text

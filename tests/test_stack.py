@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -33,7 +35,9 @@ def boto3_credentials(team_stack: stack.Stack) -> dict[str, str]:
     }
 
 
-def test_mlflow_keeps_runs_in_postgresql_and_artifacts_in_s3(team_stack: stack.Stack, tmp_path: Path) -> None:
+def test_mlflow_keeps_runs_in_postgresql_and_artifacts_in_s3(
+    team_stack: stack.Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     client = mlflow_client(team_stack.tracking_uri)
     experiment = client.create_experiment("stack-check")
     run = client.create_run(experiment)
@@ -45,7 +49,8 @@ def test_mlflow_keeps_runs_in_postgresql_and_artifacts_in_s3(team_stack: stack.S
 
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(team_stack.database_url("mlflow"))
+    monkeypatch.setenv("PGPASSFILE", team_stack.pgpass_file)
+    engine = sqlalchemy.create_engine(team_stack.public_database_url("mlflow"))
     with engine.connect() as connection:
         stored = connection.execute(sqlalchemy.text("SELECT run_uuid FROM runs")).scalars().all()
     engine.dispose()
@@ -95,14 +100,31 @@ def test_the_stack_role_is_no_superuser_and_cannot_run_programs(team_stack: stac
         connection.close()
 
 
-def test_the_superuser_cannot_log_in_over_the_network(team_stack: stack.Stack) -> None:
+def test_the_superuser_cannot_log_in_over_the_network_even_with_its_own_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cluster of its own, started in this process: the superuser's password, drawn at start and
+    kept nowhere, is caught as it is drawn."""
     import psycopg2
 
-    for password in (team_stack.password, ""):
-        with pytest.raises(psycopg2.OperationalError, match="password"):
-            psycopg2.connect(
-                host="127.0.0.1", port=team_stack.postgres_port, user=stack.ADMIN, password=password, dbname="postgres"
-            )
+    try:
+        stack.postgres_bin("initdb")
+    except stack.PatchUNetError as exc:
+        pytest.skip(str(exc))
+    draw, drawn = secrets.token_urlsafe, []
+    monkeypatch.setattr(stack.secrets, "token_urlsafe", lambda nbytes=None: drawn.append(draw(nbytes)) or drawn[-1])
+    folder = tempfile.mkdtemp(prefix=stack.FOLDER_PREFIX)
+    cluster = stack.Stack(folder, stack.free_port(), 0, 0, {}, "the-role's-password", stack.unprivileged_user())
+    try:
+        stack.start_postgres(cluster)  # it logs in as the superuser with that password, so it was the real one
+        [admin_password] = drawn
+        for password in (admin_password, cluster.password, ""):
+            with pytest.raises(psycopg2.OperationalError, match="password"):
+                psycopg2.connect(
+                    host="127.0.0.1", port=cluster.postgres_port, user=stack.ADMIN, password=password, dbname="postgres"
+                )
+    finally:
+        stack.stop(cluster)
 
 
 def test_the_password_file_lets_clients_in_without_the_password_in_the_url(team_stack: stack.Stack) -> None:
@@ -169,6 +191,39 @@ def test_a_corrupt_record_and_a_foreign_folder_are_refused_in_one_line(tmp_path:
     with pytest.raises(stack.PatchUNetError, match="not a folder `patchunet stack up` made"):
         stack.stop(stack.Stack(str(mine), 1, 2, 3, {}, "pw"))
     assert mine.is_dir()
+
+
+def test_a_secret_written_over_stays_whole_when_the_write_fails_halfway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`down` needs `.stack/stack.json`: a crash while `up` rewrites it must leave the old record."""
+    record = tmp_path / "stack.json"
+    stack.write_secret(record, "the old record")
+    fdopen = os.fdopen
+
+    class HalfWrite:
+        def __init__(self, fd: int, mode: str) -> None:
+            self.file = fdopen(fd, mode)
+
+        def __enter__(self) -> HalfWrite:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, text: str) -> None:
+            self.file.write(text[: len(text) // 2])
+            self.file.flush()
+            raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as failing:
+        failing.setattr(stack.os, "fdopen", HalfWrite)
+        with pytest.raises(OSError, match="No space left"):
+            stack.write_secret(record, "the new record, which is longer")
+    assert record.read_text() == "the old record"
+    assert list(tmp_path.iterdir()) == [record]  # no temporary file left behind
+    stack.write_secret(record, "the new record")
+    assert record.read_text() == "the new record" and record.stat().st_mode & 0o777 == 0o600
 
 
 def test_without_postgresql_up_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,11 +82,6 @@ class Stack:
     def s3_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
-    def database_url(self, database: str) -> str:
-        """A SQLAlchemy URL holding the password: for this process, or a file only its owner reads;
-        never a command line or the console (`public_database_url` is for those)."""
-        return f"postgresql+psycopg2://{USER}:{self.password}@127.0.0.1:{self.postgres_port}/{database}"
-
     def public_database_url(self, database: str) -> str:
         """A SQLAlchemy URL without the password: libpq reads it from PGPASSFILE (`pgpass_file`)."""
         return f"postgresql+psycopg2://{USER}@127.0.0.1:{self.postgres_port}/{database}"
@@ -249,10 +244,18 @@ def create_role_and_databases(stack: Stack, admin_password: str) -> None:
 
 
 def write_secret(path: Path, text: str) -> None:
-    """Write `text` to `path`, readable and writable by its owner only from the first byte on."""
-    path.unlink(missing_ok=True)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(text)
+    """Write `text` to `path`, readable and writable by its owner only from the first byte on, and
+    atomically: a new file in the same folder, renamed over `path` once written, so that a crash
+    leaves the old file or the new one, never a partial one."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def check_run(command: list[str], what: str, log: Path | None = None, env: dict[str, str] | None = None) -> None:

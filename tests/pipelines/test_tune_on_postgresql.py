@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -22,13 +23,14 @@ from patchunet.tuning.workers import WORKER_ATTR
 pytestmark = pytest.mark.distributed
 
 
-def start_tune(project: Path, tracking_uri: str, log: Path) -> subprocess.Popen:
-    """`patchunet tune` as a teammate's machine runs it: it knows only the repo and the two URLs."""
+def start_tune(project: Path, team_stack, log: Path) -> subprocess.Popen:
+    """`patchunet tune` as a teammate's machine runs it: it knows only the repo, the two URLs and
+    the password file."""
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, str(REPO_ROOT / "pipelines" / "tune.py")],
             cwd=project,
-            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+            env={**os.environ, "MLFLOW_TRACKING_URI": team_stack.tracking_uri, "PGPASSFILE": team_stack.pgpass_file},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -50,9 +52,12 @@ def running_trial_of(study: optuna.Study, pids: set[int], timeout_s: float = 180
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
-def test_a_worker_killed_mid_trial_has_its_trial_retried_and_the_study_ends_exact(team_stack, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_trial_has_its_trial_retried_and_the_study_ends_exact(
+    team_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGPASSFILE", team_stack.pgpass_file)  # for this process's own look at the study
     study_name = f"killed-{uuid.uuid4().hex[:8]}"
-    storage = team_stack.database_url("optuna")
+    storage = team_stack.public_database_url("optuna")  # the password comes from PGPASSFILE
     project = make_tune_project(
         tmp_path / "project",
         study_name=study_name,
@@ -62,7 +67,7 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_and_the_study_ends_exac
         pruner="none",
         heartbeat_seconds=1,
     )
-    workers = [start_tune(project, team_stack.tracking_uri, tmp_path / f"worker{i}.log") for i in range(2)]
+    workers = [start_tune(project, team_stack, tmp_path / f"worker{i}.log") for i in range(2)]
     try:
         study = None
         while study is None:  # the first command to take the lock creates the study
@@ -93,3 +98,12 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_and_the_study_ends_exac
     experiment = client.get_experiment_by_name("patchunet-tune")
     parents = client.search_runs([experiment.experiment_id], f"tags.`mlflow.runName` = '{study_name}'", max_results=10)
     assert len(parents) == 1  # one parent run, though two commands set the study up
+
+
+def test_tune_prints_a_storage_url_without_its_password() -> None:
+    spec = importlib.util.spec_from_file_location("tune_stage", REPO_ROOT / "pipelines" / "tune.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    shown = stage.shown_storage("postgresql+psycopg2://patchunet:s3cret@127.0.0.1:5432/optuna")
+    assert shown == "postgresql+psycopg2://patchunet:***@127.0.0.1:5432/optuna"
+    assert stage.shown_storage("journal:reports/tune/journal.log") == "journal:reports/tune/journal.log"

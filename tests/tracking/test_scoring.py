@@ -5,11 +5,14 @@ trace, no echo of the request, nothing past the `serve` limits computed."""
 from __future__ import annotations
 
 import base64
+import http.client
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +20,13 @@ import imagecodecs
 import numpy as np
 import pytest
 import requests
+import tifffile
 import yaml
 from conftest import REPO_ROOT, free_port, wait_for_http
 
 from patchunet import tracking
+from patchunet.config import ServeConfig
+from patchunet.tracking.scoring import max_request_bytes
 
 pytestmark = pytest.mark.e2e
 SERVE = {"max_image_side": 256, "max_images": 2}
@@ -177,4 +183,54 @@ def test_a_bad_request_gets_one_line_without_trace_or_echo_and_the_server_stays_
     assert reason in message and "\n" not in message, message
     assert len(answer.content) < 1000 and "Traceback" not in answer.text and ".py" not in answer.text
     assert set(answer.json()) == {"error_code", "message"}  # no stack_trace
+    assert requests.post(served, json={"inputs": {"image": [png_base64(40, 40)]}}, timeout=120).status_code == 200
+
+
+def test_the_request_cap_holds_the_largest_request_the_model_takes() -> None:
+    """`serve.max_images` uncompressed TIFFs of `serve.max_image_side` px of noise, in base64: the
+    largest images the model takes, and the least compressible."""
+    serve = ServeConfig(**SERVE)
+    noise = np.random.default_rng(0).integers(0, 256, (SERVE["max_image_side"],) * 2 + (3,), np.uint8)
+    image = io.BytesIO()
+    tifffile.imwrite(image, noise)
+    images = [base64.b64encode(image.getvalue()).decode()] * SERVE["max_images"]
+    rows = [[encoded] for encoded in images]
+    body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}, "params": {"mpp": 0.25}})
+    assert len(body) <= max_request_bytes(serve)
+
+
+def post_headers(url: str, headers: dict[str, str]) -> http.client.HTTPConnection:
+    """A connection that has sent a POST's headers to `url`, and no body yet."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.putrequest("POST", parts.path)
+    for name, value in {"Content-Type": "application/json", **headers}.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    return connection
+
+
+def assert_refused_as_too_large(connection: http.client.HTTPConnection) -> None:
+    """The server answers 413 in one line, though the body has not all come (else: a timeout here)."""
+    try:
+        answer = connection.getresponse()
+        status, message = answer.status, json.loads(answer.read())["message"]
+    finally:
+        connection.close()
+    assert status == 413 and "request body: over" in message and "\n" not in message, message
+
+
+def test_a_body_whose_length_is_over_the_cap_is_refused_before_it_is_read(served) -> None:
+    cap = max_request_bytes(ServeConfig(**SERVE))
+    assert_refused_as_too_large(post_headers(served, {"Content-Length": str(cap + 1)}))
+    assert requests.post(served, json={"inputs": {"image": [png_base64(40, 40)]}}, timeout=120).status_code == 200
+
+
+def test_a_chunked_body_is_no_longer_read_once_it_passes_the_cap(served) -> None:
+    cap = max_request_bytes(ServeConfig(**SERVE))
+    connection = post_headers(served, {"Transfer-Encoding": "chunked"})
+    chunk = b" " * 65536
+    for _ in range(cap // len(chunk) + 1):  # just past the cap, and never the closing empty chunk
+        connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    assert_refused_as_too_large(connection)
     assert requests.post(served, json={"inputs": {"image": [png_base64(40, 40)]}}, timeout=120).status_code == 200

@@ -6,17 +6,24 @@ the input it was given). This wraps the same server (`mlflow.pyfunc.scoring_serv
 `/invocations` protocol, `/ping`, `/health`, `/version`) and answers instead, before MLflow sees the
 request, a body that is not a JSON object, or that names a param the model does not take; and
 turns any error answer into `{"error_code": ..., "message": <one line>}`: no trace, no echo.
+
+Before any of that, a request body over `max_request_bytes` of the model's `serve` settings is
+refused with 413, unread: by its Content-Length, or, sent without one (chunked), as soon as the bytes
+received pass the cap. Nothing else bounds what the server holds in memory for one request.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING
 
+from patchunet.config import ServeConfig
 from patchunet.errors import TrackingError, first_line
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 INVOCATIONS = "/invocations"
 JSON_TYPE = "application/json"
@@ -26,6 +33,18 @@ MAX_MESSAGE_CHARS = 300
 CAUSE_MARK = "Error: "
 """What MLflow puts between its echo of the input and the cause: `Failed to predict data '<the
 input>'. \\nError: <the model's line>`, `Failed to enforce schema of data '<the input>' ... Error: <why>`."""
+IMAGE_CONTAINER_SLACK = 1.02
+"""An uncompressed PNG or TIFF holds a little more than its pixels: row filter bytes, chunk and tag headers."""
+JSON_SLACK_BYTES = 1 << 20
+"""The request's JSON around its images: keys, quotes, params."""
+
+
+def max_request_bytes(serve: ServeConfig) -> int:
+    """The largest request body the server reads: `serve.max_images` images of `serve.max_image_side`
+    px on a side, RGB and uncompressed (no image the model takes is larger), in base64, plus
+    JSON_SLACK_BYTES. A larger body could only hold images the model refuses anyway."""
+    image = math.ceil(serve.max_image_side**2 * 3 * IMAGE_CONTAINER_SLACK)
+    return serve.max_images * math.ceil(image * 4 / 3) + JSON_SLACK_BYTES
 
 
 def scoring_app(model_uri: str) -> FastAPI:
@@ -40,6 +59,8 @@ def scoring_app(model_uri: str) -> FastAPI:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
         raise TrackingError(f"{model_uri}: cannot load the model: {first_line(exc)}") from None
+    if "serve" not in model.model_config:
+        raise TrackingError(f"{model_uri}: no `serve` settings in its model config; serve a model `register` logged")
     app = scoring_server.init(model)
     params_schema = model.metadata.get_params_schema()
     known_params = sorted(spec.name for spec in params_schema.params) if params_schema else []
@@ -56,7 +77,57 @@ def scoring_app(model_uri: str) -> FastAPI:
         body = b"".join([chunk async for chunk in answer.body_iterator])
         return error_response(answer.status_code, error_line(body))
 
+    # added after one_line_errors, so it runs before it: before any body is read
+    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes(ServeConfig(**model.model_config["serve"])))
     return app
+
+
+class BodyTooLarge(Exception):
+    """A request body that passed the cap while it streamed in."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request whose body is over `max_bytes` gets 413 in one line, read no further."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self.refuse(scope, receive, send)
+            return
+        received, answering = 0, False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal answering
+            answering = answering or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except BodyTooLarge:
+            if answering:  # too late for a 413: the server drops the connection
+                raise
+            await self.refuse(scope, receive, send)
+
+    async def refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        line = (
+            f"request body: over {self.max_bytes / 1e6:.1f} MB, more than serve.max_images uncompressed "
+            "images of serve.max_image_side px take in base64; send fewer or smaller images"
+        )
+        await error_response(413, line)(scope, receive, send)
 
 
 def request_problem(content_type: str, body: bytes, known_params: list[str]) -> tuple[int, str] | None:
