@@ -92,15 +92,15 @@ def test_bad_inputs_get_one_line_each(trained, tmp_path) -> None:
         assert not out.exists()  # nothing written for a failed call
 
 
-def random_model(folder: Path) -> Path:
+def random_model(folder: Path, seed: int = 0) -> Path:
     """A small PatchUNet with random weights: enough to run predict end to end in seconds."""
     import torch
 
     from patchunet.config import ModelConfig, load_params
     from patchunet.model.unet import PatchUNet, save_model
 
-    torch.manual_seed(0)
-    path = folder / "random.pt"
+    torch.manual_seed(seed)
+    path = folder / f"random-{seed}.pt"
     model = PatchUNet(
         ModelConfig(base_channels=4, depth=2, norm="batch", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
     )
@@ -343,3 +343,73 @@ def test_a_predict_killed_mid_run_keeps_the_finished_rows_and_a_rerun_resumes(tm
     assert summary_stems(out) == ["a", "b", "c"]
     assert output_bytes(out, "a") == finished
     assert imagecodecs.imread(out / "c_overlay.png").shape == (64, 64, 3)
+
+
+def test_a_predict_killed_between_its_files_and_its_row_redoes_that_image(tmp_path: Path) -> None:
+    model, out, marker = str(random_model(tmp_path)), tmp_path / "out", tmp_path / "writing-row"
+    images = [str(small_png(tmp_path / f"{stem}.png", seed)) for seed, stem in enumerate("ab")]
+    options = ("--model", model, "--out", str(out), "--params", str(REPO_ROOT / "params.yaml"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    command = [sys.executable, "-c", HANG_BEFORE_RENAMING, "summary.csv", str(marker), "predict", *images, *options]
+    killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), killed.communicate()[1]
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert output_bytes(out, "a") and not (out / "summary.csv").exists()  # a's files, and no row for them
+
+    resumed = predict_here(tmp_path, *images, "--model", model, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{images[0]}: a killed run left its outputs in {out} unfinished: redoing it\n" in resumed.stderr
+    assert summary_stems(out) == ["a", "b"]
+    assert not (out / ".predict-pending.json").exists()
+
+
+def test_a_rerun_with_another_model_refuses_the_outputs_of_the_first(tmp_path: Path) -> None:
+    image, out = str(small_png(tmp_path / "a.png")), tmp_path / "out"
+    first, other = str(random_model(tmp_path)), str(random_model(tmp_path, seed=1))
+    assert predict_here(tmp_path, image, "--model", first, "--out", str(out)).returncode == 0
+    done = output_bytes(out, "a")
+    result = predict_here(tmp_path, image, "--model", other, "--out", str(out))
+    assert result.returncode == 1
+    labels = out / "a_labels.tif"
+    assert result.stderr == f"error: {labels}: already exists, made by another model: pass --overwrite to replace it\n"
+    assert output_bytes(out, "a") == done
+
+
+def test_a_rerun_with_other_eval_settings_does_not_skip(tmp_path: Path) -> None:
+    import yaml
+
+    image, model = str(small_png(tmp_path / "a.png")), str(random_model(tmp_path))
+    other = tmp_path / "other"
+    other.mkdir()
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["eval"]["min_nucleus_area"] += 1
+    (other / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    assert predict_here(tmp_path, image, "--model", model, "--out", str(out)).returncode == 0
+    result = predict(other, f"sqlite:///{tmp_path / 'mlflow.db'}", image, "--model", model, "--out", str(out))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {out / 'a_labels.tif'}: already exists, made with other settings")
+
+
+def test_another_input_file_with_the_same_stem_does_not_skip(tmp_path: Path) -> None:
+    model, png = str(random_model(tmp_path)), small_png(tmp_path / "a.png")
+    tiff = tmp_path / "a.tif"
+    tifffile.imwrite(tiff, imagecodecs.imread(png), photometric="rgb")
+    out = str(tmp_path / "out")
+    assert predict_here(tmp_path, str(png), "--model", model, "--out", out).returncode == 0
+    result = predict_here(tmp_path, str(tiff), "--model", model, "--out", out)
+    assert result.returncode == 1
+    assert "already exists, made from another input file: pass --overwrite" in result.stderr
+
+
+def test_a_changed_input_file_does_not_skip(tmp_path: Path) -> None:
+    model, image = str(random_model(tmp_path)), tmp_path / "a.png"
+    out = str(tmp_path / "out")
+    assert predict_here(tmp_path, str(small_png(image)), "--model", model, "--out", out).returncode == 0
+    result = predict_here(tmp_path, str(small_png(image, seed=1)), "--model", model, "--out", out)
+    assert result.returncode == 1
+    assert "already exists, made from another content of its input file: pass --overwrite" in result.stderr

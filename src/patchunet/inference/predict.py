@@ -3,11 +3,18 @@
 For each IMAGE it writes, into --out: <stem>_labels.tif (uint16 or uint32 nucleus ids,
 0 = background), <stem>_overlay.png (the image with each nucleus outlined) and <stem>_nuclei.csv
 (one row per nucleus: id, area, centroid, bounding box, mean probability); summary.csv has one
-row per image, and keeps the rows of images an earlier run wrote there. Each image's three files
-are renamed into place together and then its row is written, so a run killed mid-way keeps every
-image it finished. Without --overwrite, a rerun skips the images whose three files and row are
-there (resuming a killed run), and any other file it would write in --out stops it before any
-inference, naming the first one; --overwrite redoes every image given.
+row per image, and keeps the rows of images an earlier run wrote there.
+
+Resuming: without --overwrite, a rerun skips an image whose three files are there and whose row
+records the same model (a hash of its weights and config, whatever file or URI gave it), the same
+settings (the `eval` section but `samples`, patch.size, --mpp or --magnification) and the same
+input (its resolved path and the SHA-256 of its bytes). Any other output file of an image given
+stops the run before any inference, naming the file and, where its row says, what differs;
+--overwrite redoes every image given. Write order: the SHA-256 of an image's three files goes
+into .predict-pending.json in --out, then the files are renamed into place together, then the
+row is written, then the pending entry dropped. So a run killed mid-way keeps every image it
+finished, and a rerun recognises the files a kill left without a row (or before the entry was
+dropped) by their hashes as its own, and redoes that image, saying so.
 Inference and post-processing follow the `eval` section of params.yaml, as the evaluate stage does.
 
 Scale: an image at another scale than the model's (a 20x image for a model of MoNuSeg's 40x) is
@@ -22,7 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
+import hashlib
 import io
+import json
 import os
 import re
 import sys
@@ -31,9 +41,19 @@ from pathlib import Path
 
 DEFAULT_MODEL = "models:/patchunet@champion"
 SUMMARY_COLUMNS_BEFORE_SCALE = ("image", "nuclei", "mean_area_px", "median_area_px", "foreground_fraction")
-SUMMARY_COLUMNS = (*SUMMARY_COLUMNS_BEFORE_SCALE, "microns_per_pixel", "scale_from")
+SUMMARY_COLUMNS_BEFORE_IDENTITY = (*SUMMARY_COLUMNS_BEFORE_SCALE, "microns_per_pixel", "scale_from")
+IDENTITY_COLUMNS = {
+    "model_id": "by another model",
+    "settings_id": "with other settings (params.yaml eval or patch.size, --mpp, --magnification)",
+    "resolved_image": "from another input file",
+    "image_sha256": "from another content of its input file",
+}
+"""What a summary row records of what made its image's outputs, and how a rerun says it differs."""
+SUMMARY_COLUMNS = (*SUMMARY_COLUMNS_BEFORE_IDENTITY, *IDENTITY_COLUMNS)
 OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_nuclei.csv")
 SUMMARY_FILE = "summary.csv"
+PENDING_FILE = ".predict-pending.json"
+"""{file name: SHA-256} of the output files being renamed into place, until their row is written."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="redo every image, replacing its files in --out and its row of summary.csv; without it, images "
-        "already done there are skipped and any other file this run would write stops it",
+        "already done there with the same model, settings and input are skipped and any other file this run "
+        "would write stops it",
     )
     from patchunet.inference.scale import MAGNIFICATIONS
 
@@ -91,24 +112,36 @@ def run(args: argparse.Namespace) -> None:
     if duplicates:
         raise PatchUNetError(f"two images named {duplicates[0]}: their outputs would overwrite each other")
     summary = read_summary(args.out / SUMMARY_FILE)
-    done = set() if args.overwrite else finished_stems(args.out, stems, summary)
+    pending = read_pending(args.out / PENDING_FILE)
+    rows = {Path(row["image"]).stem: row for row in summary}
+    unfinished = set() if args.overwrite else unfinished_stems(args.out, stems, rows, pending)
+    # skipped, once the model is loaded, if made by this run's model, settings and input; else refused
+    done = set() if args.overwrite else {stem for stem in stems if outputs_of(args.out, stem)} - unfinished
+    refuse_existing_outputs(args.out, [stem for stem in stems if stem in done and not resumable(args.out, stem, rows)])
     todo = [path for path in args.images if path.stem not in done]
-    if not args.overwrite:
-        refuse_existing_outputs(args.out, [path.stem for path in todo])
     images = {path: read_rgb_image(path) for path in todo}  # every input checked before any output
     recorded = {path: recorded_mpp(path) for path in todo}
+    inputs = {path: {"resolved_image": str(path.resolve()), "image_sha256": file_sha256(path)} for path in args.images}
     check_writable_folder(args.out)
     remove_dead_writers_files(args.out)
+    model = load_model_reference(
+        args.model, tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
+    )
+    identity = {"model_id": model_identity(model), "settings_id": settings_identity(cfg, patch_size, given_mpp)}
+    identities = {path: {**identity, **inputs[path]} for path in args.images}
+    for path in args.images:
+        if path.stem in done:
+            refuse_other_identity(args.out, path.stem, rows[path.stem], identities[path])
     if done:
         print(
             f"{len(done)} of {len(stems)} images already done in {args.out}: skipped (--overwrite redoes them)",
             file=sys.stderr,
         )
+    for path in todo:
+        if path.stem in unfinished:
+            print(f"{path}: a killed run left its outputs in {args.out} unfinished: redoing it", file=sys.stderr)
     if not todo:
         return
-    model = load_model_reference(
-        args.model, tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
-    )
     window = cfg.window_for(patch_size, model.cfg.size_multiple)
     network = runtime_network(model, cfg)
     model_mpp = model.cfg.microns_per_pixel
@@ -121,13 +154,16 @@ def run(args: argparse.Namespace) -> None:
         mpp, source = scales[path]
         labels, probabilities = segment_nuclei(network, image, cfg, window, mpp)
         nuclei = nucleus_table(labels, mpp, probabilities)
-        write_together(
-            {
-                args.out / f"{path.stem}_labels.tif": label_tiff_bytes(labels),
-                args.out / f"{path.stem}_overlay.png": png_bytes(prediction_overlay(image, labels)),
-                args.out / f"{path.stem}_nuclei.csv": csv_bytes(NUCLEUS_COLUMNS, nuclei),
-            }
-        )
+        contents = {
+            args.out / f"{path.stem}_labels.tif": label_tiff_bytes(labels),
+            args.out / f"{path.stem}_overlay.png": png_bytes(prediction_overlay(image, labels)),
+            args.out / f"{path.stem}_nuclei.csv": csv_bytes(NUCLEUS_COLUMNS, nuclei),
+        }
+        hashes = {file.name: hashlib.sha256(content).hexdigest() for file, content in contents.items()}
+        # the hashes before the renames, so a rerun after a kill before the row knows these files as its own
+        pending.update(hashes)
+        write_pending(args.out / PENDING_FILE, pending)
+        write_together(contents)
         areas = np.array([row["area_px"] for row in nuclei])
         row = {
             "image": str(path),
@@ -137,23 +173,104 @@ def run(args: argparse.Namespace) -> None:
             "foreground_fraction": round(float((labels > 0).mean()), 4),
             "microns_per_pixel": mpp,
             "scale_from": source,
+            **identities[path],
         }
         # after the image's files, so a row always stands for three complete files; each image's row is
         # written at once, so a run killed later keeps them, and replaces an earlier run's row only now
         summary = [*(earlier for earlier in summary if Path(earlier["image"]).stem != path.stem), row]
         write_rows(args.out / SUMMARY_FILE, SUMMARY_COLUMNS, summary)
+        for name in hashes:
+            del pending[name]
+        write_pending(args.out / PENDING_FILE, pending)
         tqdm.write(f"{path}: {len(nuclei)} nuclei -> {args.out / (path.stem + '_labels.tif')}")
 
 
-def finished_stems(folder: Path, stems: list[str], summary: list[dict]) -> set[str]:
-    """The stems whose outputs an earlier run finished: all their files in `folder` and their row in
-    the summary (written after the files, so a run killed mid-image leaves no row)."""
-    in_summary = {Path(row["image"]).stem for row in summary}
-    return {
-        stem
-        for stem in stems
-        if stem in in_summary and all((folder / f"{stem}{suffix}").is_file() for suffix in OUTPUT_SUFFIXES)
-    }
+def outputs_of(folder: Path, stem: str) -> list[Path]:
+    """The per-image files of `stem` that are in `folder`."""
+    return [folder / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES if (folder / f"{stem}{suffix}").exists()]
+
+
+def unfinished_stems(folder: Path, stems: list[str], rows: dict[str, dict], pending: dict[str, str]) -> set[str]:
+    """The stems a killed run was writing: some of their files have the hash this command recorded
+    before renaming them into place, and any other is an earlier run's, which the stem's row stands for."""
+    unfinished = set()
+    for stem in stems:
+        existing = outputs_of(folder, stem)
+        own = [path for path in existing if path.name in pending and pending[path.name] == file_sha256(path)]
+        if own and (stem in rows or len(own) == len(existing)):
+            unfinished.add(stem)
+    return unfinished
+
+
+def resumable(folder: Path, stem: str, rows: dict[str, dict]) -> bool:
+    """Whether `stem` has its three files and a row that records what made them (rows written before
+    identities were recorded do not)."""
+    row = rows.get(stem, {})
+    return len(outputs_of(folder, stem)) == len(OUTPUT_SUFFIXES) and all(row.get(column) for column in IDENTITY_COLUMNS)
+
+
+def refuse_other_identity(folder: Path, stem: str, row: dict, identity: dict[str, str]) -> None:
+    """Refuse, naming its first file and what differs, an image done by another model, with other
+    settings or from another input than this run's."""
+    from patchunet.errors import DataError
+
+    for column, made in IDENTITY_COLUMNS.items():
+        if row[column] != identity[column]:
+            raise DataError(outputs_of(folder, stem)[0], f"already exists, made {made}: pass --overwrite to replace it")
+
+
+def model_identity(model) -> str:
+    """16 hex digits naming what the model computes: its weights and its config, whatever file or
+    MLflow URI gave it."""
+    from patchunet.inference.runtimes import weights_hash
+
+    return short_hash([weights_hash(model), repr(model.cfg)])
+
+
+def settings_identity(cfg, patch_size: int, given_mpp: float | None) -> str:
+    """16 hex digits naming the settings predict's outputs depend on: the `eval` section but
+    `samples` (the evaluate stage's figures), the patch size (the default window) and the scale given."""
+    settings = {key: value for key, value in dataclasses.asdict(cfg).items() if key != "samples"}
+    return short_hash({"eval": settings, "patch_size": patch_size, "mpp": given_mpp})
+
+
+def short_hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks; one line naming the file if it cannot be read."""
+    from patchunet.errors import DataError
+
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise DataError(path, f"cannot read it ({exc.strerror or exc})") from None
+
+
+def read_pending(path: Path) -> dict[str, str]:
+    """The {file name: SHA-256} of outputs an earlier run was renaming into place ({} if none)."""
+    from patchunet.errors import DataError
+
+    if not path.exists():
+        return {}
+    try:
+        pending = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(path, f"cannot read this record of outputs being written ({exc}): remove it") from None
+    if not isinstance(pending, dict):
+        raise DataError(path, "not a record this command wrote: remove it")
+    return pending
+
+
+def write_pending(path: Path, pending: dict[str, str]) -> None:
+    from patchunet.files import write_json
+
+    if pending:
+        write_json(path, pending)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_together(contents: dict[Path, bytes]) -> None:
@@ -275,7 +392,7 @@ def read_summary(path: Path, accepted: tuple[tuple[str, ...], ...] | None = None
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(path, f"cannot read this summary to add rows to it ({exc})") from None
-    accepted = accepted or (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_SCALE)
+    accepted = accepted or (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_IDENTITY, SUMMARY_COLUMNS_BEFORE_SCALE)
     if tuple(reader.fieldnames or ()) not in accepted:
         raise DataError(path, f"not a summary this command wrote: columns should be {', '.join(accepted[0])}")
     return rows
