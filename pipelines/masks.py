@@ -74,7 +74,7 @@ def print_summary(report: dict[str, dict]) -> None:
         if row.get("geojson_self_intersecting"):
             print(
                 f"masks: {image_id}: skipped {row['geojson_self_intersecting']} GeoJSON polygon(s) whose outline "
-                "crosses or touches itself (redraw them)"
+                "crosses itself (redraw them)"
             )
         if row.get("geojson_skipped"):
             print(

@@ -6,7 +6,6 @@ from conftest import REPO_ROOT
 
 from patchunet.config import (
     MAX_NUCLEUS_AREA,
-    PLAUSIBLE_MPP,
     AugmentConfig,
     DashboardConfig,
     DataConfig,
@@ -297,12 +296,6 @@ def test_an_object_area_of_a_large_nucleus_at_a_fine_scale_is_accepted(key: str)
 def test_a_data_scale_no_microscope_gives_is_refused(mpp: float) -> None:
     with pytest.raises(ConfigError, match=r"data\.microns_per_pixel: Input should be (greater|less) than or equal"):
         parse_section(DataConfig, with_value("data", "microns_per_pixel", mpp), "data")
-
-
-def test_the_scales_data_may_declare_are_those_a_slide_may_record() -> None:
-    from patchunet.inference.scale import PLAUSIBLE_MPP as SLIDE_MPP
-
-    assert PLAUSIBLE_MPP == SLIDE_MPP
 
 
 @pytest.mark.parametrize(

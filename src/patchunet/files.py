@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import re
@@ -137,3 +138,13 @@ def current_umask() -> int:
         umask = os.umask(0o022)
         os.umask(umask)
     return umask
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (a few seconds a gigabyte): what identifies an
+    input whatever its name, size or time; one line naming the file if it cannot be read."""
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise DataError(path, f"cannot read it ({exc.strerror or exc})") from None

@@ -39,6 +39,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from patchunet.files import file_sha256
+
 DEFAULT_MODEL = "models:/patchunet@champion"
 SUMMARY_COLUMNS_BEFORE_SCALE = ("image", "nuclei", "mean_area_px", "median_area_px", "foreground_fraction")
 SUMMARY_COLUMNS_BEFORE_IDENTITY = (*SUMMARY_COLUMNS_BEFORE_SCALE, "microns_per_pixel", "scale_from")
@@ -236,17 +238,6 @@ def settings_identity(cfg, patch_size: int, given_mpp: float | None) -> str:
 
 def short_hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read in chunks; one line naming the file if it cannot be read."""
-    from patchunet.errors import DataError
-
-    try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError as exc:
-        raise DataError(path, f"cannot read it ({exc.strerror or exc})") from None
 
 
 def read_pending(path: Path) -> dict[str, str]:

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from patchunet.files import file_sha256
 
 if TYPE_CHECKING:
     import numpy as np
@@ -233,13 +234,6 @@ def check_tile_scale(path: Path, tile_size: int, level_mpp: float, model_mpp: fl
             f"{model_mpp:g} µm/px, over {MAX_IMAGE_PIXELS / 1e6:g} megapixels; set params.yaml slide.tile_size "
             f"to {largest} or less"
         )
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read in streaming chunks: what identifies a slide to resume,
-    whatever its name, size or time (a few seconds for a gigabyte)."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def has_tissue(tissue: np.ndarray, tile: Tile, scale: float) -> bool:

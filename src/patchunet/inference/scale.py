@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from patchunet.config import PLAUSIBLE_MPP
 from patchunet.errors import PatchUNetError
 
 if TYPE_CHECKING:
@@ -31,9 +32,6 @@ blurred up from a few pixels, or averaged away."""
 SAME_SCALE_TOLERANCE = 1e-6
 RECORDED_SCALE_TOLERANCE = 0.10
 """A scale a file records is used only where it is this far (relative) from the model's."""
-PLAUSIBLE_MPP = (0.05, 5.0)
-"""The µm per pixel a microscope image can have. A TIFF resolution outside it is not the slide's:
-many files carry a screen default (72 dpi is 353 µm/px)."""
 RESOLUTION_UNIT_UM = {2: 25_400.0, 3: 10_000.0}
 """µm per TIFF ResolutionUnit: inch, centimetre."""
 APERIO_MPP = re.compile(r"\bMPP\s*=\s*([0-9]*\.?[0-9]+)", re.IGNORECASE)
