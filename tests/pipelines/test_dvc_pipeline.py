@@ -133,13 +133,13 @@ def test_no_val_patch_appears_among_train_patches(dvc_repo: tuple[Path, str]) ->
 def test_changing_patch_size_reruns_only_patches(dvc_repo: tuple[Path, str]) -> None:
     repo, _ = dvc_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["patch"].update(size=200, stride=200)
+    params["patch"].update(size=192, stride=192)  # a multiple of 2**model.depth, as the network needs
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     out = dvc_repro(repo, "patches")
     assert "Running stage 'patches'" in out
     for stage in ("fetch", "masks", "split"):
         assert f"Running stage '{stage}'" not in out
-    assert PatchSet.load(repo / "data/processed/patches/val").images.shape[1:3] == (200, 200)
+    assert PatchSet.load(repo / "data/processed/patches/val").images.shape[1:3] == (192, 192)
 
 
 def test_full_repro_trains_evaluates_and_registers(dvc_repo: tuple[Path, str]) -> None:

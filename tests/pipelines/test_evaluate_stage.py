@@ -304,7 +304,8 @@ def test_the_registered_version_refuses_a_bad_image_in_one_line(registered) -> N
     with pytest.raises(MlflowException, match=r"^image 1: corrupt or truncated image, or not an image") as raised:
         model.predict(pd.DataFrame({"image": [np.zeros((40, 40, 3), np.uint8), b"no image"]}))
     assert "\n" not in raised.value.message
-    with pytest.raises(MlflowException, match=r"^image 0: 40 µm/px is 160x from the model's 0.25 µm/px"):
+    # the scale is the request's param, refused before any image is read
+    with pytest.raises(MlflowException, match=r"^params mpp: 40 µm/px is 160x from the model's 0.25 µm/px"):
         model.predict(pd.DataFrame({"image": [np.zeros((40, 40, 3), np.uint8)]}), params={"mpp": 40.0})
 
 
