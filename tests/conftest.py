@@ -465,3 +465,18 @@ def wait_gone(processes: list, timeout: float) -> list:
         processes = [process for process in alive if running(process)]
         if not processes or time.monotonic() > deadline:
             return processes
+
+
+def inflate_tiff_size_tags(path: Path) -> Path:
+    """Patch a TIFF's width and length tags to 200000 px, its tiles untouched: a file whose first
+    level declares far more tiles than it holds (as a hostile or damaged file may)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, ifd)
+    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", data, entry)[0] in (256, 257):  # ImageWidth, ImageLength
+            struct.pack_into("<HII", data, entry + 2, 4, 1, 200_000)  # LONG, count 1
+    path.write_bytes(bytes(data))
+    return path

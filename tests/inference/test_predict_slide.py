@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
-from conftest import make_train_project, params_changed, run_cli, train_in, update_params
+from conftest import inflate_tiff_size_tags, make_train_project, params_changed, run_cli, train_in, update_params
 from scipy import ndimage
 
 from patchunet.data.annotations import read_polygons
@@ -351,16 +350,10 @@ def truncated(path: Path) -> None:
 
 
 def inflated(path: Path) -> None:
-    """A tiled TIFF whose width and length tags were patched to 200000 px: 16 tiles of data where
-    611,524 are declared (reading it used to pad missing tiles for hours, with zarr's log noise)."""
+    """A tiled TIFF whose size tags say 200000 px: 16 tiles of data where 611,524 are declared
+    (reading it used to pad missing tiles for hours, with zarr's log noise)."""
     tiled(path, glass(1024, 1024))
-    data = bytearray(path.read_bytes())
-    (ifd,) = struct.unpack_from("<I", data, 4)
-    (entries,) = struct.unpack_from("<H", data, ifd)
-    for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
-        if struct.unpack_from("<H", data, entry)[0] in (256, 257):  # ImageWidth, ImageLength
-            struct.pack_into("<HII", data, entry + 2, 4, 1, 200_000)  # LONG, count 1
-    path.write_bytes(bytes(data))
+    inflate_tiff_size_tags(path)
 
 
 APERIO = "Aperio Image Library v12.0.15\n1200x1200 (256x256) RGB|AppMag = 40|MPP = abc"
