@@ -314,12 +314,13 @@ main(sys.argv[3:])
 after touching the marker argv[2]: a kill there finds the run mid-write, its temporaries on disk."""
 
 
-def test_a_predict_killed_mid_run_keeps_the_finished_rows_and_a_rerun_resumes(tmp_path: Path) -> None:
-    model, out, marker = str(random_model(tmp_path)), tmp_path / "out", tmp_path / "writing-b"
-    images = [str(small_png(tmp_path / f"{stem}.png", seed)) for seed, stem in enumerate("abc")]
+def kill_before_renaming(tmp_path: Path, name_end: str, images: list[str], model: str, out: Path) -> None:
+    """Run `patchunet predict` on `images` and SIGKILL it just before it renames a file ending in
+    `name_end` into place (see HANG_BEFORE_RENAMING)."""
+    marker = tmp_path / f"writing-{name_end}"
     options = ("--model", model, "--out", str(out), "--params", str(REPO_ROOT / "params.yaml"))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    command = [sys.executable, "-c", HANG_BEFORE_RENAMING, "b_nuclei.csv", str(marker), "predict", *images, *options]
+    command = [sys.executable, "-c", HANG_BEFORE_RENAMING, name_end, str(marker), "predict", *images, *options]
     killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
@@ -327,6 +328,12 @@ def test_a_predict_killed_mid_run_keeps_the_finished_rows_and_a_rerun_resumes(tm
     assert marker.exists(), killed.communicate()[1]
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
+
+
+def test_a_predict_killed_mid_run_keeps_the_finished_rows_and_a_rerun_resumes(tmp_path: Path) -> None:
+    model, out = str(random_model(tmp_path)), tmp_path / "out"
+    images = [str(small_png(tmp_path / f"{stem}.png", seed)) for seed, stem in enumerate("abc")]
+    kill_before_renaming(tmp_path, "b_nuclei.csv", images, model, out)
     assert summary_stems(out) == ["a"]  # the finished image's row survives the kill
     assert not any((out / f"b{suffix}").exists() for suffix in ("_labels.tif", "_overlay.png", "_nuclei.csv"))
     assert sorted(p.name.split(".")[1] for p in out.glob(".*.tmp")) == ["b_labels", "b_nuclei", "b_overlay"]
@@ -346,18 +353,9 @@ def test_a_predict_killed_mid_run_keeps_the_finished_rows_and_a_rerun_resumes(tm
 
 
 def test_a_predict_killed_between_its_files_and_its_row_redoes_that_image(tmp_path: Path) -> None:
-    model, out, marker = str(random_model(tmp_path)), tmp_path / "out", tmp_path / "writing-row"
+    model, out = str(random_model(tmp_path)), tmp_path / "out"
     images = [str(small_png(tmp_path / f"{stem}.png", seed)) for seed, stem in enumerate("ab")]
-    options = ("--model", model, "--out", str(out), "--params", str(REPO_ROOT / "params.yaml"))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    command = [sys.executable, "-c", HANG_BEFORE_RENAMING, "summary.csv", str(marker), "predict", *images, *options]
-    killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert marker.exists(), killed.communicate()[1]
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate()
+    kill_before_renaming(tmp_path, "summary.csv", images, model, out)
     assert output_bytes(out, "a") and not (out / "summary.csv").exists()  # a's files, and no row for them
 
     resumed = predict_here(tmp_path, *images, "--model", model, "--out", str(out))

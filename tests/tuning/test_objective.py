@@ -13,28 +13,30 @@ from patchunet.tuning.objective import Objective, PatchCache
 from patchunet.tuning.workers import run_worker
 
 
-def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: Path) -> None:
-    project = make_tune_project(tmp_path / "project")
+def run_two_trials(project: Path, tmp_path: Path, **study_options) -> tuple[optuna.Study, str]:
+    """(study, parent run id) after one worker ran 2 trials of the project's study, in SQLite stores."""
     params = load_params(project / "params.yaml")
     cfg = parse_section(TuneConfig, params, "tune")
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    tracking.connect(uri)
-    study = optuna.create_study(
-        storage=f"sqlite:///{project / 'optuna.db'}",
-        direction="maximize",
-        pruner=optuna.pruners.ThresholdPruner(lower=1.1),  # no Dice reaches 1.1: prune after epoch 1
-    )
+    tracking.connect(f"sqlite:///{project / 'mlflow.db'}")
+    study = optuna.create_study(storage=f"sqlite:///{project / 'optuna.db'}", direction="maximize", **study_options)
     with tracking.run(cfg.experiment) as parent:
         pass
     split = json.loads((project / "data/interim/split.json").read_text())
     cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
     objective = Objective(params, cfg, cache, parent.run_id)
     run_worker(study, objective, n_trials=2, lock=lambda: exclusive_lock(str(tmp_path)), heartbeat=True)
+    return study, parent.run_id
+
+
+def test_pruned_trials_stop_early_and_are_marked_in_optuna_and_mlflow(tmp_path: Path) -> None:
+    project = make_tune_project(tmp_path / "project")
+    # no Dice reaches 1.1: prune after epoch 1
+    study, parent_run_id = run_two_trials(project, tmp_path, pruner=optuna.pruners.ThresholdPruner(lower=1.1))
 
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
     assert [len(t.intermediate_values) for t in study.trials] == [1, 1]
-    client = mlflow_client(uri)
-    children = client.search_runs([client.get_run(parent.run_id).info.experiment_id], "tags.optuna.state = 'PRUNED'")
+    client = mlflow_client(f"sqlite:///{project / 'mlflow.db'}")
+    children = client.search_runs([client.get_run(parent_run_id).info.experiment_id], "tags.optuna.state = 'PRUNED'")
     assert len(children) == 2
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val/dice")] == [0]
@@ -45,15 +47,6 @@ def test_a_trial_whose_loss_diverges_is_pruned_and_the_study_goes_on(tmp_path: P
     worker goes on to the next instead of ending the study."""
     space = {"train.lr": {"low": 1e5, "high": 1e6, "log": True}, "patch.size": {"choices": [16]}}
     project = make_tune_project(tmp_path / "project", space=space)
-    params = load_params(project / "params.yaml")
-    cfg = parse_section(TuneConfig, params, "tune")
-    tracking.connect(f"sqlite:///{project / 'mlflow.db'}")
-    study = optuna.create_study(storage=f"sqlite:///{project / 'optuna.db'}", direction="maximize")
-    with tracking.run(cfg.experiment) as parent:
-        pass
-    split = json.loads((project / "data/interim/split.json").read_text())
-    cache = PatchCache(split, project / "data/raw/monuseg/train/images", project / "data/interim/train/labels", None)
-    objective = Objective(params, cfg, cache, parent.run_id)
-    run_worker(study, objective, n_trials=2, lock=lambda: exclusive_lock(str(tmp_path)), heartbeat=True)
+    study, _ = run_two_trials(project, tmp_path)
 
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
