@@ -12,6 +12,7 @@ from patchunet.data.dataset import PatchDataset
 from patchunet.model.heads import (
     activate,
     centre_offsets,
+    contact_map,
     head_loss,
     make_targets,
     normalised_distance,
@@ -75,7 +76,7 @@ def test_online_augmentation_makes_targets_from_the_augmented_labels() -> None:
     from patchunet.data.augment import build_augmentation
 
     patches = disc_patches(4, size=32, seed=3)
-    augmentation = build_augmentation(AugmentConfig(1, 0, 20.0, 0.2, 0.1, 0.1))
+    augmentation = build_augmentation(AugmentConfig(1, 0, 20.0, 0.2, 0.1, 0.1, "hestain"))
     plain = PatchDataset(patches, None, seed=0, head="distance")
     augmented = PatchDataset(patches, augmentation, seed=0, head="distance")
     _, targets = augmented[1]
@@ -105,6 +106,62 @@ def test_head_weight_zero_leaves_only_the_foreground_loss() -> None:
     logits = torch.randn_like(targets)
     weighted = head_loss(logits, targets, "boundary", **{**WEIGHTS, "head_weight": 0.0})
     assert weighted == head_loss(logits[:, :1], targets[:, :1], "none", **WEIGHTS)
+
+
+def test_contact_map_marks_where_the_pair_touches_and_nowhere_else() -> None:
+    labels = touching_pair()
+    contact = contact_map(labels)
+    assert contact.dtype == np.float32 and set(np.unique(contact)) == {0.0, 1.0}
+    assert contact[30, 34] == contact[30, 36] == 1  # the seam, on both sides
+    assert not contact[:, :20].any() and not contact[:, 55:].any()  # far from the seam, and disc 5
+    assert not contact[labels == 5].any()
+
+
+def test_contact_map_marks_a_background_gap_between_close_nuclei() -> None:
+    labels = np.zeros((20, 20), np.uint32)
+    labels[5:15, 2:9] = 70_000
+    labels[5:15, 11:18] = 70_001  # a two-pixel gap at columns 9 and 10
+    contact = contact_map(labels)
+    assert contact[3:17, 9:11].all()  # the gap, and up to two pixels past its ends
+    assert set(np.nonzero(contact)[1]) == {9, 10}  # columns 8 and 11 are three pixels from the other nucleus
+
+
+def test_contact_channel_comes_last_and_is_no_target_of_the_head() -> None:
+    labels = touching_pair()
+    targets = make_targets(labels, "boundary", contact=True)
+    assert targets.shape == (output_channels("boundary") + 1, *labels.shape)
+    np.testing.assert_array_equal(targets[:-1], make_targets(labels, "boundary"))
+    np.testing.assert_array_equal(targets[-1], contact_map(labels))
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_contact_weight_zero_gives_the_loss_without_contact_weighting(head: str) -> None:
+    targets = torch.from_numpy(make_targets(touching_pair(), head))[None]
+    logits = torch.randn_like(targets)
+    assert torch.equal(
+        head_loss(logits, targets, head, **WEIGHTS, contact_weight=0.0), head_loss(logits, targets, head, **WEIGHTS)
+    )
+
+
+def test_contact_weight_raises_the_loss_of_a_prediction_wrong_at_the_contacts() -> None:
+    labels = touching_pair()
+    targets = torch.from_numpy(make_targets(labels, "none", contact=True))[None]
+    contact = targets[:, -1:] > 0
+    logits = (targets[:, :1] * 2 - 1) * 6
+    logits[contact] = -logits[contact]  # right everywhere except at the contacts
+    plain = head_loss(logits, targets[:, :1], "none", **WEIGHTS)
+    weighted = head_loss(logits, targets, "none", **WEIGHTS, contact_weight=5.0)
+    assert weighted > plain
+    right = (targets[:, :1] * 2 - 1) * 6  # right everywhere: the weights hardly matter
+    assert head_loss(right, targets, "none", **WEIGHTS, contact_weight=5.0).item() == pytest.approx(
+        head_loss(right, targets[:, :1], "none", **WEIGHTS).item(), abs=1e-3
+    )
+
+
+def test_contact_weight_needs_the_contact_channel() -> None:
+    targets = torch.from_numpy(make_targets(touching_pair(), "boundary"))[None]
+    with pytest.raises(ValueError, match="contact map"):
+        head_loss(torch.zeros_like(targets), targets, "boundary", **WEIGHTS, contact_weight=1.0)
 
 
 def test_activation_keeps_hover_offsets_linear_and_squashes_the_rest() -> None:

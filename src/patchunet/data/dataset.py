@@ -15,12 +15,19 @@ from patchunet.model.heads import make_targets
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [0, 1], the model's input."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+    return as_model_input(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+
+
+def as_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) -> float32 in [0, 1]. Batches travel from the loader workers as
+    uint8, a quarter of the bytes, and become float on the device that trains on them."""
+    return images.float().div_(255.0)
 
 
 class PatchDataset(Dataset):
-    """Items are (image (3, S, S) float32 in [0, 1], targets (C, S, S) float32): the nucleus mask,
-    then the maps of the instance `head`, made from the labels after they are augmented.
+    """Items are (image (3, S, S) uint8, targets (C, S, S) float32): the nucleus mask,
+    then the maps of the instance `head`, then with `contact` the contact map, all made from the
+    labels after they are augmented.
 
     With an augmentation, each item is augmented with a seed drawn from (seed, epoch, index), so
     an epoch's data is the same whichever worker loads it and whether or not the run was resumed.
@@ -32,9 +39,11 @@ class PatchDataset(Dataset):
         augmentation: A.Compose | None = None,
         seed: int = 0,
         head: InstanceHead = "none",
+        contact: bool = False,
     ) -> None:
         self.patches = patches
         self.head = head
+        self.contact = contact
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
@@ -52,4 +61,5 @@ class PatchDataset(Dataset):
             seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
             self.augmentation.set_random_seed(int(seed))
             image, labels = augment_pair(self.augmentation, image, labels)
-        return image_to_tensor(image), torch.from_numpy(make_targets(labels, self.head))
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return image, torch.from_numpy(make_targets(labels, self.head, self.contact))

@@ -10,6 +10,8 @@ Channel 0 is always the foreground logit. The head adds:
   mass, scaled to [-1, 1] per nucleus (MSE plus MSE of their Sobel gradients inside nuclei).
 
 Targets are made from the instance label map after augmentation, so they always agree with it.
+Optionally a last target channel marks the contacts between nuclei (`contact_map`), where
+`head_loss` weights the foreground BCE more (U-Net's weight map, Ronneberger et al. 2015).
 """
 
 from __future__ import annotations
@@ -31,8 +33,21 @@ def output_channels(head: InstanceHead) -> int:
     return 1 + HEAD_CHANNELS[head]
 
 
-def make_targets(labels: np.ndarray, head: InstanceHead) -> np.ndarray:
-    """(H, W) instance ids -> (C, H, W) float32 targets: the foreground, then the head's maps."""
+CONTACT_RADIUS = 2
+"""A pixel is a contact when nuclei of two different ids lie within this many pixels (Chebyshev)."""
+
+
+def make_targets(labels: np.ndarray, head: InstanceHead, contact: bool = False) -> np.ndarray:
+    """(H, W) instance ids -> (C, H, W) float32 targets: the foreground, then the head's maps, then
+    with `contact` the `contact_map` as the last channel."""
+    targets = head_targets(labels, head)
+    if contact:
+        return np.concatenate([targets, contact_map(labels)[None]])
+    return targets
+
+
+def head_targets(labels: np.ndarray, head: InstanceHead) -> np.ndarray:
+    """(H, W) instance ids -> (1 + HEAD_CHANNELS[head], H, W) float32: the foreground, then the head's maps."""
     foreground = (labels > 0).astype(np.float32)
     if head == "none":
         return foreground[None]
@@ -43,6 +58,17 @@ def make_targets(labels: np.ndarray, head: InstanceHead) -> np.ndarray:
     if head == "hover":
         return np.concatenate([foreground[None], centre_offsets(labels)])
     raise ValueError(f"unknown instance head {head!r}")
+
+
+def contact_map(labels: np.ndarray) -> np.ndarray:
+    """(H, W) instance ids -> (H, W) float32, 1 where the (2 * CONTACT_RADIUS + 1)-square around a
+    pixel holds two different nuclei: the gaps between touching nuclei and their shared borders."""
+    size = 2 * CONTACT_RADIUS + 1
+    ids = labels.astype(np.int64)
+    largest = ndimage.maximum_filter(ids, size=size, mode="nearest")
+    # background set above every id, so the minimum filter finds the smallest nucleus id near the pixel
+    smallest = ndimage.minimum_filter(np.where(ids > 0, ids, ids.max() + 1), size=size, mode="nearest")
+    return (smallest < largest).astype(np.float32)
 
 
 def normalised_distance(labels: np.ndarray) -> np.ndarray:
@@ -92,9 +118,21 @@ def head_loss(
     bce_weight: float,
     dice_weight: float,
     head_weight: float,
+    contact_weight: float = 0.0,
 ) -> torch.Tensor:
-    """BCE + Dice on the foreground, plus `head_weight` times the head's own loss."""
-    loss = bce_dice_loss(logits[:, :1], targets[:, :1], bce_weight=bce_weight, dice_weight=dice_weight)
+    """BCE + Dice on the foreground, plus `head_weight` times the head's own loss.
+
+    With `contact_weight` > 0 the targets' last channel is `contact_map` (`make_targets(...,
+    contact=True)`); it is no target of the head but weights each pixel's foreground BCE by
+    1 + contact_weight * map, normalised by the mean weight (a weighted mean). The Dice is unweighted.
+    """
+    weights = None
+    if contact_weight > 0:
+        if targets.shape[1] != output_channels(head) + 1:
+            raise ValueError(f"contact_weight needs the contact map after the {head!r} targets")
+        weights = 1 + contact_weight * targets[:, -1:]
+        targets = targets[:, :-1]
+    loss = bce_dice_loss(logits[:, :1], targets[:, :1], bce_weight=bce_weight, dice_weight=dice_weight, weights=weights)
     if head == "none" or head_weight == 0:
         return loss
     extra_logits, extra_targets = logits[:, 1:], targets[:, 1:]

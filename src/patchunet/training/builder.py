@@ -64,11 +64,12 @@ def make_datasets(
     train_patches: PatchSet,
     val_patches: PatchSet,
 ) -> tuple[PatchDataset, PatchDataset]:
-    """Train patches, augmented online when `train.online_augment`; val patches as they are."""
+    """Train patches, augmented online when `train.online_augment`; val patches as they are. Both
+    carry the contact map as a last target channel when `train.contact_weight` > 0."""
     augmentation = build_augmentation(augment_cfg) if train_cfg.online_augment else None
-    return PatchDataset(train_patches, augmentation, seed=train_cfg.seed, head=head), PatchDataset(
-        val_patches, head=head
-    )
+    contact = train_cfg.contact_weight > 0
+    train_set = PatchDataset(train_patches, augmentation, seed=train_cfg.seed, head=head, contact=contact)
+    return train_set, PatchDataset(val_patches, head=head, contact=contact)
 
 
 def make_loaders(
