@@ -34,7 +34,8 @@ from patchunet.data.dataset import PatchDataset
 from patchunet.model.unet import PatchUNet, parameter_count
 from patchunet.training.builder import make_loaders
 from patchunet.training.distributed import process_group
-from patchunet.training.loop import train_one_epoch
+from patchunet.training.devices import training_precision
+from patchunet.training.loop import Step, train_one_epoch
 
 
 def measure(batches: int, repeats: int, out: Path) -> None:
@@ -54,13 +55,16 @@ def measure(batches: int, repeats: int, out: Path) -> None:
         model = PatchUNet(model_cfg).to(ranks.device)
         trained = ranks.wrap(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+        step = Step(train_cfg, ranks.device, training_precision(train_cfg.precision, ranks.device), head)
+        if train_cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
 
         def one_pass(epoch: int) -> float:
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
             ranks.barrier()
             start = time.perf_counter()
-            train_one_epoch(trained, train_loader, optimizer, train_cfg, ranks.device, head, ranks)
+            train_one_epoch(trained, train_loader, optimizer, step, ranks)
             return len(train_loader) * train_cfg.batch_size / ranks.from_main(time.perf_counter() - start)
 
         one_pass(0)  # warm-up: allocator, oneDNN kernels, loader workers, DDP buckets

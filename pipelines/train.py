@@ -30,6 +30,7 @@ from tqdm import tqdm
 from patchunet import tracking
 from patchunet.config import (
     AugmentConfig,
+    EvalConfig,
     MlflowConfig,
     ModelConfig,
     PatchConfig,
@@ -40,6 +41,7 @@ from patchunet.config import (
 )
 from patchunet.console import log_to_stdout, run_stage
 from patchunet.data.patches import PatchSet
+from patchunet.evaluation.val_scoring import WholeImageAJI
 from patchunet.files import read_json_value, write_csv, write_json
 from patchunet.locking import sole_holder
 from patchunet.model.unet import check_input_size, parameter_count, save_model
@@ -106,12 +108,16 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     cfgs = {name: parse_section(cls, params, name) for name, cls in SECTIONS.items()}
     model_cfg, train_cfg = cfgs["model"], cfgs["train"]
     mlflow_cfg = parse_section(MlflowConfig, params, "mlflow")
+    eval_cfg = parse_section(EvalConfig, params, "eval")
 
     uri = tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri)
     tracking.connect(uri)  # fails now, not after an hour of training
     train_patches, val_patches = PatchSet.load(PATCH_DIR / "train"), PatchSet.load(PATCH_DIR / "val")
     patch_size = train_patches.images.shape[1]
     check_input_size((patch_size, patch_size), model_cfg.size_multiple)
+    val_scorer = None
+    if train_cfg.select_by == "val_aji":
+        val_scorer = WholeImageAJI(val_patches, eval_cfg, eval_cfg.window_for(patch_size, model_cfg.size_multiple))
     abandoned = tracking.fail_abandoned_run(ACTIVE_RUN_RECORD)
     if abandoned:
         print(f"train: run {abandoned} was killed before it could end; marked FAILED in MLflow")
@@ -133,6 +139,8 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         f"train: {parameter_count(model):,} parameters, {patch_counts['train_patches']} train / "
         f"{patch_counts['val_patches']} val patches of {patch_size} px, tracking {uri}{processes}"
     )
+    select = "whole-image val AJI" if val_scorer else "val patch Dice"
+    print(f"train: {train_cfg.schedule} schedule, best epoch by {select}")
 
     with (
         tracking.run(mlflow_cfg.experiment, run_id=run_id) as active,
@@ -156,6 +164,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             ),
             extra_state={"mlflow_run_id": active.run_id, "model_config": dataclasses.asdict(model_cfg)},
             ranks=ranks,
+            val_scorer=val_scorer,
         )
         model.load_state_dict(load_checkpoint(CHECKPOINT_DIR / BEST_CHECKPOINT)["model"])
         model.cpu().eval()
@@ -173,6 +182,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
             "microns_per_pixel": model_cfg.microns_per_pixel,
             "val_dice": round(summary["val_dice"], 4),
             "val_iou": round(summary["val_iou"], 4),
+            **({"val_aji": round(summary["val_aji"], 4)} if "val_aji" in summary else {}),
             "best_epoch": summary["best_epoch"],
         }
 
@@ -190,7 +200,9 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
     write_csv(TRAIN_PLOTS, result.history_rows(), HISTORY_COLUMNS)
     print(
         f"train: best epoch {summary['best_epoch']} (counting from 0) of {summary['epochs_run']}: val dice "
-        f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches; model logged "
+        f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches"
+        + (f", val aji {summary['val_aji']:.4f} on the whole val images" if "val_aji" in summary else "")
+        + f", {result.precision}; model logged "
         f"to run {active.run_id}, registered by `register` once evaluated"
     )
 

@@ -153,6 +153,7 @@ class AugmentConfig:
     scale_limit: Annotated[float, Field(ge=0, lt=1)]
     shift_limit: NonNegativeFloat
     stain_jitter: NonNegativeFloat
+    stain_space: Literal["hestain", "hed"]
 
 
 GROUPS = 8
@@ -210,6 +211,12 @@ class TrainConfig:
     lr_factor: Fraction
     min_lr: float
     num_workers: Annotated[int, Field(ge=0, le=MAX_LOADER_WORKERS)]
+    precision: Literal["fp32", "bf16"]
+    channels_last: bool
+    schedule: Literal["plateau", "cosine"]
+    warmup_epochs: NonNegativeInt
+    select_by: Literal["val_dice", "val_aji"]
+    contact_weight: NonNegativeFloat
 
     @model_validator(mode="after")
     def _some_loss(self) -> TrainConfig:

@@ -85,7 +85,7 @@ def test_stage_outputs_feed_dvc_metrics_and_plots(trained) -> None:
     summary = json.loads((project / "metrics/train.json").read_text())
     assert summary["epochs_run"] == 2 and 0 <= summary["val_dice"] <= 1
     rows = (project / "plots/train.csv").read_text().splitlines()
-    assert rows[0] == "epoch,train_loss,val_loss,val_dice,val_iou,lr" and len(rows) == 3
+    assert rows[0] == "epoch,train_loss,val_loss,val_dice,val_iou,val_aji,lr" and len(rows) == 3
 
 
 def test_resume_continues_the_same_run(train_project: Path) -> None:

@@ -33,7 +33,8 @@ from patchunet.resources import worker_count
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import LAST_CHECKPOINT, load_checkpoint
 from patchunet.training.distributed import Ranks, process_group
-from patchunet.training.loop import FitResult, evaluate, fit
+from patchunet.training.devices import training_precision
+from patchunet.training.loop import FitResult, Step, evaluate, fit
 
 pytestmark = pytest.mark.distributed
 
@@ -155,7 +156,9 @@ def test_val_scores_summed_over_the_ranks_equal_one_process_on_the_same_weights(
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, worker_count() // 2))  # as each rank ran
     try:
-        val_loss, counts = evaluate(training.model, training.val_loader, train_cfg, torch.device("cpu"))
+        cpu = torch.device("cpu")
+        step = Step(train_cfg, cpu, training_precision(train_cfg.precision, cpu))
+        val_loss, counts = evaluate(training.model, training.val_loader, step)
     finally:
         torch.set_num_threads(threads)
     last = history(project)[-1]

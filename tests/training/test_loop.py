@@ -108,7 +108,9 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: 
     from patchunet.config import AugmentConfig
     from patchunet.data.augment import build_augmentation
 
-    augment = AugmentConfig(copies=0, seed=0, rotate_limit=20, scale_limit=0.2, shift_limit=0.1, stain_jitter=0.1)
+    augment = AugmentConfig(
+        copies=0, seed=0, rotate_limit=20, scale_limit=0.2, shift_limit=0.1, stain_jitter=0.1, stain_space="hestain"
+    )
 
     def fresh_datasets():
         train, val = datasets()

@@ -108,6 +108,34 @@ class PatchSet:
             writer.writeheader()
             writer.writerows(self.index)
 
+    def whole_images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{image_id: (image, labels)} put back together from the patches of copy 0.
+
+        `tile_grid` covers every pixel of an image, so an unaugmented split (val) holds its images
+        whole: the training loop scores them as whole images without reading the raw data again.
+        """
+        whole: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        size = self.images.shape[1]
+        for row, image, labels in zip(self.index, self.images, self.labels, strict=True):
+            if row["copy"] != 0:
+                continue
+            y, x = int(row["y"]), int(row["x"])
+            if row["image_id"] not in whole:
+                height, width = self._extent(str(row["image_id"]))
+                whole[str(row["image_id"])] = (
+                    np.zeros((height, width, 3), np.uint8),
+                    np.zeros((height, width), self.labels.dtype),
+                )
+            canvas, label_canvas = whole[str(row["image_id"])]
+            canvas[y : y + size, x : x + size] = image
+            label_canvas[y : y + size, x : x + size] = labels
+        return whole
+
+    def _extent(self, image_id: str) -> tuple[int, int]:
+        size = self.images.shape[1]
+        rows = [r for r in self.index if r["image_id"] == image_id and r["copy"] == 0]
+        return max(int(r["y"]) for r in rows) + size, max(int(r["x"]) for r in rows) + size
+
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> PatchSet:
         """Open a saved patch set; arrays are memory-mapped read-only unless `mmap` is False."""

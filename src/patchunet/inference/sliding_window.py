@@ -117,7 +117,7 @@ def predict_maps(
             windows = torch.stack([image_to_tensor(padded[y : y + window, x : x + window]) for y, x in batch])
             windows = windows.to(device)
             maps = sum(inverse(activate(model(forward(windows)), head)) for forward, inverse in transforms)
-            maps = (maps / len(transforms)).cpu().numpy()
+            maps = (maps / len(transforms)).float().cpu().numpy()  # float: a bf16 autocast's maps too
             if total is None:
                 total = np.zeros((maps.shape[1], *padded.shape[:2]), np.float32)
             for (y, x), window_maps in zip(batch, maps, strict=True):

@@ -11,6 +11,7 @@ TRAIN_LOSS = "train/loss"
 VAL_LOSS = "val/loss"
 VAL_DICE = "val/dice"
 VAL_IOU = "val/iou"
+VAL_AJI = "val/aji"  # whole val images, with the eval post-processing (train.select_by val_aji)
 LEARNING_RATE = "lr"
 EPOCH_SECONDS = "time/epoch_seconds"
 
@@ -18,6 +19,7 @@ EPOCH_SECONDS = "time/epoch_seconds"
 PARAMETER_COUNT = "model/parameters"
 BEST_VAL_DICE = "best/val_dice"
 BEST_VAL_IOU = "best/val_iou"
+BEST_VAL_AJI = "best/val_aji"
 BEST_EPOCH = "best/epoch"
 
 # --- metrics the evaluate stage adds to the training run ---

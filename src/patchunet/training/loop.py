@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from patchunet.config import InstanceHead, TrainConfig
+from patchunet.data.dataset import as_model_input
 from patchunet.errors import PatchUNetError
 from patchunet.evaluation.metrics import PixelCounts
 from patchunet.model.heads import head_loss
@@ -33,7 +34,9 @@ from patchunet.training.checkpoints import (
     save_checkpoint,
     set_aside_checkpoints,
 )
+from patchunet.training.devices import Precision, autocast, training_precision
 from patchunet.training.distributed import Ranks
+from patchunet.training.schedules import Schedule, make_schedule
 
 VAL_THRESHOLD = 0.5
 """Probability above which a pixel counts as nucleus for the val Dice and IoU of each epoch.
@@ -71,9 +74,22 @@ class EpochResult:
     val_iou: float
     lr: float
     seconds: float
+    val_aji: float | None = None
+    """Per-image mean AJI of the whole val images, where `fit` was given a `val_scorer`."""
+    is_best: bool = False
+    """Whether this epoch's weights are the best so far by `train.select_by` (best.pt)."""
+
+    def selection_score(self, select_by: str) -> float:
+        """The score `train.select_by` names: higher is better."""
+        score = self.val_aji if select_by == "val_aji" else self.val_dice
+        if score is None:
+            raise ValueError(f"epoch {self.epoch} has no {select_by}: `fit` needs a val_scorer to select by it")
+        return score
 
 
 EpochCallback = Callable[[EpochResult], None]
+ValScorer = Callable[[torch.nn.Module], float]
+"""Scores the model (in eval mode, under the training's autocast) on the whole val images: val AJI."""
 
 
 @dataclasses.dataclass
@@ -98,7 +114,7 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_aji", "lr")
 
 
 @dataclasses.dataclass
@@ -106,6 +122,8 @@ class FitResult:
     history: list[EpochResult]
     best_epoch: int
     stopped_early: bool
+    precision: Precision = "fp32"
+    """What the run computed in: train.precision, or fp32 where bf16 is not native."""
     previous_checkpoints: Path | None = None
     """Where a fresh run moved the checkpoints it found (`set_aside_checkpoints`), if any."""
 
@@ -122,6 +140,7 @@ class FitResult:
             "stopped_early": self.stopped_early,
             "val_dice": best.val_dice,
             "val_iou": best.val_iou,
+            **({"val_aji": best.val_aji} if best.val_aji is not None else {}),
             "val_loss": best.val_loss,
             "train_loss": best.train_loss,
         }
@@ -136,7 +155,7 @@ class LoopState:
     """What a checkpoint must hold besides the weights for a resumed run to end as an unbroken one."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: Schedule
     stopper: EarlyStopping
     shuffle: torch.Generator
     history: list[EpochResult] = dataclasses.field(default_factory=list)
@@ -144,11 +163,11 @@ class LoopState:
     """The untrained network's val loss (None when resumed from a checkpoint that predates it)."""
 
     @classmethod
-    def start(cls, model: torch.nn.Module, cfg: TrainConfig, shuffle: torch.Generator) -> LoopState:
+    def start(
+        cls, model: torch.nn.Module, cfg: TrainConfig, shuffle: torch.Generator, steps_per_epoch: int
+    ) -> LoopState:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
-        )
+        scheduler = make_schedule(optimizer, cfg, steps_per_epoch)
         return cls(
             optimizer, scheduler, EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta), shuffle
         )
@@ -175,12 +194,12 @@ class LoopState:
     def restore(self, model: torch.nn.Module, state: dict, ranks: Ranks) -> None:
         model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.stopper.best, self.stopper.bad_epochs = (
             state["early_stopping"]["best"],
             state["early_stopping"]["bad_epochs"],
         )
         self.history = [EpochResult(**row) for row in state["history"]]
+        self.scheduler.load_state_dict(state["scheduler"])  # after the optimiser: a cosine sets its rate
         self.initial_loss = state.get(INITIAL_LOSS_KEY)
         self.shuffle.set_state(state["rng"]["shuffle"])
         set_rng_state(state[RANK_RNG_KEY][ranks.rank] if ranks.world_size > 1 else state["rng"])
@@ -209,18 +228,26 @@ def fit(
     progress: Callable[[Iterable, int, str], Iterable] | None = None,
     extra_state: dict | None = None,
     ranks: Ranks | None = None,
+    val_scorer: ValScorer | None = None,
 ) -> FitResult:
-    """Train `model` on `device` in place; leaves `best.pt` (by val Dice) and `last.pt` in `checkpoint_dir`.
+    """Train `model` on `device` in place; leaves `best.pt` (by `cfg.select_by`) and `last.pt` in
+    `checkpoint_dir`.
 
     `train_loader` shuffles with its own seeded generator (`builder.make_loaders`), whose state the
-    checkpoints keep. Stops after `cfg.epochs`, on early stopping, or before an epoch that would
-    end past `cfg.max_minutes` of training (judged by the longest epoch so far).
+    checkpoints keep. Stops after `cfg.epochs` (or the epochs a cosine schedule planned for
+    `cfg.max_minutes`), on early stopping, or before an epoch that would end past `cfg.max_minutes`
+    of training (judged by the longest epoch so far).
 
-    `resume` continues from `last.pt` exactly: weights, optimiser, scheduler, early stopping,
+    Computes in `cfg.precision` (bf16 autocast where native, see `devices.training_precision`),
+    with the losses in fp32, and in channels_last layout given `cfg.channels_last`.
+
+    `resume` continues from `last.pt` exactly: weights, optimiser, schedule, early stopping,
     history and RNG state. Without it, checkpoints already there are set aside, never deleted.
     `callbacks` run after each epoch's checkpoints are written, in order.
     `extra_state` (plain values only) is stored in every checkpoint (e.g. the MLflow run id).
     `progress(batches, total, description)` may wrap each epoch's batches, e.g. in a tqdm bar.
+    `val_scorer` scores each epoch on the whole val images (its `val_aji`); `cfg.select_by`
+    val_aji needs it (on rank 0 alone under DDP).
 
     A fresh run first measures the untrained network's val loss; an epoch whose losses are not
     finite or DIVERGENCE_FACTOR times that raises `LossDiverged` before its checkpoints and callbacks.
@@ -228,72 +255,108 @@ def fit(
     `ranks` (from `distributed.process_group`, on `device`) makes this one of several DDP processes
     over loaders sharded by `builder.make_loaders`: every rank must call `fit` alike, and each
     epoch's scores, and so every decision, are the same on all of them. Only rank 0 sets
-    checkpoints aside and writes new ones; pass `callbacks` and `progress` there alone.
+    checkpoints aside and writes new ones; pass `callbacks`, `progress` and `val_scorer` there alone.
     """
     ranks = ranks or Ranks(device)
+    if cfg.select_by == "val_aji" and val_scorer is None and ranks.is_main:
+        raise ValueError("train.select_by val_aji needs a val_scorer (the whole val images)")
+    precision = training_precision(cfg.precision, device)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     previous = None if resume or not ranks.is_main else set_aside_checkpoints(checkpoint_dir)
-    loop = LoopState.start(model, cfg, train_loader.generator)
+    loop = LoopState.start(model, cfg, train_loader.generator, len(train_loader))
     torch.manual_seed(cfg.seed + ranks.rank)  # ranks draw different dropout masks
     if resume:
         state = load_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
         check_processes(checkpoint_dir / LAST_CHECKPOINT, state, ranks.world_size)
         loop.restore(model, state, ranks)
     else:
-        loop.initial_loss = untrained_loss(model, val_loader, cfg, device, ranks)
+        loop.initial_loss = untrained_loss(model, val_loader, cfg, device, ranks, precision)
     trained = ranks.wrap(model)
     wrap = progress or (lambda batches, total, description: batches)
+    step = Step(cfg, device, precision, train_loader.dataset.head, loop.scheduler)
 
     for epoch in range(len(loop.history), cfg.epochs):
-        if loop.stopper.stopped or out_of_time(loop.history, cfg.max_minutes):
+        if loop.stopper.stopped or epoch >= loop.scheduler.planned_epochs or out_of_time(loop.history, cfg.max_minutes):
             break
         started = time.perf_counter()
-        lr = loop.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
+        lr = loop.optimizer.param_groups[0]["lr"]  # the rate this epoch starts at
         train_loader.dataset.set_epoch(epoch)
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         batches = wrap(train_loader, len(train_loader), f"epoch {epoch + 1}")
-        train_loss = train_one_epoch(trained, batches, loop.optimizer, cfg, device, train_loader.dataset.head, ranks)
+        train_loss = train_one_epoch(trained, batches, loop.optimizer, step, ranks)
         ranks.share_buffers(model)
-        val_loss, counts = evaluate(model, val_loader, cfg, device, val_loader.dataset.head, ranks)
-        loop.scheduler.step(val_loss)
-        loop.stopper.step(val_loss)
+        val_loss, counts = evaluate(model, val_loader, step, ranks)
+        val_aji = ranks.from_main(score_whole_images(model, val_scorer, step) if val_scorer else None)
         seconds = ranks.from_main(time.perf_counter() - started)  # so that max_minutes stops every rank alike
-        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, seconds)
+        loop.scheduler.after_epoch(val_loss, seconds)
+        loop.stopper.step(val_loss)
+        result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, seconds, val_aji)
         check_convergence(result, loop.initial_loss, cfg)
-        is_best = not loop.history or result.val_dice > max(r.val_dice for r in loop.history)
+        is_best = not loop.history or result.selection_score(cfg.select_by) > max(
+            r.selection_score(cfg.select_by) for r in loop.history
+        )
+        result = dataclasses.replace(result, is_best=is_best)
         loop.history.append(result)
         state = loop.checkpoint(model, epoch, extra_state, ranks)
         if ranks.is_main:
             save_checkpoint(state, checkpoint_dir / LAST_CHECKPOINT)
-            if is_best:
+            if result.is_best:
                 save_checkpoint(state, checkpoint_dir / BEST_CHECKPOINT)
         for callback in callbacks:
             callback(result)
 
     ranks.barrier()  # rank 0 has written the last checkpoint before any rank goes on (to a resume, say)
-    best_epoch = max(loop.history, key=lambda r: r.val_dice).epoch
-    return FitResult(loop.history, best_epoch, loop.stopper.stopped, previous)
+    best_epoch = next(r for r in reversed(loop.history) if r.is_best).epoch
+    return FitResult(loop.history, best_epoch, loop.stopper.stopped, previous_checkpoints=previous, precision=precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """How each batch is computed: device, precision, layout, loss and the schedule to step."""
+
+    cfg: TrainConfig
+    device: torch.device
+    precision: Precision
+    head: InstanceHead = "none"
+    scheduler: Schedule | None = None
+
+    def batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's (uint8 images, targets) on the device: images as float model input."""
+        images = as_model_input(images.to(self.device, non_blocking=True))
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=True)
+
+    def logits(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The model's logits, computed under the run's autocast and returned in fp32."""
+        with autocast(self.device, self.precision):
+            return model(images).float()
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return training_loss(logits, targets, self.cfg, self.head)
 
 
 def train_one_epoch(
     model: torch.nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    device: torch.device,
-    head: InstanceHead = "none",
+    step: Step,
     ranks: Ranks | None = None,
 ) -> float:
     """One pass over the training batches; returns the mean loss per patch (of every rank's patches)."""
     model.train()
     total, seen = 0.0, 0
     for images, targets in batches:
-        images, targets = images.to(device), targets.to(device)
+        images, targets = step.batch(images, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss = training_loss(model(images), targets, cfg, head)
+        loss = step.loss(step.logits(model, images), targets)
         loss.backward()
         optimizer.step()
+        if step.scheduler is not None:
+            step.scheduler.after_batch()
         total += loss.item() * len(images)
         seen += len(images)
     if ranks is not None:
@@ -303,12 +366,7 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module,
-    loader: DataLoader,
-    cfg: TrainConfig,
-    device: torch.device,
-    head: InstanceHead = "none",
-    ranks: Ranks | None = None,
+    model: torch.nn.Module, loader: DataLoader, step: Step, ranks: Ranks | None = None
 ) -> tuple[float, PixelCounts]:
     """Mean loss per patch, and foreground pixel counts at VAL_THRESHOLD pooled over every val patch
     (over every rank's share of them, given `ranks`)."""
@@ -316,9 +374,9 @@ def evaluate(
     counts = PixelCounts()
     total, seen = 0.0, 0
     for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images)
-        loss = training_loss(logits, targets, cfg, head)
+        images, targets = step.batch(images, targets)
+        logits = step.logits(model, images)
+        loss = step.loss(logits, targets)
         total += loss.item() * len(images)
         seen += len(images)
         counts.add(torch.sigmoid(logits[:, :1]) > VAL_THRESHOLD, targets[:, :1] > 0.5)  # targets are 0 or 1
@@ -328,14 +386,33 @@ def evaluate(
     return total / seen, counts
 
 
+def score_whole_images(model: torch.nn.Module, val_scorer: ValScorer, step: Step) -> float:
+    """`val_scorer` on the model in eval mode, under the run's autocast, on a fork of the RNG (so
+    that scoring changes no later dropout mask)."""
+    model.eval()
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(), autocast(step.device, step.precision):
+        return val_scorer(model)
+
+
 def training_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig, head: InstanceHead) -> torch.Tensor:
     return head_loss(
-        logits, targets, head, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight, head_weight=cfg.head_weight
+        logits,
+        targets,
+        head,
+        bce_weight=cfg.bce_weight,
+        dice_weight=cfg.dice_weight,
+        head_weight=cfg.head_weight,
+        contact_weight=cfg.contact_weight,
     )
 
 
 def untrained_loss(
-    model: torch.nn.Module, val_loader: DataLoader, cfg: TrainConfig, device: torch.device, ranks: Ranks
+    model: torch.nn.Module,
+    val_loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    ranks: Ranks,
+    precision: Precision = "fp32",
 ) -> float:
     """The val loss of `model` before training: the reference `check_convergence` judges against.
 
@@ -343,7 +420,7 @@ def untrained_loss(
     (when it has no generator of its own), and training must draw the dropout masks it would
     draw without this measurement, so that the trained weights stay the same."""
     with torch.random.fork_rng(devices=[]):
-        loss, _ = evaluate(model, val_loader, cfg, device, val_loader.dataset.head, ranks)
+        loss, _ = evaluate(model, val_loader, Step(cfg, device, precision, val_loader.dataset.head), ranks)
     return loss
 
 

@@ -22,7 +22,6 @@ class EpochLogger:
 
     def __init__(self, epochs: int, label: str = "", checkpoint_dir: Path | None = None) -> None:
         self.epochs, self.label, self.checkpoint_dir = epochs, label, checkpoint_dir
-        self.best_dice = -1.0
 
     def __call__(self, result: EpochResult) -> None:
         tracking.log_metrics(
@@ -33,18 +32,19 @@ class EpochLogger:
                 names.VAL_IOU: result.val_iou,
                 names.LEARNING_RATE: result.lr,
                 names.EPOCH_SECONDS: result.seconds,
+                **({names.VAL_AJI: result.val_aji} if result.val_aji is not None else {}),
             },
             step=result.epoch,
         )
         if self.checkpoint_dir is not None:
             tracking.log_artifact(self.checkpoint_dir / LAST_CHECKPOINT, artifact_path="checkpoints")
-            if result.val_dice > self.best_dice:
+            if result.is_best:
                 tracking.log_artifact(self.checkpoint_dir / BEST_CHECKPOINT, artifact_path="checkpoints")
-        self.best_dice = max(self.best_dice, result.val_dice)
+        aji = f"  val aji {result.val_aji:.4f}" if result.val_aji is not None else ""
         log.info(
             f"{self.label}epoch {result.epoch + 1:3d}/{self.epochs}  train loss {result.train_loss:.4f}  "
-            f"val loss {result.val_loss:.4f}  val dice {result.val_dice:.4f}  val iou {result.val_iou:.4f}  "
-            f"lr {result.lr:.1e}  {result.seconds:.0f} s"
+            f"val loss {result.val_loss:.4f}  val dice {result.val_dice:.4f}  val iou {result.val_iou:.4f}{aji}  "
+            f"lr {result.lr:.1e}  {result.seconds:.0f} s{'  best' if result.is_best else ''}"
         )
 
 
@@ -71,6 +71,7 @@ def log_best(summary: Mapping[str, Any]) -> None:
         {
             names.BEST_VAL_DICE: summary["val_dice"],
             names.BEST_VAL_IOU: summary["val_iou"],
+            **({names.BEST_VAL_AJI: summary["val_aji"]} if "val_aji" in summary else {}),
             names.BEST_EPOCH: summary["best_epoch"],
         }
     )
