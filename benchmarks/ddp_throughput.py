@@ -33,8 +33,8 @@ from patchunet.data.augment import build_augmentation
 from patchunet.data.dataset import PatchDataset
 from patchunet.model.unet import PatchUNet, parameter_count
 from patchunet.training.builder import make_loaders
-from patchunet.training.distributed import process_group
 from patchunet.training.devices import training_precision
+from patchunet.training.distributed import process_group
 from patchunet.training.loop import Step, train_one_epoch
 
 

@@ -32,8 +32,8 @@ from patchunet.model.unet import PatchUNet, load_model
 from patchunet.resources import worker_count
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import LAST_CHECKPOINT, load_checkpoint
-from patchunet.training.distributed import Ranks, process_group
 from patchunet.training.devices import training_precision
+from patchunet.training.distributed import Ranks, process_group
 from patchunet.training.loop import FitResult, Step, evaluate, fit
 
 pytestmark = pytest.mark.distributed
