@@ -5,7 +5,8 @@ at most `tune.epochs_per_trial` epochs, as an MLflow child run of the study's pa
 
 The objective is the best val Dice of those epochs: pixel Dice pooled over the val patches, which
 tile the whole val images (the training loop's own val/dice). It is reported after every epoch,
-so the pruner can stop a poor trial early.
+so the pruner can stop a poor trial early. Trials train as the train stage does (train.precision,
+train.schedule, ...), but pick their best epoch by that val Dice whatever train.select_by says.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.cfg.dimensions)
         params = apply_overrides(self.params, values)
-        train_cfg = dataclasses.replace(parse_section(TrainConfig, params, "train"), epochs=self.cfg.epochs_per_trial)
+        train_cfg = dataclasses.replace(  # the study's objective is val Dice, so it picks each trial's best epoch
+            parse_section(TrainConfig, params, "train"), epochs=self.cfg.epochs_per_trial, select_by="val_dice"
+        )
         train_patches, val_patches = self.patch_sets(parse_section(PatchConfig, params, "patch"))
         training = build_training(
             parse_section(ModelConfig, params, "model"),
