@@ -85,3 +85,34 @@ def test_a_patch_set_the_memory_or_disk_cannot_hold_is_refused_naming_augment_co
 def test_patch_count_is_what_the_tile_grid_cuts() -> None:
     for shape in [(100, 100), (1000, 1000), (37, 300)]:
         assert patch_count(shape, 32, 24) == len(tile_grid(shape, 32, 24))
+
+
+@pytest.mark.parametrize("stride", [32, 20])  # tiles that abut, and tiles that overlap
+def test_whole_images_puts_each_image_back_together_from_its_patches(tmp_path: Path, stride: int) -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    labels = rng.integers(0, 300, (70, 90)).astype(np.uint16)
+    other = rng.integers(0, 256, (40, 33, 3), dtype=np.uint8)
+    other_labels = rng.integers(0, 9, (40, 33)).astype(np.uint16)
+    patches = PatchSet.from_images([("img", 0, image, labels), ("other", 0, other, other_labels)], 32, stride)
+    patches.save(tmp_path / "val")
+    for patch_set in (patches, PatchSet.load(tmp_path / "val")):
+        whole = patch_set.whole_images()
+        assert sorted(whole) == ["img", "other"]
+        for image_id, (expected, expected_labels) in {"img": (image, labels), "other": (other, other_labels)}.items():
+            np.testing.assert_array_equal(whole[image_id][0], expected)
+            np.testing.assert_array_equal(whole[image_id][1], expected_labels)
+            assert whole[image_id][1].dtype == np.uint16
+
+
+def test_whole_images_ignores_augmented_copies() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    labels = rng.integers(0, 300, (70, 90)).astype(np.uint16)
+    augmented = (255 - image, labels[::-1].copy())
+    bigger = (np.zeros((100, 100, 3), np.uint8), np.zeros((100, 100), np.uint16))  # would widen the extent
+    copies = [("img", 1, *augmented), ("img", 0, image, labels), ("img", 2, *bigger), ("aug-only", 1, *augmented)]
+    whole = PatchSet.from_images(copies, 32, 20).whole_images()
+    assert list(whole) == ["img"]
+    np.testing.assert_array_equal(whole["img"][0], image)
+    np.testing.assert_array_equal(whole["img"][1], labels)

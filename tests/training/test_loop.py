@@ -1,4 +1,7 @@
 import dataclasses
+import itertools
+import math
+import types
 from pathlib import Path
 
 import pytest
@@ -12,12 +15,14 @@ from patchunet.errors import PatchUNetError
 from patchunet.model.unet import PatchUNet
 from patchunet.training.builder import make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
+from patchunet.training.devices import native_bf16
 from patchunet.training.loop import (
     DIVERGENCE_FACTOR,
     EarlyStopping,
     EpochResult,
     FitResult,
     LossDiverged,
+    Step,
     check_convergence,
     fit,
     out_of_time,
@@ -235,3 +240,116 @@ def test_measuring_the_untrained_loss_leaves_the_trained_weights_unchanged(tmp_p
     assert [r.train_loss for r in measured.history] == [r.train_loss for r in unmeasured.history]
     for name, tensor in load_checkpoint(tmp_path / "measured" / LAST_CHECKPOINT)["model"].items():
         assert torch.equal(tensor, load_checkpoint(tmp_path / "unmeasured" / LAST_CHECKPOINT)["model"][name]), name
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has neither AMX nor AVX512-BF16")
+def test_a_bf16_fit_runs_in_bf16_with_finite_losses(tmp_path: Path) -> None:
+    result = train(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, precision="bf16"), tmp_path)
+    assert result.precision == "bf16"
+    losses = [loss for r in result.history for loss in (r.train_loss, r.val_loss)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_an_fp32_fit_says_fp32(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY_TRAIN, precision="fp32", epochs=1)
+    assert train(tiny_model(), *datasets(), cfg, tmp_path).precision == "fp32"
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has neither AMX nor AVX512-BF16")
+def test_step_logits_are_float32_from_a_bf16_forward_pass() -> None:
+    model = tiny_model().eval()
+    inner = []
+    model.head.register_forward_hook(lambda module, inputs, output: inner.append(output.dtype))
+    step = Step(dataclasses.replace(TINY_TRAIN, precision="bf16"), torch.device("cpu"), "bf16")
+    with torch.inference_mode():
+        logits = step.logits(model, torch.rand(2, 3, 32, 32))
+    assert inner == [torch.bfloat16]  # computed under autocast
+    assert logits.dtype == torch.float32
+
+
+def test_a_channels_last_fit_trains_in_channels_last(tmp_path: Path) -> None:
+    model = tiny_model()
+    result = train(model, *datasets(), dataclasses.replace(TINY_TRAIN, channels_last=True), tmp_path)
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    first_conv = model.encoders[0][0].weight  # (8, 3, 3, 3): the head's 1 x 1 kernel is both layouts at once
+    assert first_conv.is_contiguous(memory_format=torch.channels_last) and not first_conv.is_contiguous()
+
+
+def test_a_channels_last_best_checkpoint_loads_into_a_contiguous_model(tmp_path: Path) -> None:
+    trained = tiny_model()
+    cfg = dataclasses.replace(TINY_TRAIN, channels_last=True, precision="fp32", epochs=1)
+    train(trained, *datasets(), cfg, tmp_path)
+    fresh = tiny_model(seed=5)
+    fresh.load_state_dict(load_checkpoint(tmp_path / BEST_CHECKPOINT)["model"])
+    assert fresh.encoders[0][0].weight.is_contiguous()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = trained.eval()(images.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(fresh.eval()(images), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_selecting_by_val_aji_keeps_the_epoch_with_the_best_scripted_aji(tmp_path: Path) -> None:
+    scores = iter([0.1, 0.5, 0.3, 0.5])  # a tie keeps the earlier epoch
+    model = tiny_model()
+    weights = []
+    cfg = dataclasses.replace(TINY_TRAIN, epochs=4, select_by="val_aji", early_stopping_patience=10)
+    result = train(
+        model,
+        *datasets(),
+        cfg,
+        tmp_path,
+        val_scorer=lambda scored: next(scores),
+        callbacks=[lambda r: weights.append({k: v.clone() for k, v in model.state_dict().items()})],
+    )
+    assert [r.val_aji for r in result.history] == [0.1, 0.5, 0.3, 0.5]
+    assert [r.is_best for r in result.history] == [True, True, False, False]
+    assert result.best_epoch == 1 and result.summary()["val_aji"] == 0.5
+    best = load_checkpoint(tmp_path / BEST_CHECKPOINT)
+    assert best["epoch"] == 1
+    assert all(torch.equal(tensor, weights[1][name]) for name, tensor in best["model"].items())
+    assert not all(torch.equal(tensor, weights[3][name]) for name, tensor in best["model"].items())
+
+
+def test_selecting_by_val_aji_without_a_scorer_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="select_by val_aji needs a val_scorer"):
+        train(tiny_model(), *datasets(), dataclasses.replace(TINY_TRAIN, select_by="val_aji"), tmp_path)
+    assert not (tmp_path / LAST_CHECKPOINT).exists()
+
+
+def scripted_clock(first_epoch: float, later_epochs: float):
+    """A perf_counter under which `fit`'s first epoch lasts `first_epoch` seconds and each later one
+    `later_epochs` (fit reads it at the start and at the end of every epoch)."""
+    ends = itertools.accumulate(itertools.chain([first_epoch], itertools.repeat(later_epochs)))
+    ticks = itertools.chain([0.0], itertools.chain.from_iterable((end, end) for end in ends))
+    return types.SimpleNamespace(perf_counter=lambda: next(ticks))
+
+
+def test_a_cosine_fit_with_max_minutes_ends_at_the_planned_epochs_on_min_lr(tmp_path: Path, monkeypatch) -> None:
+    # the first epoch takes 10 s of the 60: 6 planned, though later 1 s epochs would fit many more
+    monkeypatch.setattr(patchunet.training.loop, "time", scripted_clock(10.0, 1.0))
+    cfg = dataclasses.replace(
+        TINY_TRAIN, schedule="cosine", warmup_epochs=1, epochs=50, max_minutes=1.0, early_stopping_patience=100
+    )
+    result = train(tiny_model(), *datasets(), cfg, tmp_path)
+    assert [r.seconds for r in result.history] == [10.0] + [1.0] * 5
+    assert not result.stopped_early
+    state = load_checkpoint(tmp_path / LAST_CHECKPOINT)
+    assert state["scheduler"]["planned_epochs"] == len(result.history) == 6
+    assert state["optimizer"]["param_groups"][0]["lr"] == cfg.min_lr
+
+
+def test_a_resumed_cosine_run_ends_with_the_same_weights(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY_TRAIN, schedule="cosine", warmup_epochs=1, epochs=3)
+    straight = tiny_model()
+    train(straight, *datasets(), cfg, tmp_path / "straight")
+
+    with pytest.raises(Killed):
+        train(tiny_model(), *datasets(), cfg, tmp_path / "killed", callbacks=[kill_after_first_epoch])
+    resumed = tiny_model(seed=123)
+    result = train(resumed, *datasets(), cfg, tmp_path / "killed", resume=True)
+
+    assert [r.epoch for r in result.history] == [0, 1, 2]
+    assert [r.lr for r in result.history][1] == cfg.lr  # warmed up over epoch 0
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
