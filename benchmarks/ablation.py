@@ -1,18 +1,48 @@
-"""Ablation and peers, side by side under one training budget.
+"""Which settings give the best val AJI when every row trains for the same wall-clock minutes?
 
-Each row trains one network on the pipeline's patch sets (same split, augmentation, loss,
-schedule and seed as the train stage) for `--epochs` epochs, or `--minutes` of wall clock if
-given (fair only on an otherwise idle machine: epochs are the same work whatever else runs, and
-the PatchUNet rows cost the same per epoch; each row's minutes are reported); chooses its
-post-processing on the 6 validation images (postprocess_search, best val AJI); and only then
-scores the 14 official test images once. Rows:
+Each row is a named set of params.yaml overrides (ROWS below; `base8`, today's params.yaml, is the
+baseline), or a peer network (`monai`, `smp`) trained in PatchUNet's place. Each row, one at a time:
 
-- plain: PatchUNet predicting the foreground only (the baseline: distance-transform watershed);
-- boundary, distance, hover: PatchUNet with each instance head (heads.py);
-- monai: MONAI's BasicUNet at a similar parameter count, with the `--peer-head` outputs and the
-  same post-processing;
-- smp: segmentation_models.pytorch's Unet on its smallest MobileNetV3 encoder (timm's
-  mobilenetv3_small_050, no pretrained weights) with a narrow decoder, at a similar parameter count.
+1. trains with the train stage's own engine (`build_training` and `fit`: same loaders, augmentation,
+   loss, train.precision, and train.schedule unless the row overrides it) for `--minutes` of wall
+   clock (train.max_minutes; train.epochs is set far above what fits, so the budget, early
+   stopping or a cosine plan ends it), with `--seed` as train.seed, picking its best epoch by
+   `--select-by` (val_aji: the whole-image AJI of the 6 val images, every epoch);
+2. chooses its own post-processing on the 6 val images (`search_postprocessing`, best val AJI);
+3. only then segments the 14 official test images once. Test scores are reported, never used to
+   choose anything: rows are compared by val AJI.
+
+A row with another patch.size (`patch384`: stride = size) or other augment values (`hed`) cuts its
+patch sets in memory exactly as the patches stage does (benchmarks/harness.py `patch_sets`); its
+sliding window follows patch.size (unless eval.window is set).
+
+Every run appends one line to reports/ablation.csv (`--table`): row, overrides, seed, budget, epochs,
+val and test scores, seconds per image, the chosen post-processing. A (row, seed, budget) already
+there is skipped unless `--rerun`, so an interrupted sweep goes on where it stopped and later
+sessions add seeds. Each row is also an MLflow run of the experiment `patchunet-ablation` (params,
+per-epoch curves, val_* and test_* metrics); PatchUNet rows keep their best weights in
+models/ablation/<row>-s<seed>.pt (for score_decomposition.py).
+
+    .venv/bin/python benchmarks/ablation.py --minutes 6 --rows base8 base16 base24 boundary hover
+    .venv/bin/python benchmarks/ablation.py --minutes 6 --rows boundary hover --with model.base_channels=16
+    .venv/bin/python benchmarks/ablation.py --minutes 6 --seed 1 --rows base8 base16   # a second seed
+    .venv/bin/python benchmarks/ablation.py --summary   # the table so far; trains nothing
+
+`--with KEY=VALUE` applies to every row and is part of the recorded row name (`hover` with
+`--with model.base_channels=16` is "hover+base_channels=16"); so is `--select-by` other than val_aji.
+`--summary` prints, per budget, each row's mean ± standard deviation of val AJI over its seeds,
+sorted by it, and flags "needs another seed" where a row has one seed, or where its distance to the
+best row is below the larger of the two rows' standard deviations.
+
+Wall-clock budgets are only fair on an otherwise idle machine: run it alone, one row at a time
+(one process; never two ablations side by side, nor beside a training or tuning run).
+
+Peers: `monai` is MONAI's BasicUNet at a similar parameter count to base8, `smp` is
+segmentation_models.pytorch's Unet on its smallest MobileNetV3 encoder (timm's
+mobilenetv3_small_050, no pretrained weights) with a narrow decoder; both predict
+model.instance_head's outputs (`--with model.instance_head=hover`) with the same post-processing.
+MONAI is a benchmark-only install (`.venv/bin/pip install monai`); without it the row is skipped
+with a message.
 
 segmentation_models.pytorch imports timm, timm imports torchvision, and the registry's torchvision
 does not import beside the CPU torch 2.13 this project pins ("operator torchvision::nms does not
@@ -21,16 +51,9 @@ exist"). The smp row therefore runs in a separate environment of torch 2.14.1 + 
 
     python3 -m venv .venv-peers
     .venv-peers/bin/pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch
-    .venv-peers/bin/pip install --no-deps -e . && .venv-peers/bin/pip install albumentations \
+    .venv-peers/bin/pip install --no-deps -e . && .venv-peers/bin/pip install albumentations \\
         imagecodecs matplotlib mlflow opencv-python-headless pandas optuna pyyaml scikit-image tqdm
-    .venv-peers/bin/python benchmarks/ablation.py --epochs 3 --rows smp
-
-Every row is an MLflow run of the experiment `patchunet-ablation` (params, val_* and test_*
-metrics), so the MLflow UI compares them; the table is printed and written to reports/ablation.csv.
-The PatchUNet rows' best weights are kept in models/ablation/<row>.pt (for score_decomposition.py).
-
-    .venv/bin/pip install monai            # benchmark-only, not a dependency of the package
-    .venv/bin/python benchmarks/ablation.py --epochs 3
+    .venv-peers/bin/python benchmarks/ablation.py --minutes 6 --rows smp
 """
 
 from __future__ import annotations
@@ -38,10 +61,17 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import datetime
+import json
+import statistics
+import sys
 import tempfile
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from harness import (
     ROOT,
     Settings,
@@ -50,20 +80,60 @@ from harness import (
     score_predictions,
     test_images,
     train_network,
+    train_patchunet,
     val_images,
 )
 
 from patchunet import tracking
-from patchunet.config import InstanceHead, MlflowConfig, ModelConfig, load_params, parse_section
+from patchunet.config import InstanceHead, MlflowConfig, load_params, parse_section
 from patchunet.evaluation.postprocess_search import search_postprocessing
+from patchunet.locking import exclusive_lock
 from patchunet.model.heads import output_channels
-from patchunet.model.unet import PatchUNet, save_model
+from patchunet.model.unet import save_model
 
 EXPERIMENT = "patchunet-ablation"
 TABLE = ROOT / "reports/ablation.csv"
 MODELS = ROOT / "models/ablation"
-ROWS = ("plain", "boundary", "distance", "hover", "monai", "smp")
-SCORES = ("dice", "aji", "pq")
+EPOCHS = 1000
+"""train.epochs of every row: far more than fit in any budget, so the minutes end the training."""
+
+ROWS: dict[str, dict[str, Any]] = {
+    "base8": {},  # params.yaml as it stands: the baseline
+    "base16": {"model.base_channels": 16},
+    "base24": {"model.base_channels": 24},
+    "base32": {"model.base_channels": 32},
+    "depth5-base16": {"model.depth": 5, "model.base_channels": 16},
+    "boundary": {"model.instance_head": "boundary"},
+    "distance": {"model.instance_head": "distance"},
+    "hover": {"model.instance_head": "hover"},
+    "patch384": {"patch.size": 384},  # patch.stride follows (apply_overrides); the window too
+    "contact": {"train.contact_weight": 2.0},  # touching-nuclei pixels weigh 3x in the BCE
+    "hed": {"augment.stain_space": "hed", "augment.stain_jitter": 0.05},
+    "monai": {},  # peers: PatchUNet replaced by the network in PEERS
+    "smp": {},
+}
+SCORES = ("aji", "pq", "dice")
+COLUMNS = (
+    "row",
+    "overrides",
+    "seed",
+    "budget_minutes",
+    "epochs",
+    "best_epoch",
+    "train_minutes",
+    "parameters",
+    "network",
+    "head",
+    "patch_size",
+    "precision",
+    "schedule",
+    "select_by",
+    *(f"val_{k}" for k in SCORES),
+    *(f"test_{k}" for k in SCORES),
+    "seconds_per_image",
+    "postprocessing",
+    "date",
+)
 
 
 class MonaiPeer(torch.nn.Module):
@@ -96,102 +166,240 @@ class SmpPeer(torch.nn.Module):
         return self.net(x)
 
 
-PEERS = {"monai": MonaiPeer, "smp": SmpPeer}
+PEERS = {"monai": (MonaiPeer, "monai", ".venv/bin/pip install monai"), "smp": (SmpPeer, "segmentation_models_pytorch",
+         "see the module docstring: a separate .venv-peers environment")}  # fmt: skip
 
 
-def build(row: str, model_cfg: ModelConfig, peer_head: InstanceHead) -> tuple[torch.nn.Module, InstanceHead]:
-    if row in PEERS:
-        return PEERS[row](peer_head), peer_head
-    head = "none" if row == "plain" else row
-    return PatchUNet(dataclasses.replace(model_cfg, instance_head=head)), head
+def missing_peer(row: str) -> str | None:
+    """Why peer `row` cannot run here (its package does not import), or None."""
+    if row not in PEERS:
+        return None
+    _, module, install = PEERS[row]
+    try:
+        __import__(module)
+    except Exception as exc:  # an ImportError, or torchvision's RuntimeError beside this torch
+        return f"{row}: {module} does not import here ({type(exc).__name__}: {exc}); {install}"
+    return None
 
 
-def write_table(table: list[dict]) -> None:
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    with TABLE.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+def parse_value(text: str) -> Any:
+    """A --with value as YAML reads it in params.yaml: 16 -> int, 2.0 -> float, hed -> str, null -> None."""
+    return yaml.safe_load(text)
 
 
-def merged_with_earlier_rows(table: list[dict]) -> list[dict]:
-    """This run's rows, plus the rows of reports/ablation.csv that it did not rerun, in ROWS order."""
-    earlier = {}
-    if TABLE.is_file():
-        with TABLE.open(newline="") as f:
-            earlier = {row["row"]: row for row in csv.DictReader(f)}
-    rows = earlier | {row["row"]: row for row in table}
-    return [rows[name] for name in ROWS if name in rows]
+def checked_overrides(pairs: list[str], params: dict) -> dict[str, Any]:
+    """{"section.key": value} from KEY=VALUE strings; a key params.yaml does not have is refused."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or name not in params.get(section, {}):
+            sys.exit(f"ablation: --with {pair!r}: expected SECTION.KEY=VALUE with a key of params.yaml")
+        overrides[key] = parse_value(value)
+    return overrides
+
+
+def row_name(row: str, extra: dict[str, Any]) -> str:
+    """`row`, then each extra override as +key=value (hover+base_channels=16)."""
+    return "".join([row, *(f"+{key.partition('.')[2]}={value}" for key, value in extra.items())])
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """The rows of the table; [] where there is none yet or it has the old format (no seed column)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"seed", "budget_minutes", "overrides"} <= set(rows[0]):
+        return []
+    return rows
+
+
+def append_row(path: Path, result: dict) -> None:
+    """Append one line; a table of another format (the old one) is replaced, with a message."""
+    with exclusive_lock(str(path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = None
+        if path.is_file() and path.stat().st_size:
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), None)
+        if header is not None and tuple(header) != COLUMNS:
+            earlier = [{k: row.get(k, "") for k in COLUMNS} for row in read_table(path)]
+            print(f"ablation: {path} had other columns; rewritten with these ({len(earlier)} rows kept)")
+            header = None
+        else:
+            earlier = []
+        with path.open("a" if header else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            if not header:
+                writer.writeheader()
+                writer.writerows(earlier)
+            writer.writerow(result)
+
+
+def done(table: list[dict[str, str]], name: str, seed: int, minutes: float) -> bool:
+    return any(r["row"] == name and int(r["seed"]) == seed and float(r["budget_minutes"]) == minutes for r in table)
+
+
+def run_row(row: str, name: str, overrides: dict[str, Any], seed: int, minutes: float, val: list, test: list) -> dict:
+    """Train, choose the post-processing on val, score test once; the table line."""
+    settings = Settings.load(overrides=overrides)
+    settings.train = dataclasses.replace(settings.train, max_minutes=minutes, epochs=EPOCHS, seed=seed)
+    head = settings.model.instance_head
+    label = f"{name} s{seed}"
+    with tracking.run(EXPERIMENT, run_name=f"{name}-s{seed}-{minutes:g}min"), tempfile.TemporaryDirectory() as ckpt:
+        tracking.log_params(
+            {
+                "row": name,
+                "overrides": json.dumps(overrides),
+                "budget_minutes": minutes,
+                "train": dataclasses.asdict(settings.train),
+                "augment": dataclasses.asdict(settings.augment),
+                "model": dataclasses.asdict(settings.model),
+                "patch": dataclasses.asdict(settings.patch),
+            }
+        )
+        if row in PEERS:
+            torch.manual_seed(seed)
+            network = PEERS[row][0](head)
+            fit, train_seconds = train_network(network, head, settings, Path(ckpt), label)
+        else:
+            network, fit, train_seconds = train_patchunet(settings, Path(ckpt), label)
+            save_model(network, MODELS / f"{name}-s{seed}.pt", patch_size=settings.patch.size)
+        chosen = search_postprocessing(
+            [(p.maps, p.truth) for p in predict_images(network, val, settings, f"{label} val")], head, settings.eval
+        )[0]
+        test_scores, seconds_per_image = score_predictions(
+            predict_images(network, test, settings, f"{label} test"), head, chosen.cfg
+        )
+        result = {
+            "row": name,
+            "overrides": json.dumps(overrides),
+            "seed": seed,
+            "budget_minutes": minutes,
+            "epochs": len(fit.history),
+            "best_epoch": fit.best_epoch,
+            "train_minutes": round(train_seconds / 60, 2),
+            "parameters": parameter_count(network),
+            "network": type(network).__name__,
+            "head": head,
+            "patch_size": settings.patch.size,
+            "precision": fit.precision,
+            "schedule": settings.train.schedule,
+            "select_by": settings.train.select_by,
+            **{f"val_{k}": round(chosen.per_image_mean[k], 4) for k in SCORES},
+            **{f"test_{k}": round(test_scores[k], 4) for k in SCORES},
+            "seconds_per_image": round(seconds_per_image, 2),
+            "postprocessing": json.dumps(chosen.changed),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        tracking.log_params({"chosen": chosen.changed})
+        tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float) and k != "seed"})
+    return result
+
+
+def summary(path: Path) -> None:
+    """Per budget, a markdown table of the rows by mean val AJI over their seeds."""
+    latest: dict[tuple, dict] = {}
+    for r in read_table(path):  # a --rerun line replaces the earlier one of its (row, seed, budget)
+        latest[(r["row"], int(r["seed"]), float(r["budget_minutes"]))] = r
+    if not latest:
+        print(f"ablation: no rows in {path} yet")
+        return
+    groups: dict[float, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for (row, _, budget), r in sorted(latest.items()):
+        groups[budget][row].append(r)
+    for budget in sorted(groups):
+        stats = []
+        for row, runs in groups[budget].items():
+            aji = [float(r["val_aji"]) for r in runs]
+
+            def mean(key: str, runs: list[dict] = runs) -> float:
+                return statistics.mean(float(r[key]) for r in runs)
+
+            stats.append(
+                {
+                    "row": row,
+                    "mean": statistics.mean(aji),
+                    "sd": statistics.stdev(aji) if len(aji) > 1 else None,
+                    "seeds": [int(r["seed"]) for r in runs],
+                    "test": mean("test_aji"),
+                    "epochs": "/".join(r["epochs"] for r in runs),
+                    "parameters": int(runs[0]["parameters"]),
+                    "seconds": mean("seconds_per_image"),
+                }
+            )
+        stats.sort(key=lambda s: -s["mean"])
+        best = stats[0]
+        close = [s for s in stats[1:] if is_close(best, s)]
+        if close or best["sd"] is None:  # the best row needs another seed as much as its close runners-up
+            close.append(best)
+        print(f"\n### {budget:g} minutes per row\n")
+        print("val AJI: mean ± sd over seeds, 6 val images; test AJI: 14 test images, never used to choose\n")
+        print("| row | val AJI | seeds | test AJI | epochs | parameters | s/image | |")
+        print("|---|---|---|---|---|---|---|---|")
+        for s in stats:
+            flag = "needs another seed" if any(s is c for c in close) else ""
+            sd = f" ± {s['sd']:.4f}" if s["sd"] is not None else ""
+            print(
+                f"| {s['row']} | {s['mean']:.4f}{sd} | {','.join(map(str, s['seeds']))} | {s['test']:.4f} | "
+                f"{s['epochs']} | {s['parameters']:,} | {s['seconds']:.2f} | {flag} |"
+            )
+
+
+def is_close(best: dict, other: dict) -> bool:
+    """One seed on either side, or a distance to the best below the larger standard deviation."""
+    if best["sd"] is None or other["sd"] is None:
+        return True
+    return best["mean"] - other["mean"] < max(best["sd"], other["sd"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=3, help="training epochs of every row")
-    budget.add_argument("--minutes", type=float, help="wall-clock training budget of every row instead")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
-    parser.add_argument("--peer-head", choices=("none", "boundary", "distance", "hover"), default=None,
-                        help="instance head of the peers (default: params.yaml model.instance_head)")  # fmt: skip
+    parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget of every row")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=["base8"], metavar="ROW",
+                        help=f"rows to run, one at a time: {', '.join(ROWS)}")  # fmt: skip
+    parser.add_argument("--with", dest="extra", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="params.yaml overrides applied to every row (model.base_channels=16)")  # fmt: skip
+    parser.add_argument("--seed", type=int, help="train.seed (default: params.yaml's)")
+    parser.add_argument("--select-by", choices=("val_aji", "val_dice"), default="val_aji",
+                        help="how each row picks its best epoch")  # fmt: skip
+    parser.add_argument("--rerun", action="store_true", help="run a (row, seed, budget) already in the table again")
+    parser.add_argument("--table", type=Path, default=TABLE, help="the CSV (default reports/ablation.csv)")
+    parser.add_argument("--summary", action="store_true", help="print the table's summary; train nothing")
     args = parser.parse_args()
+    table_path = args.table if args.table.is_absolute() else Path.cwd() / args.table
+    if args.summary:
+        summary(table_path)
+        return
+
     params = load_params(ROOT / "params.yaml")
-    model_cfg = parse_section(ModelConfig, params, "model")
-    settings = Settings.load()
-    epochs = 1000 if args.minutes else args.epochs
-    settings.train = dataclasses.replace(settings.train, max_minutes=args.minutes, epochs=epochs)
-    peer_head = args.peer_head or model_cfg.instance_head
+    extra = checked_overrides(args.extra, params)
+    if args.select_by != "val_aji":
+        extra["train.select_by"] = args.select_by
+    seed = args.seed if args.seed is not None else Settings.load().train.seed
     tracking.connect(tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri))
     val, test = val_images(), test_images()
 
-    table = []
+    skipped = []
     for row in args.rows:
-        torch.manual_seed(settings.train.seed)
-        network, head = build(row, model_cfg, peer_head)
-        with tracking.run(EXPERIMENT, run_name=row), tempfile.TemporaryDirectory() as checkpoints:
-            tracking.log_params(
-                {
-                    "row": row,
-                    "head": head,
-                    "network": type(network).__name__,
-                    "budget_minutes": args.minutes,
-                    "budget_epochs": epochs,
-                    "train": dataclasses.asdict(settings.train),
-                    "augment": dataclasses.asdict(settings.augment),
-                }
-            )
-            fit, train_seconds = train_network(network, head, settings, Path(checkpoints), row)
-            if isinstance(network, PatchUNet):
-                save_model(network, MODELS / f"{row}.pt", patch_size=settings.patch.size)
-            chosen = search_postprocessing(
-                [(p.maps, p.truth) for p in predict_images(network, val, settings, f"{row} val")],
-                head,
-                settings.eval,
-            )[0]
-            test_scores, seconds_per_image = score_predictions(
-                predict_images(network, test, settings, f"{row} test"), head, chosen.cfg
-            )
-            result = {
-                "row": row,
-                "head": head,
-                "parameters": parameter_count(network),
-                "epochs": len(fit.history),
-                "train_minutes": round(train_seconds / 60, 1),
-                **{f"val_{k}": round(chosen.per_image_mean[k], 4) for k in SCORES},
-                **{f"test_{k}": round(test_scores[k], 4) for k in SCORES},
-                "seconds_per_image": round(seconds_per_image, 2),
-                "postprocessing": chosen.changed,
-            }
-            tracking.log_params({"chosen": chosen.changed})
-            tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float)})
-        print(f"ablation: {result}", flush=True)
-        table.append(result)
-        write_table(merged_with_earlier_rows(table))  # after every row: an interrupted run keeps its rows
-
-    table = merged_with_earlier_rows(table)
-    columns = [k for k in table[0] if k != "postprocessing"]
-    print(" | ".join(columns))
-    for result in table:
-        print(" | ".join(str(result[k]) for k in columns))
-    print(f"written to {TABLE}; MLflow experiment {EXPERIMENT}")
+        name = row_name(row, extra)
+        reason = missing_peer(row)
+        if reason:
+            print(f"ablation: skipping {reason}", flush=True)
+            skipped.append(name)
+            continue
+        if not args.rerun and done(read_table(table_path), name, seed, args.minutes):
+            print(f"ablation: {name} seed {seed} at {args.minutes:g} min is already in {table_path}; --rerun to redo")
+            continue
+        overrides = {"train.select_by": "val_aji", **ROWS[row], **extra}
+        print(f"ablation: {name} seed {seed}, {args.minutes:g} min: {json.dumps(overrides)}", flush=True)
+        result = run_row(row, name, overrides, seed, args.minutes, val, test)
+        append_row(table_path, result)  # after every row: an interrupted sweep keeps its rows
+        print("ablation: " + "  ".join(f"{k} {result[k]}" for k in COLUMNS if k != "overrides"), flush=True)
+    if skipped:
+        print(f"ablation: not run here: {', '.join(skipped)}")
+    print(f"ablation: table {table_path}; MLflow experiment {EXPERIMENT}; `--summary` compares the rows")
 
 
 if __name__ == "__main__":

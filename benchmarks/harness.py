@@ -1,5 +1,6 @@
 """What the ablation, seeds and score-decomposition scripts share: train one network on the
-pipeline's patch sets, predict whole images, choose post-processing on val, score on test.
+pipeline's patch sets (or, for other patch or augment settings, sets cut in memory the same way),
+predict whole images, choose post-processing on val, score on test.
 
 Run from the repository root after `dvc repro patches` (the scripts import this file from beside them).
 """
@@ -10,6 +11,7 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,23 +21,28 @@ from patchunet.config import (
     AugmentConfig,
     EvalConfig,
     InstanceHead,
+    ModelConfig,
     PatchConfig,
     TrainConfig,
     load_params,
     parse_section,
 )
+from patchunet.data.image_copies import labelled_copies
 from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import pair_files, raw_dirs
 from patchunet.data.patches import PatchSet
 from patchunet.data.split import read_split
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
+from patchunet.evaluation.val_scoring import WholeImageAJI
 from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.sliding_window import image_maps
+from patchunet.model.unet import PatchUNet
 from patchunet.paths import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
-from patchunet.training.builder import make_datasets, make_loaders
+from patchunet.training.builder import build_training, make_datasets, make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from patchunet.training.devices import pick_device
-from patchunet.training.loop import EpochResult, FitResult, fit
+from patchunet.training.loop import EpochCallback, EpochResult, FitResult, fit
+from patchunet.tuning.space import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,35 +55,121 @@ class Settings:
     augment: AugmentConfig
     eval: EvalConfig
     patch: PatchConfig
+    model: ModelConfig
 
     @classmethod
-    def load(cls, path: Path = ROOT / "params.yaml") -> Settings:
+    def load(cls, path: Path = ROOT / "params.yaml", overrides: dict[str, Any] | None = None) -> Settings:
+        """The sections of `path`, with `overrides` ({"section.key": value}, as `tune.space` keys:
+        a patch.size alone also sets patch.stride to it) put in first."""
         params = load_params(path)
-        sections = {"train": TrainConfig, "augment": AugmentConfig, "eval": EvalConfig, "patch": PatchConfig}
+        if overrides:
+            params = apply_overrides(params, overrides)
+        sections = {
+            "train": TrainConfig,
+            "augment": AugmentConfig,
+            "eval": EvalConfig,
+            "patch": PatchConfig,
+            "model": ModelConfig,
+        }
         return cls(**{name: parse_section(kind, params, name) for name, kind in sections.items()})
+
+    @property
+    def window(self) -> int:
+        """The sliding window of whole-image predictions: eval.window, or else patch.size."""
+        return self.eval.window_for(self.patch.size, self.model.size_multiple)
+
+
+_built: dict[tuple, tuple[PatchSet, PatchSet]] = {}
+"""The last patch sets cut in memory, by (patch, augment) settings (one entry: they are large)."""
+
+
+def patch_sets(settings: Settings) -> tuple[PatchSet, PatchSet]:
+    """Train and val patch sets for `settings`: the pipeline's (data/processed/patches) where its
+    patch and augment sections are params.yaml's and the saved sets have that patch size; else cut
+    in memory from the split's images exactly as the patches stage cuts them (pipelines/patches.py)."""
+    pipeline = Settings.load()
+    if settings.patch == pipeline.patch and settings.augment == pipeline.augment:
+        stores = PatchSet.load(ROOT / PATCH_DIR / "train"), PatchSet.load(ROOT / PATCH_DIR / "val")
+        if stores[0].images.shape[1] == settings.patch.size:
+            return stores
+    key = (repr(settings.patch), repr(settings.augment))
+    if key not in _built:
+        _built.clear()
+        split = read_split(ROOT / SPLIT_FILE)
+        images, labels = ROOT / RAW_DIR / "train/images", ROOT / labels_dir("train")
+        size, stride = settings.patch.size, settings.patch.stride
+        print(f"harness: cutting {size} px patches every {stride} px in memory", flush=True)
+        _built[key] = tuple(  # type: ignore[assignment]
+            PatchSet.from_images(labelled_copies(split[side], images, labels, size, augment), size, stride)
+            for side, augment in (("train", settings.augment), ("val", None))
+        )
+    return _built[key]
+
+
+def _report(label: str) -> EpochCallback:
+    def report(result: EpochResult) -> None:
+        aji = f"  val aji {result.val_aji:.4f}" if result.val_aji is not None else ""
+        print(
+            f"{label}: epoch {result.epoch + 1}  train loss {result.train_loss:.4f}  val loss {result.val_loss:.4f}  "
+            f"val dice {result.val_dice:.4f}{aji}  {result.seconds:.0f} s{'  best' if result.is_best else ''}",
+            flush=True,
+        )
+
+    return report
+
+
+def _fit(
+    network: torch.nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    val_loader: torch.utils.data.DataLoader,
+    val_patches: PatchSet,
+    settings: Settings,
+    checkpoint_dir: Path,
+    callbacks: list[EpochCallback],
+) -> tuple[FitResult, float]:
+    """`fit` as the train stage calls it (a WholeImageAJI val scorer where train.select_by is
+    val_aji); the best epoch's weights loaded; the fit and its seconds."""
+    val_scorer = None
+    if settings.train.select_by == "val_aji":
+        val_scorer = WholeImageAJI(val_patches, settings.eval, settings.window)
+    started = time.perf_counter()
+    result = fit(
+        network,
+        train_loader,
+        val_loader,
+        settings.train,
+        pick_device(),
+        checkpoint_dir,
+        callbacks=callbacks,
+        val_scorer=val_scorer,
+    )
+    seconds = time.perf_counter() - started
+    network.load_state_dict(load_checkpoint(checkpoint_dir / BEST_CHECKPOINT)["model"])
+    return result, seconds
 
 
 def train_network(
     network: torch.nn.Module, head: InstanceHead, settings: Settings, checkpoint_dir: Path, label: str
 ) -> tuple[FitResult, float]:
-    """Train `network` in place on the pipeline's patch sets as the train stage does; load its
+    """Train `network` in place on `patch_sets(settings)` as the train stage does; load its
     best epoch; return the fit and the training seconds. One line per epoch."""
-    train_cfg = settings.train
-    stores = PatchSet.load(ROOT / PATCH_DIR / "train"), PatchSet.load(ROOT / PATCH_DIR / "val")
-    train_loader, val_loader = make_loaders(*make_datasets(head, train_cfg, settings.augment, *stores), train_cfg)
+    train_patches, val_patches = patch_sets(settings)
+    datasets = make_datasets(head, settings.train, settings.augment, train_patches, val_patches)
+    train_loader, val_loader = make_loaders(*datasets, settings.train)
+    return _fit(network, train_loader, val_loader, val_patches, settings, checkpoint_dir, [_report(label)])
 
-    def report(result: EpochResult) -> None:
-        print(
-            f"{label}: epoch {result.epoch + 1}  train loss {result.train_loss:.4f}  val loss {result.val_loss:.4f}  "
-            f"val dice {result.val_dice:.4f}  {result.seconds:.0f} s",
-            flush=True,
-        )
 
-    started = time.perf_counter()
-    result = fit(network, train_loader, val_loader, train_cfg, pick_device(), checkpoint_dir, callbacks=[report])
-    seconds = time.perf_counter() - started
-    network.load_state_dict(load_checkpoint(checkpoint_dir / BEST_CHECKPOINT)["model"])
-    return result, seconds
+def train_patchunet(settings: Settings, checkpoint_dir: Path, label: str) -> tuple[PatchUNet, FitResult, float]:
+    """A PatchUNet of `settings.model` built and trained by the train stage's own builder
+    (`build_training`: initial weights from train.seed, loaders, per-epoch metrics to the active
+    MLflow run) on `patch_sets(settings)`; its best epoch loaded; with the fit and training seconds."""
+    train_patches, val_patches = patch_sets(settings)
+    training = build_training(settings.model, settings.train, settings.augment, train_patches, val_patches)
+    callbacks = [training.log_epoch, _report(label)]
+    result, seconds = _fit(
+        training.model, training.train_loader, training.val_loader, val_patches, settings, checkpoint_dir, callbacks
+    )
+    return training.model, result, seconds
 
 
 @dataclasses.dataclass
@@ -104,7 +197,7 @@ def predict_images(
 ) -> list[Prediction]:
     """The network's maps of whole images (its `cfg.instance_head`'s), with the `eval` sliding-window values."""
     cfg = settings.eval
-    window = cfg.window or settings.patch.size
+    window = settings.window
     network.eval().to(pick_device())
     predictions = []
     for image_id, image_path, label_path in tqdm(images, desc=desc, unit="image", leave=False):
