@@ -132,3 +132,9 @@ def test_a_restored_plateau_schedule_keeps_its_count_of_bad_epochs() -> None:
 @pytest.mark.parametrize(("name", "kind"), [("cosine", WarmupCosineSchedule), ("plateau", PlateauSchedule)])
 def test_make_schedule_builds_the_schedule_train_schedule_names(name: str, kind: type) -> None:
     assert isinstance(make_schedule(optimizer(), dataclasses.replace(COSINE, schedule=name), STEPS_PER_EPOCH), kind)
+
+
+def test_a_plan_no_longer_than_the_warm_up_still_ends_at_min_lr() -> None:
+    cfg = dataclasses.replace(COSINE, epochs=1, warmup_epochs=3)
+    schedule = WarmupCosineSchedule(optimizer(), cfg, STEPS_PER_EPOCH)
+    assert rates_per_batch(schedule, STEPS_PER_EPOCH)[-1] == pytest.approx(cfg.min_lr)

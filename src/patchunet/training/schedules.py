@@ -52,7 +52,7 @@ class WarmupCosineSchedule:
         self._apply()
 
     def rate(self, step: int) -> float:
-        warmup = self.cfg.warmup_epochs * self.steps_per_epoch
+        warmup = min(self.cfg.warmup_epochs, self.planned_epochs - 1) * self.steps_per_epoch  # a cosine follows
         if step < warmup:
             return self.cfg.lr * (step + 1) / warmup
         total = max(self.planned_epochs * self.steps_per_epoch - warmup, 1)
