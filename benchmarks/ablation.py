@@ -244,7 +244,8 @@ def done(table: list[dict[str, str]], name: str, seed: int, minutes: float) -> b
 def run_row(row: str, name: str, overrides: dict[str, Any], seed: int, minutes: float, val: list, test: list) -> dict:
     """Train, choose the post-processing on val, score test once; the table line."""
     settings = Settings.load(overrides=overrides)
-    settings.train = dataclasses.replace(settings.train, max_minutes=minutes, epochs=EPOCHS, seed=seed)
+    epochs = overrides.get("train.epochs", EPOCHS)  # `--with train.epochs=N`: equal epochs, not minutes
+    settings.train = dataclasses.replace(settings.train, max_minutes=minutes, epochs=epochs, seed=seed)
     head = settings.model.instance_head
     label = f"{name} s{seed}"
     with tracking.run(EXPERIMENT, run_name=f"{name}-s{seed}-{minutes:g}min"), tempfile.TemporaryDirectory() as ckpt:

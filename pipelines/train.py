@@ -65,7 +65,7 @@ from patchunet.training.checkpoints import (
 )
 from patchunet.training.distributed import Ranks, process_group
 from patchunet.training.lifetime import die_with_parent
-from patchunet.training.loop import HISTORY_COLUMNS, fit
+from patchunet.training.loop import fit
 from patchunet.training.run_log import log_best, log_run_inputs
 
 SECTIONS = {
@@ -112,7 +112,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
 
     uri = tracking.resolve_tracking_uri(mlflow_cfg.tracking_uri)
     tracking.connect(uri)  # fails now, not after an hour of training
-    train_patches, val_patches = PatchSet.load(PATCH_DIR / "train"), PatchSet.load(PATCH_DIR / "val")
+    train_patches, val_patches = patch_sets(train_cfg)
     patch_size = train_patches.images.shape[1]
     check_input_size((patch_size, patch_size), model_cfg.size_multiple)
     val_scorer = None
@@ -139,8 +139,9 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         f"train: {parameter_count(model):,} parameters, {patch_counts['train_patches']} train / "
         f"{patch_counts['val_patches']} val patches of {patch_size} px, tracking {uri}{processes}"
     )
-    select = "whole-image val AJI" if val_scorer else "val patch Dice"
-    print(f"train: {train_cfg.schedule} schedule, best epoch by {select}")
+    select = {"val_aji": "whole-image val AJI", "val_dice": "val patch Dice", "last": "being the last"}
+    refit = "; refit: the val images train too, so val scores are on seen images" if train_cfg.refit else ""
+    print(f"train: {train_cfg.schedule} schedule, best epoch by {select[train_cfg.select_by]}{refit}")
 
     with (
         tracking.run(mlflow_cfg.experiment, run_id=run_id) as active,
@@ -197,7 +198,7 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         },
     )
     write_json(TRAIN_METRICS, summary)
-    write_csv(TRAIN_PLOTS, result.history_rows(), HISTORY_COLUMNS)
+    write_csv(TRAIN_PLOTS, result.history_rows(), result.history_columns)
     print(
         f"train: best epoch {summary['best_epoch']} (counting from 0) of {summary['epochs_run']}: val dice "
         f"{summary['val_dice']:.4f}, val iou {summary['val_iou']:.4f} on the val patches"
@@ -205,6 +206,12 @@ def train(args: argparse.Namespace, ranks: Ranks) -> None:
         + f", {result.precision}; model logged "
         f"to run {active.run_id}, registered by `register` once evaluated"
     )
+
+
+def patch_sets(train_cfg: TrainConfig) -> tuple[PatchSet, PatchSet]:
+    """The train and val patch sets; with train.refit, the train set holds the val patches too."""
+    train, val = PatchSet.load(PATCH_DIR / "train"), PatchSet.load(PATCH_DIR / "val")
+    return (train.joined(val) if train_cfg.refit else train), val
 
 
 def fetched_layout() -> dict[str, str]:
@@ -222,14 +229,7 @@ def follow(args: argparse.Namespace, ranks: Ranks) -> None:
     ranks.barrier()
     params = load_params(args.params)
     cfgs = {name: parse_section(cls, params, name) for name, cls in SECTIONS.items()}
-    training = build_training(
-        cfgs["model"],
-        cfgs["train"],
-        cfgs["augment"],
-        PatchSet.load(PATCH_DIR / "train"),
-        PatchSet.load(PATCH_DIR / "val"),
-        ranks=ranks,
-    )
+    training = build_training(cfgs["model"], cfgs["train"], cfgs["augment"], *patch_sets(cfgs["train"]), ranks=ranks)
     fit(
         training.model,
         training.train_loader,

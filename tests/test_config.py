@@ -305,3 +305,11 @@ def test_a_data_scale_no_microscope_gives_is_refused(mpp: float) -> None:
 def test_sizes_the_machine_cannot_hold_are_refused(cls, section: str, key: str, value: int) -> None:
     with pytest.raises(ConfigError, match=rf"^params\.yaml {section}\.{key}: Input should be less than or equal to"):
         parse_section(cls, with_value(section, key, value), section)
+
+
+def test_a_refit_must_keep_its_last_epoch() -> None:
+    params = {**PARAMS, "train": {**PARAMS["train"], "refit": True, "select_by": "val_aji"}}
+    with pytest.raises(ConfigError, match="train.select_by: must be last with train.refit: true, got val_aji"):
+        parse_section(TrainConfig, params, "train")
+    params["train"]["select_by"] = "last"
+    assert parse_section(TrainConfig, params, "train").refit

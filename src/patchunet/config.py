@@ -215,13 +215,21 @@ class TrainConfig:
     channels_last: bool
     schedule: Literal["plateau", "cosine"]
     warmup_epochs: NonNegativeInt
-    select_by: Literal["val_dice", "val_aji"]
+    select_by: Literal["val_dice", "val_aji", "last"]
     contact_weight: NonNegativeFloat
+    refit: bool
 
     @model_validator(mode="after")
     def _some_loss(self) -> TrainConfig:
         if self.bce_weight + self.dice_weight == 0:
             raise ConfigError("train.bce_weight", "bce_weight and dice_weight cannot both be 0")
+        return self
+
+    @model_validator(mode="after")
+    def _refit_keeps_its_last_epoch(self) -> TrainConfig:
+        # the val images train too, so no val score may choose an epoch or stop the run
+        if self.refit and self.select_by != "last":
+            raise ConfigError("train.select_by", f"must be last with train.refit: true, got {self.select_by}")
         return self
 
 

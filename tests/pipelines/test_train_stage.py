@@ -85,7 +85,7 @@ def test_stage_outputs_feed_dvc_metrics_and_plots(trained) -> None:
     summary = json.loads((project / "metrics/train.json").read_text())
     assert summary["epochs_run"] == 2 and 0 <= summary["val_dice"] <= 1
     rows = (project / "plots/train.csv").read_text().splitlines()
-    assert rows[0] == "epoch,train_loss,val_loss,val_dice,val_iou,val_aji,lr" and len(rows) == 3
+    assert rows[0] == "epoch,train_loss,val_loss,val_dice,val_iou,lr" and len(rows) == 3
 
 
 def test_resume_continues_the_same_run(train_project: Path) -> None:
@@ -326,3 +326,15 @@ def test_a_diverging_loss_fails_the_run_in_one_line_and_writes_no_model(train_pr
 def tracking_models(uri: str) -> list:
     tracking.connect(uri)
     return tracking.list_versions("patchunet")
+
+
+def test_a_refit_trains_on_the_val_patches_too_and_keeps_its_last_epoch(train_project: Path) -> None:
+    update_params(train_project, train={"epochs": 3, "refit": True, "select_by": "last"})
+    project, uri = train_in(train_project)
+    summary = json.loads((project / "metrics/train.json").read_text())
+    assert summary["best_epoch"] == 2 and summary["epochs_run"] == 3
+    run = client(uri).get_run(json.loads((project / "models/run.json").read_text())["run_id"])
+    assert run.data.params["dataset.train_patches"] == "24"  # 16 train + 8 val patches
+    best = torch.load(project / "models/checkpoints/best.pt", weights_only=True)
+    last = torch.load(project / "models/checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(best["model"][name], tensor) for name, tensor in last["model"].items())

@@ -10,8 +10,10 @@ from patchunet.training.loop import EpochResult
 from patchunet.training.run_log import EpochLogger
 
 
-def epoch(n: int, dice: float) -> EpochResult:
-    return EpochResult(n, train_loss=1.0 - n / 10, val_loss=1.1, val_dice=dice, val_iou=dice / 2, lr=1e-3, seconds=2.0)
+def epoch(n: int, dice: float, is_best: bool = False) -> EpochResult:
+    return EpochResult(
+        n, train_loss=1.0 - n / 10, val_loss=1.1, val_dice=dice, val_iou=dice / 2, lr=1e-3, seconds=2.0, is_best=is_best
+    )
 
 
 @pytest.fixture
@@ -37,16 +39,16 @@ def test_each_epoch_logs_its_metrics_at_its_step_and_one_line(store: str, caplog
     )
 
 
-def test_checkpoints_are_logged_as_artifacts_best_only_when_it_improves(store: str, tmp_path: Path) -> None:
+def test_checkpoints_are_logged_as_artifacts_best_only_when_fit_says_it_is_best(store: str, tmp_path: Path) -> None:
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     log_epoch = EpochLogger(epochs=3, checkpoint_dir=folder)
     uploads = []
     with tracking.run("epochs") as active:
-        for n, dice in enumerate([0.4, 0.3, 0.6]):
+        for n, is_best in enumerate([True, False, True]):
             for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
-                (folder / name).write_text(f"epoch {n}")  # what fit leaves; best.pt only changes on a better dice
-            log_epoch(epoch(n, dice))
+                (folder / name).write_text(f"epoch {n}")  # uploaded as best.pt only when fit marks the epoch best
+            log_epoch(epoch(n, 0.5, is_best))
             best = mlflow_client(store).download_artifacts(active.run_id, f"checkpoints/{BEST_CHECKPOINT}")
             uploads.append(Path(best).read_text())
     assert uploads == ["epoch 0", "epoch 0", "epoch 2"]

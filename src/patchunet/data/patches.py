@@ -108,6 +108,12 @@ class PatchSet:
             writer.writeheader()
             writer.writerows(self.index)
 
+    def joined(self, other: PatchSet) -> PatchSet:
+        """This set's patches, then `other`'s (in memory), renumbered: a refit trains on both splits."""
+        index = [{**row, "patch": number} for number, row in enumerate(self.index + other.index)]
+        labels = np.concatenate([self.labels, other.labels.astype(self.labels.dtype, copy=False)])
+        return PatchSet(np.concatenate([self.images, other.images]), labels, index)
+
     def whole_images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{image_id: (image, labels)} put back together from the patches of copy 0.
 

@@ -81,6 +81,8 @@ class EpochResult:
 
     def selection_score(self, select_by: str) -> float:
         """The score `train.select_by` names: higher is better."""
+        if select_by == "last":
+            return self.epoch
         score = self.val_aji if select_by == "val_aji" else self.val_dice
         if score is None:
             raise ValueError(f"epoch {self.epoch} has no {select_by}: `fit` needs a val_scorer to select by it")
@@ -146,8 +148,14 @@ class FitResult:
         }
 
     def history_rows(self) -> list[dict[str, float | int]]:
-        """One row per epoch with HISTORY_COLUMNS, for plots/train.csv."""
-        return [{k: getattr(r, k) for k in HISTORY_COLUMNS} for r in self.history]
+        """One row per epoch with `history_columns`, for plots/train.csv."""
+        return [{k: getattr(r, k) for k in self.history_columns} for r in self.history]
+
+    @property
+    def history_columns(self) -> tuple[str, ...]:
+        """HISTORY_COLUMNS, less val_aji where no epoch was scored on whole images."""
+        scored = any(r.val_aji is not None for r in self.history)
+        return tuple(c for c in HISTORY_COLUMNS if scored or c != "val_aji")
 
 
 @dataclasses.dataclass
