@@ -12,6 +12,7 @@ over images and repeats: the network with its sliding windows, the post-processi
 AJI is the per-image mean over the val images; its change is against torch fp32 at 2 threads.
 
     .venv/bin/python benchmarks/inference_backends.py --repeats 3
+    .venv/bin/python benchmarks/inference_backends.py --models models/patchunet.pt models/ablation/base16-s0.pt
 """
 
 from __future__ import annotations
@@ -111,14 +112,43 @@ def _quantise(model: PatchUNet, folder: Path, calibration) -> Path:
     return int8
 
 
+def compare_models(paths: list[Path], repeats: int, settings: Settings, window: int) -> None:
+    """Seconds per val image (network + post-processing) of each model on the `eval` backend and
+    precision at 2 threads, the models taking turns within each repeat: what a wider network costs."""
+    images = [read_rgb_image(image) for _, image, _ in val_images()]
+    torch.set_num_threads(2)
+    networks = {path: runtimes.runtime_network(load_model(path).eval(), settings.eval, threads=2) for path in paths}
+    seconds: dict[Path, list[float]] = {path: [] for path in paths}
+    for network in networks.values():
+        image_maps(network, images[0], settings.eval, window)  # warm-up
+    for _ in range(repeats):
+        for path, network in networks.items():
+            for image in images:
+                started = time.perf_counter()
+                maps = image_maps(network, image, settings.eval, window)
+                instances_from_maps(maps, network.cfg.instance_head, settings.eval)
+                seconds[path].append(time.perf_counter() - started)
+    print(f"{settings.eval.backend} {settings.eval.precision}, 2 threads, {len(images)} val images x {repeats} repeats")
+    print("| model | parameters | s/image (median) |\n|---|---|---|")
+    for path in paths:
+        parameters = sum(p.numel() for p in load_model(path).parameters())
+        print(f"| {path.name} | {parameters:,} | {statistics.median(seconds[path]):.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calibration-patches", type=int, default=64)
     parser.add_argument("--model", type=Path, default=ROOT / MODEL_FILE)
+    parser.add_argument(
+        "--models", type=Path, nargs="+", help="instead: these model files side by side, on params.yaml's eval backend"
+    )
     args = parser.parse_args()
     settings = Settings.load()
     base_window = settings.eval.window or settings.patch.size
+    if args.models:
+        compare_models(args.models, args.repeats, settings, base_window)
+        return
     model = load_model(args.model).eval()
     images = [(read_rgb_image(image), read_label_image(labels)) for _, image, labels in val_images()]
     folder = Path(tempfile.mkdtemp(prefix="patchunet-backends-"))
