@@ -244,8 +244,11 @@ def done(table: list[dict[str, str]], name: str, seed: int, minutes: float) -> b
 def run_row(row: str, name: str, overrides: dict[str, Any], seed: int, minutes: float, val: list, test: list) -> dict:
     """Train, choose the post-processing on val, score test once; the table line."""
     settings = Settings.load(overrides=overrides)
-    epochs = overrides.get("train.epochs", EPOCHS)  # `--with train.epochs=N`: equal epochs, not minutes
-    settings.train = dataclasses.replace(settings.train, max_minutes=minutes, epochs=epochs, seed=seed)
+    if "train.epochs" in overrides:  # `--with train.epochs=N`: equal epochs, not minutes
+        minutes_cap, epochs = None, overrides["train.epochs"]
+    else:
+        minutes_cap, epochs = minutes, EPOCHS
+    settings.train = dataclasses.replace(settings.train, max_minutes=minutes_cap, epochs=epochs, seed=seed)
     head = settings.model.instance_head
     label = f"{name} s{seed}"
     with tracking.run(EXPERIMENT, run_name=f"{name}-s{seed}-{minutes:g}min"), tempfile.TemporaryDirectory() as ckpt:
@@ -393,7 +396,14 @@ def main() -> None:
         if not args.rerun and done(read_table(table_path), name, seed, args.minutes):
             print(f"ablation: {name} seed {seed} at {args.minutes:g} min is already in {table_path}; --rerun to redo")
             continue
-        overrides = {"train.select_by": "val_aji", **ROWS[row], **extra}
+        # the engine's fast path (bf16) for every row, whatever params.yaml's default; never a refit
+        overrides = {
+            "train.precision": "bf16",
+            "train.refit": False,
+            "train.select_by": "val_aji",
+            **ROWS[row],
+            **extra,
+        }
         print(f"ablation: {name} seed {seed}, {args.minutes:g} min: {json.dumps(overrides)}", flush=True)
         result = run_row(row, name, overrides, seed, args.minutes, val, test)
         append_row(table_path, result)  # after every row: an interrupted sweep keeps its rows

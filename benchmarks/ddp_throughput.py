@@ -46,18 +46,19 @@ def measure(batches: int, repeats: int, out: Path) -> None:
     augmentation = build_augmentation(parse_section(AugmentConfig, params, "augment"))
     patches, source = patch_store(parse_section(PatchConfig, params, "patch").size, batches * train_cfg.batch_size)
     head = model_cfg.instance_head
-    dataset = PatchDataset(patches, augmentation if train_cfg.online_augment else None, train_cfg.seed, head)
+    augmentation = augmentation if train_cfg.online_augment else None
+    dataset = PatchDataset(patches, augmentation, train_cfg.seed, head, contact=train_cfg.contact_weight > 0)
     per_pass = Subset(dataset, range(min(batches * train_cfg.batch_size, len(dataset))))
 
     with process_group() as ranks:
         train_loader, _ = make_loaders(per_pass, per_pass, train_cfg, ranks)
         torch.manual_seed(train_cfg.seed)
         model = PatchUNet(model_cfg).to(ranks.device)
+        if train_cfg.channels_last:  # before DDP takes its views of the parameters, as `fit` does
+            model.to(memory_format=torch.channels_last)
         trained = ranks.wrap(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
         step = Step(train_cfg, ranks.device, training_precision(train_cfg.precision, ranks.device), head)
-        if train_cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
 
         def one_pass(epoch: int) -> float:
             if isinstance(train_loader.sampler, DistributedSampler):

@@ -307,9 +307,12 @@ def test_sizes_the_machine_cannot_hold_are_refused(cls, section: str, key: str, 
         parse_section(cls, with_value(section, key, value), section)
 
 
-def test_a_refit_must_keep_its_last_epoch() -> None:
-    params = {**PARAMS, "train": {**PARAMS["train"], "refit": True, "select_by": "val_aji"}}
-    with pytest.raises(ConfigError, match="train.select_by: must be last with train.refit: true, got val_aji"):
+def test_a_refit_must_keep_its_last_epoch_on_a_cosine_schedule() -> None:
+    params = {**PARAMS, "train": {**PARAMS["train"], "refit": True, "select_by": "val_aji", "schedule": "cosine"}}
+    with pytest.raises(ConfigError, match=r"train\.select_by: must be last with train\.refit: true, got val_aji"):
         parse_section(TrainConfig, params, "train")
-    params["train"]["select_by"] = "last"
+    params["train"] |= {"select_by": "last", "schedule": "plateau"}
+    with pytest.raises(ConfigError, match=r"train\.schedule: must be cosine with train\.refit: true, got plateau"):
+        parse_section(TrainConfig, params, "train")
+    params["train"]["schedule"] = "cosine"
     assert parse_section(TrainConfig, params, "train").refit

@@ -230,6 +230,8 @@ class TrainConfig:
         # the val images train too, so no val score may choose an epoch or stop the run
         if self.refit and self.select_by != "last":
             raise ConfigError("train.select_by", f"must be last with train.refit: true, got {self.select_by}")
+        if self.refit and self.schedule != "cosine":  # a plateau schedule would follow the val loss
+            raise ConfigError("train.schedule", f"must be cosine with train.refit: true, got {self.schedule}")
         return self
 
 

@@ -329,7 +329,7 @@ def tracking_models(uri: str) -> list:
 
 
 def test_a_refit_trains_on_the_val_patches_too_and_keeps_its_last_epoch(train_project: Path) -> None:
-    update_params(train_project, train={"epochs": 3, "refit": True, "select_by": "last"})
+    update_params(train_project, train={"epochs": 3, "refit": True, "select_by": "last", "schedule": "cosine"})
     project, uri = train_in(train_project)
     summary = json.loads((project / "metrics/train.json").read_text())
     assert summary["best_epoch"] == 2 and summary["epochs_run"] == 3

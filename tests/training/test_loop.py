@@ -353,3 +353,29 @@ def test_a_resumed_cosine_run_ends_with_the_same_weights(tmp_path: Path) -> None
     assert [r.lr for r in result.history][1] == cfg.lr  # warmed up over epoch 0
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_a_checkpoint_from_before_best_marks_resumes_with_its_best_epoch_rebuilt(tmp_path: Path) -> None:
+    """History rows saved without `is_best` and `val_aji` (older checkpoints) are marked by val Dice."""
+    cfg = dataclasses.replace(TINY_TRAIN, precision="fp32", epochs=2)
+    train(tiny_model(), *datasets(), cfg, tmp_path)
+    state = load_checkpoint(tmp_path / LAST_CHECKPOINT)
+    state["history"] = [{k: v for k, v in row.items() if k not in ("is_best", "val_aji")} for row in state["history"]]
+    del state["schedule"]
+    torch.save(state, tmp_path / LAST_CHECKPOINT)
+    dice = [row["val_dice"] for row in state["history"]]
+    result = train(tiny_model(), *datasets(), cfg, tmp_path, resume=True)  # nothing left to train
+    assert result.best_epoch == dice.index(max(dice))
+    with pytest.raises(PatchUNetError, match="has no val_aji; resume by val_dice"):
+        train(tiny_model(), *datasets(), dataclasses.replace(cfg, select_by="val_aji"), tmp_path, resume=True,
+              val_scorer=lambda model: 0.5)  # fmt: skip
+
+
+def test_a_resume_under_another_schedule_is_refused_in_one_line(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY_TRAIN, precision="fp32", epochs=1)
+    train(tiny_model(), *datasets(), cfg, tmp_path)
+    cosine = dataclasses.replace(cfg, schedule="cosine", epochs=2)
+    with pytest.raises(
+        PatchUNetError, match=r"train\.schedule: the checkpoint to resume trained with plateau, not cosine"
+    ):
+        train(tiny_model(), *datasets(), cosine, tmp_path, resume=True)

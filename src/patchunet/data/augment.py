@@ -89,9 +89,9 @@ def jitter_hed(image: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.nda
     """(H, W, 3) uint8 RGB -> (H, W, 3) uint8 RGB with each HED optical density x set to
     alpha * x + beta (alpha, beta: (3,) per H, E, D).
 
-    The densities are -ln of the RGB fractions unmixed with scikit-image's HED matrix, as in Tellez
-    et al. and scikit-image before 0.19. Today's `rgb2hed` clips negative densities and rescales by
-    ln(1e6), so its round trip is lossy and a shift would mean something else.
+    The densities are -ln of the RGB fractions unmixed with scikit-image's HED matrix (Ruifrok and
+    Johnston's), the scale Tellez et al. jitter on. Today's `rgb2hed` clips negative densities and
+    rescales by ln(1e6), so its round trip is lossy and a shift would mean something else.
 
     The map is affine in RGB optical density, so it runs as one 3x3 product on float32 densities
     looked up per uint8 value: a few times cheaper than unmixing, which keeps the loader ahead of a

@@ -111,7 +111,8 @@ class PatchSet:
     def joined(self, other: PatchSet) -> PatchSet:
         """This set's patches, then `other`'s (in memory), renumbered: a refit trains on both splits."""
         index = [{**row, "patch": number} for number, row in enumerate(self.index + other.index)]
-        labels = np.concatenate([self.labels, other.labels.astype(self.labels.dtype, copy=False)])
+        dtype = np.promote_types(self.labels.dtype, other.labels.dtype)  # uint32 ids stay whole
+        labels = np.concatenate([self.labels.astype(dtype, copy=False), other.labels.astype(dtype, copy=False)])
         return PatchSet(np.concatenate([self.images, other.images]), labels, index)
 
     def whole_images(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:

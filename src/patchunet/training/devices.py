@@ -27,7 +27,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bf16 natively: CUDA with bf16 support, or a CPU with AMX tiles or
     AVX512-BF16. Elsewhere oneDNN emulates bf16, slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 

@@ -57,6 +57,8 @@ lowers it. A network 10 times worse than knowing nothing has left the region whe
 improve it (too high a `train.lr`, typically) and does not come back; a healthy run's noisiest epoch
 stays well within 10 times. The reference is measured, not a formula of the loss weights and heads.
 """
+SCHEDULE_KEY = "schedule"
+"""train.schedule in a checkpoint: a resume under another schedule is refused, not silently mixed."""
 INITIAL_LOSS_KEY = "initial_val_loss"
 """The untrained network's val loss in a checkpoint, so that a resumed run judges divergence alike."""
 
@@ -189,6 +191,7 @@ class LoopState:
             "model": model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            SCHEDULE_KEY: self.scheduler.kind,
             "early_stopping": dataclasses.asdict(self.stopper),
             "history": [dataclasses.asdict(r) for r in self.history],
             "rng": {"torch": rng["torch"], "shuffle": self.shuffle.get_state(), "cuda": rng["cuda"]},
@@ -199,18 +202,39 @@ class LoopState:
             state |= {PROCESSES_KEY: ranks.world_size, RANK_RNG_KEY: ranks.gather(rng)}
         return state
 
-    def restore(self, model: torch.nn.Module, state: dict, ranks: Ranks) -> None:
+    def restore(self, model: torch.nn.Module, state: dict, ranks: Ranks, select_by: str) -> None:
+        saved = state.get(SCHEDULE_KEY, "plateau")  # checkpoints older than the cosine schedule were plateau's
+        if saved != self.scheduler.kind:
+            raise PatchUNetError(
+                f"train.schedule: the checkpoint to resume trained with {saved}, not {self.scheduler.kind}; "
+                "set it back, or start a fresh run"
+            )
         model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.stopper.best, self.stopper.bad_epochs = (
             state["early_stopping"]["best"],
             state["early_stopping"]["bad_epochs"],
         )
-        self.history = [EpochResult(**row) for row in state["history"]]
+        self.history = mark_best([EpochResult(**row) for row in state["history"]], select_by)
         self.scheduler.load_state_dict(state["scheduler"])  # after the optimiser: a cosine sets its rate
         self.initial_loss = state.get(INITIAL_LOSS_KEY)
         self.shuffle.set_state(state["rng"]["shuffle"])
         set_rng_state(state[RANK_RNG_KEY][ranks.rank] if ranks.world_size > 1 else state["rng"])
+
+
+def mark_best(history: list[EpochResult], select_by: str) -> list[EpochResult]:
+    """`history` with `is_best` set by a running maximum of `select_by`, where a checkpoint written
+    before `is_best` existed left it unset; a resume by val_aji needs every epoch's val_aji."""
+    if any(r.is_best for r in history) or not history:
+        return history
+    if select_by == "val_aji" and any(r.val_aji is None for r in history):
+        raise PatchUNetError("train.select_by: the checkpoint to resume has no val_aji; resume by val_dice")
+    best, marked = -math.inf, []
+    for r in history:
+        score = r.selection_score(select_by)
+        marked.append(dataclasses.replace(r, is_best=score > best))
+        best = max(best, score)
+    return marked
 
 
 def rng_state() -> dict[str, torch.Tensor | list[torch.Tensor]]:
@@ -278,7 +302,7 @@ def fit(
     if resume:
         state = load_checkpoint(checkpoint_dir / LAST_CHECKPOINT)
         check_processes(checkpoint_dir / LAST_CHECKPOINT, state, ranks.world_size)
-        loop.restore(model, state, ranks)
+        loop.restore(model, state, ranks, cfg.select_by)
     else:
         loop.initial_loss = untrained_loss(model, val_loader, cfg, device, ranks, precision)
     trained = ranks.wrap(model)
@@ -300,7 +324,8 @@ def fit(
         val_aji = ranks.from_main(score_whole_images(model, val_scorer, step) if val_scorer else None)
         seconds = ranks.from_main(time.perf_counter() - started)  # so that max_minutes stops every rank alike
         loop.scheduler.after_epoch(val_loss, seconds)
-        loop.stopper.step(val_loss)
+        if not cfg.refit:  # a refit's val images train too: their loss may not stop it
+            loop.stopper.step(val_loss)
         result = EpochResult(epoch, train_loss, val_loss, counts.dice, counts.iou, lr, seconds, val_aji)
         check_convergence(result, loop.initial_loss, cfg)
         is_best = not loop.history or result.selection_score(cfg.select_by) > max(

@@ -17,6 +17,8 @@ class PlateauSchedule:
     """ReduceLROnPlateau on val loss: the rate drops by `train.lr_factor` after `train.lr_patience`
     epochs without improvement, down to `train.min_lr`. Runs to `train.epochs`."""
 
+    kind = "plateau"
+
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
         self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
@@ -42,8 +44,11 @@ class WarmupCosineSchedule:
 
     The plan is `train.epochs`; with `train.max_minutes`, the first epoch's length sizes it: as many
     epochs as fit in the budget, at most `train.epochs`. `fit` ends the run once the plan is done,
-    so the rate reaches its floor at the end of the budget instead of being cut off mid-way.
+    so the rate reaches its floor near the end of the budget instead of being cut off mid-way (an
+    epoch much longer than the first may still end the run one epoch early, near the floor).
     """
+
+    kind = "cosine"
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> None:
         self.optimizer, self.cfg, self.steps_per_epoch = optimizer, cfg, max(steps_per_epoch, 1)

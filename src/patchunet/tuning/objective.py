@@ -68,7 +68,10 @@ class Objective:
         values = suggest(trial, self.cfg.dimensions)
         params = apply_overrides(self.params, values)
         train_cfg = dataclasses.replace(  # the study's objective is val Dice, so it picks each trial's best epoch
-            parse_section(TrainConfig, params, "train"), epochs=self.cfg.epochs_per_trial, select_by="val_dice"
+            parse_section(TrainConfig, params, "train"),
+            epochs=self.cfg.epochs_per_trial,
+            select_by="val_dice",
+            refit=False,
         )
         train_patches, val_patches = self.patch_sets(parse_section(PatchConfig, params, "patch"))
         training = build_training(
