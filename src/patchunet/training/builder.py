@@ -4,12 +4,9 @@ and the benchmarks, so that they train the same thing the same way."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
@@ -129,13 +126,4 @@ def worker_settings(num_workers: int) -> dict:
     if num_workers > cpus:
         log.info(f"train: train.num_workers {num_workers} is more than the {cpus} CPUs here: using {cpus} workers")
         num_workers = cpus
-    if not num_workers:
-        return {"num_workers": 0}
-    return {"num_workers": num_workers, "worker_init_fn": functools.partial(start_worker, loader_worker_init())}
-
-
-def start_worker(kill_with_trainer: Callable[[int], None], worker_id: int) -> None:
-    """A loader worker's start: one OpenCV thread (augmentation runs a patch at a time, and the
-    training step's threads have the cores), and killed if the trainer dies."""
-    cv2.setNumThreads(1)
-    kill_with_trainer(worker_id)
+    return {"num_workers": num_workers, "worker_init_fn": loader_worker_init() if num_workers else None}
