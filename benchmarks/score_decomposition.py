@@ -9,7 +9,7 @@
 If the second is near 1 and the third near the first, the foreground limits the model; if the
 third is well above the first, the splitting does. The test set is never read.
 
-    .venv/bin/python benchmarks/score_decomposition.py models/ablation/plain.pt models/patchunet.pt
+    .venv/bin/python benchmarks/score_decomposition.py models/ablation/base8-s0.pt models/patchunet.pt
 """
 
 from __future__ import annotations
