@@ -26,6 +26,7 @@ models/ablation/<row>-s<seed>.pt (for score_decomposition.py).
     .venv/bin/python benchmarks/ablation.py --minutes 6 --rows base8 base16 base24 boundary hover
     .venv/bin/python benchmarks/ablation.py --minutes 6 --rows boundary hover --with model.base_channels=16
     .venv/bin/python benchmarks/ablation.py --minutes 6 --seed 1 --rows base8 base16   # a second seed
+    .venv/bin/python benchmarks/ablation.py --minutes 5 --rows base8 --train-images 18   # more data helps?
     .venv/bin/python benchmarks/ablation.py --summary   # the table so far; trains nothing
 
 `--with KEY=VALUE` applies to every row and is part of the recorded row name (`hover` with
@@ -241,9 +242,13 @@ def done(table: list[dict[str, str]], name: str, seed: int, minutes: float) -> b
     return any(r["row"] == name and int(r["seed"]) == seed and float(r["budget_minutes"]) == minutes for r in table)
 
 
-def run_row(row: str, name: str, overrides: dict[str, Any], seed: int, minutes: float, val: list, test: list) -> dict:
+def run_row(
+    row: str, name: str, overrides: dict[str, Any], seed: int, minutes: float, val: list, test: list,
+    train_images: int | None = None,
+) -> dict:  # fmt: skip
     """Train, choose the post-processing on val, score test once; the table line."""
     settings = Settings.load(overrides=overrides)
+    settings.train_images = train_images
     if "train.epochs" in overrides:  # `--with train.epochs=N`: equal epochs, not minutes
         minutes_cap, epochs = None, overrides["train.epochs"]
     else:
@@ -257,6 +262,7 @@ def run_row(row: str, name: str, overrides: dict[str, Any], seed: int, minutes: 
                 "row": name,
                 "overrides": json.dumps(overrides),
                 "budget_minutes": minutes,
+                "train_images": train_images or "all",
                 "train": dataclasses.asdict(settings.train),
                 "augment": dataclasses.asdict(settings.augment),
                 "model": dataclasses.asdict(settings.model),
@@ -368,6 +374,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="train.seed (default: params.yaml's)")
     parser.add_argument("--select-by", choices=("val_aji", "val_dice"), default="val_aji",
                         help="how each row picks its best epoch")  # fmt: skip
+    parser.add_argument("--train-images", type=int, metavar="N",
+                        help="train on N of the 24 train images (harness.fewer_images)")  # fmt: skip
     parser.add_argument("--rerun", action="store_true", help="run a (row, seed, budget) already in the table again")
     parser.add_argument("--table", type=Path, default=TABLE, help="the CSV (default reports/ablation.csv)")
     parser.add_argument("--summary", action="store_true", help="print the table's summary; train nothing")
@@ -387,7 +395,7 @@ def main() -> None:
 
     skipped = []
     for row in args.rows:
-        name = row_name(row, extra)
+        name = row_name(row, extra) + (f"+train_images={args.train_images}" if args.train_images else "")
         reason = missing_peer(row)
         if reason:
             print(f"ablation: skipping {reason}", flush=True)
@@ -405,7 +413,7 @@ def main() -> None:
             **extra,
         }
         print(f"ablation: {name} seed {seed}, {args.minutes:g} min: {json.dumps(overrides)}", flush=True)
-        result = run_row(row, name, overrides, seed, args.minutes, val, test)
+        result = run_row(row, name, overrides, seed, args.minutes, val, test, args.train_images)
         append_row(table_path, result)  # after every row: an interrupted sweep keeps its rows
         print("ablation: " + "  ".join(f"{k} {result[k]}" for k in COLUMNS if k != "overrides"), flush=True)
     if skipped:
