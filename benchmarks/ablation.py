@@ -86,9 +86,9 @@ from harness import (
 )
 
 from patchunet import tracking
-from patchunet.config import InstanceHead, MlflowConfig, load_params, parse_section
+from patchunet.core.config import InstanceHead, MlflowConfig, load_params, parse_section
+from patchunet.core.locking import exclusive_lock
 from patchunet.evaluation.postprocess_search import search_postprocessing
-from patchunet.locking import exclusive_lock
 from patchunet.model.heads import output_channels
 from patchunet.model.unet import save_model
 

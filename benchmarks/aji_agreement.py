@@ -76,7 +76,7 @@ def read_predicted(labels_dir: Path, record):
 
 def model_predictor(model_file: Path, params_file: Path):
     """A function record -> (H, W) predicted instance map, from the model and the `eval` params."""
-    from patchunet.config import EvalConfig, PatchConfig, load_params, parse_section
+    from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
     from patchunet.data.images import read_rgb_image
     from patchunet.inference.sliding_window import segment_image
     from patchunet.model.unet import load_model

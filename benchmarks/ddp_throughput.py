@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DistributedSampler, Subset
 from train_throughput import ROOT, patch_store
 
-from patchunet.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, load_params, parse_section
+from patchunet.core.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, load_params, parse_section
 from patchunet.data.augment import build_augmentation
 from patchunet.data.dataset import PatchDataset
 from patchunet.model.unet import PatchUNet, parameter_count

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from patchunet.config import (
+from patchunet.core.config import (
     AugmentConfig,
     EvalConfig,
     InstanceHead,
@@ -28,6 +28,7 @@ from patchunet.config import (
     load_params,
     parse_section,
 )
+from patchunet.core.paths import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
 from patchunet.data.image_copies import labelled_copies
 from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import pair_files, raw_dirs
@@ -38,7 +39,6 @@ from patchunet.evaluation.val_scoring import WholeImageAJI
 from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.sliding_window import image_maps
 from patchunet.model.unet import PatchUNet
-from patchunet.paths import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
 from patchunet.training.builder import build_training, make_datasets, make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from patchunet.training.devices import pick_device

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from harness import ROOT, Settings, val_images
 
+from patchunet.core.paths import MODEL_FILE, PATCH_DIR
 from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.patches import PatchSet
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
@@ -37,7 +38,6 @@ from patchunet.inference import runtimes
 from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.sliding_window import image_maps
 from patchunet.model.unet import PatchUNet, load_model
-from patchunet.paths import MODEL_FILE, PATCH_DIR
 
 
 @dataclasses.dataclass

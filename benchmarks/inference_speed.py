@@ -17,11 +17,11 @@ import statistics
 import time
 from pathlib import Path
 
-from patchunet.config import EvalConfig, PatchConfig, load_params, parse_section
+from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
+from patchunet.core.paths import MODEL_FILE, RAW_DIR
 from patchunet.data.images import read_rgb_image
 from patchunet.inference.sliding_window import segment_image
 from patchunet.model.unet import load_model
-from patchunet.paths import MODEL_FILE, RAW_DIR
 from patchunet.training.devices import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]

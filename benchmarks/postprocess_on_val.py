@@ -15,8 +15,8 @@ from pathlib import Path
 
 from harness import ROOT, Settings, predict_images, val_images
 
+from patchunet.core.paths import MODEL_FILE
 from patchunet.evaluation.postprocess_search import search_postprocessing
-from patchunet.paths import MODEL_FILE
 
 
 def main() -> None:

@@ -45,9 +45,9 @@ def tiled(tile: np.ndarray, side: int) -> np.ndarray:
 def model_file(folder: Path) -> Path:
     import torch
 
-    from patchunet.config import ModelConfig, load_params, parse_section
+    from patchunet.core.config import ModelConfig, load_params, parse_section
+    from patchunet.core.paths import MODEL_FILE
     from patchunet.model.unet import PatchUNet, save_model
-    from patchunet.paths import MODEL_FILE
 
     if (ROOT / MODEL_FILE).is_file():
         return ROOT / MODEL_FILE
@@ -71,7 +71,7 @@ def after_inference(monuseg: Path, side: int) -> None:
     """What `predict` does once it has the probabilities, on a realistic map; prints the nucleus count."""
     from scipy import ndimage
 
-    from patchunet.config import EvalConfig, load_params, parse_section
+    from patchunet.core.config import EvalConfig, load_params, parse_section
     from patchunet.data.images import read_label_image, read_rgb_image
     from patchunet.evaluation.overlay import prediction_overlay
     from patchunet.inference.nuclei import nucleus_table

@@ -30,11 +30,11 @@ import torch
 from harness import ROOT, Settings, predict_images, score_predictions, test_images, train_network
 
 from patchunet import tracking
-from patchunet.config import MlflowConfig, ModelConfig, load_params, parse_section
-from patchunet.errors import PatchUNetError
-from patchunet.locking import exclusive_lock
+from patchunet.core.config import MlflowConfig, ModelConfig, load_params, parse_section
+from patchunet.core.errors import PatchUNetError
+from patchunet.core.locking import exclusive_lock
+from patchunet.core.paths import TEST_METRICS, TRAIN_METRICS
 from patchunet.model.unet import PatchUNet
-from patchunet.paths import TEST_METRICS, TRAIN_METRICS
 
 EXPERIMENT = "patchunet-seeds"
 TABLE = ROOT / "reports/seeds.csv"

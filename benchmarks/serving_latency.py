@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from patchunet.paths import RAW_DIR
+from patchunet.core.paths import RAW_DIR
 from patchunet.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def main() -> None:
 
     # the same work in this process, as the served model does it (served_nuclei.py)
     from patchunet import tracking
-    from patchunet.config import EvalConfig, PatchConfig, load_params, parse_section
+    from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
     from patchunet.data.images import read_rgb_image
     from patchunet.inference.nuclei import nucleus_table, segment_nuclei
     from patchunet.inference.requests import encoded_labels

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from patchunet.core.paths import RAW_DIR
 from patchunet.data.images import read_rgb_image
 from patchunet.inference.slides import write_pyramidal_tiff
-from patchunet.paths import RAW_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = 1000

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchunet.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, load_params, parse_section
+from patchunet.core.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, load_params, parse_section
 from patchunet.data.patches import PatchSet
 from patchunet.model.unet import PatchUNet, parameter_count
 from patchunet.training.builder import make_datasets, make_loaders

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from patchunet.errors import PatchUNetError
+from patchunet.core.errors import PatchUNetError
 
 import queries
 

@@ -21,7 +21,7 @@ import streamlit as st
 import tifffile
 
 from patchunet import tracking
-from patchunet.config import (
+from patchunet.core.config import (
     DashboardConfig,
     EvalConfig,
     MlflowConfig,
@@ -30,7 +30,7 @@ from patchunet.config import (
     load_params,
     parse_section,
 )
-from patchunet.errors import PatchUNetError
+from patchunet.core.errors import PatchUNetError
 from patchunet.tracking import names
 
 import review

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from patchunet.config import DataConfig, load_params, parse_section
-from patchunet.console import run_stage
+from patchunet.core.config import DataConfig, load_params, parse_section
+from patchunet.core.console import run_stage
+from patchunet.core.files import atomic_directory, write_json
+from patchunet.core.paths import DATASET_FILE, RAW_DIR
 from patchunet.data.monuseg import (
     SPLITS,
     ImageRecord,
@@ -27,8 +29,6 @@ from patchunet.data.monuseg import (
 )
 from patchunet.data.sources import chosen_source, download, unpack_source
 from patchunet.data.user_layout import check_label_maps, check_recorded_scales, find_user_root, user_records
-from patchunet.files import atomic_directory, write_json
-from patchunet.paths import DATASET_FILE, RAW_DIR
 
 
 def main() -> None:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from patchunet.config import MasksConfig, load_params, parse_section
-from patchunet.console import run_stage
+from patchunet.core.config import MasksConfig, load_params, parse_section
+from patchunet.core.console import run_stage
+from patchunet.core.files import atomic_directory, write_json
+from patchunet.core.paths import INTERIM_DIR, MASKS_REPORT, RAW_DIR, labels_dir
+from patchunet.core.resources import worker_count
 from patchunet.data.images import write_label_tiff
 from patchunet.data.masks import LabelResult, make_label_map
 from patchunet.data.monuseg import SPLITS, pair_files, raw_dirs
-from patchunet.files import atomic_directory, write_json
-from patchunet.paths import INTERIM_DIR, MASKS_REPORT, RAW_DIR, labels_dir
-from patchunet.resources import worker_count
 
 
 def main() -> None:

@@ -14,16 +14,16 @@ from pathlib import Path
 import tifffile
 from tqdm import tqdm
 
-from patchunet.config import AugmentConfig, PatchConfig, load_params, parse_section
-from patchunet.console import run_stage
+from patchunet.core.config import AugmentConfig, PatchConfig, load_params, parse_section
+from patchunet.core.console import run_stage
+from patchunet.core.errors import DataError
+from patchunet.core.files import atomic_directory, write_json
+from patchunet.core.paths import PATCH_DIR, PATCH_SUMMARY, RAW_DIR, SPLIT_FILE, labels_dir
+from patchunet.core.resources import available_memory, free_disk
 from patchunet.data.image_copies import LabelledCopy, labelled_copies
 from patchunet.data.monuseg import raw_dirs
 from patchunet.data.patches import PatchSet, check_room, patch_count
 from patchunet.data.split import read_split
-from patchunet.errors import DataError
-from patchunet.files import atomic_directory, write_json
-from patchunet.paths import PATCH_DIR, PATCH_SUMMARY, RAW_DIR, SPLIT_FILE, labels_dir
-from patchunet.resources import available_memory, free_disk
 
 RAW_IMAGES = raw_dirs(RAW_DIR).images["train"]
 LABELS = labels_dir("train")

@@ -18,11 +18,11 @@ import dataclasses
 from pathlib import Path
 
 from patchunet import tracking
-from patchunet.config import EvalConfig, MlflowConfig, PatchConfig, ServeConfig, load_params, parse_section
-from patchunet.console import run_stage
-from patchunet.files import read_json_value, write_json
-from patchunet.locking import storage_lock
-from patchunet.paths import REGISTRY_FILE, RUN_FILE, TEST_METRICS
+from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, ServeConfig, load_params, parse_section
+from patchunet.core.console import run_stage
+from patchunet.core.files import read_json_value, write_json
+from patchunet.core.locking import storage_lock
+from patchunet.core.paths import REGISTRY_FILE, RUN_FILE, TEST_METRICS
 from patchunet.tracking import model_card, names
 from patchunet.tracking.nuclei_model import log_nuclei_model
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from patchunet.config import DataConfig, load_params, parse_section
-from patchunet.console import run_stage
+from patchunet.core.config import DataConfig, load_params, parse_section
+from patchunet.core.console import run_stage
+from patchunet.core.files import write_json
+from patchunet.core.paths import SOURCE_MANIFEST
 from patchunet.data.sources import chosen_source, source_manifest
-from patchunet.files import write_json
-from patchunet.paths import SOURCE_MANIFEST
 
 
 def main() -> None:

@@ -10,12 +10,12 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from patchunet.config import SplitConfig, load_params, parse_section
-from patchunet.console import run_stage
+from patchunet.core.config import SplitConfig, load_params, parse_section
+from patchunet.core.console import run_stage
+from patchunet.core.files import write_json
+from patchunet.core.paths import RAW_DIR, SPLIT_FILE
 from patchunet.data.monuseg import organ_of, pair_files, raw_dirs
 from patchunet.data.split import split_train_val
-from patchunet.files import write_json
-from patchunet.paths import RAW_DIR, SPLIT_FILE
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from patchunet import tracking
-from patchunet.config import (
+from patchunet.core.config import (
     AugmentConfig,
     EvalConfig,
     MlflowConfig,
@@ -39,13 +39,10 @@ from patchunet.config import (
     load_params,
     parse_section,
 )
-from patchunet.console import log_to_stdout, run_stage
-from patchunet.data.patches import PatchSet
-from patchunet.evaluation.val_scoring import WholeImageAJI
-from patchunet.files import read_json_value, write_csv, write_json
-from patchunet.locking import sole_holder
-from patchunet.model.unet import check_input_size, parameter_count, save_model
-from patchunet.paths import (
+from patchunet.core.console import log_to_stdout, run_stage
+from patchunet.core.files import read_json_value, write_csv, write_json
+from patchunet.core.locking import sole_holder
+from patchunet.core.paths import (
     CHECKPOINT_DIR,
     DATASET_FILE,
     MODEL_FILE,
@@ -54,6 +51,9 @@ from patchunet.paths import (
     TRAIN_METRICS,
     TRAIN_PLOTS,
 )
+from patchunet.data.patches import PatchSet
+from patchunet.evaluation.val_scoring import WholeImageAJI
+from patchunet.model.unet import check_input_size, parameter_count, save_model
 from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import (

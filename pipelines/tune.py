@@ -21,15 +21,15 @@ import optuna
 import yaml
 
 from patchunet import tracking
-from patchunet.config import AugmentConfig, MlflowConfig, TuneConfig, load_params, parse_section
-from patchunet.console import log_to_stdout, run_stage
+from patchunet.core.config import AugmentConfig, MlflowConfig, TuneConfig, load_params, parse_section
+from patchunet.core.console import log_to_stdout, run_stage
+from patchunet.core.errors import PatchUNetError
+from patchunet.core.files import atomic_directory, write_csv
+from patchunet.core.paths import RAW_DIR, SPLIT_FILE, TUNE_DIR, labels_dir
+from patchunet.core.resources import cpu_share
 from patchunet.data.images import read_rgb_image
 from patchunet.data.monuseg import raw_dirs
 from patchunet.data.split import read_split
-from patchunet.errors import PatchUNetError
-from patchunet.files import atomic_directory, write_csv
-from patchunet.paths import RAW_DIR, SPLIT_FILE, TUNE_DIR, labels_dir
-from patchunet.resources import cpu_share
 from patchunet.tuning.objective import PatchCache
 from patchunet.tuning.report import best_params, log_summary, trial_rows, write_figures
 from patchunet.tuning.space import validate_space

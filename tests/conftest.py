@@ -437,7 +437,7 @@ def team_stack() -> Iterator:
     Skips only where PostgreSQL is not installed (`.ci/run` installs it); stopped however the session ends.
     """
     from patchunet import stack
-    from patchunet.errors import PatchUNetError
+    from patchunet.core.errors import PatchUNetError
 
     try:
         stack.postgres_bin("initdb")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from patchunet.core.errors import DataError, PatchUNetError
 from patchunet.data.images import read_rgb_bytes, write_label_tiff
-from patchunet.errors import DataError, PatchUNetError
 from patchunet.evaluation.overlay import prediction_overlay
 from patchunet.inference.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
 

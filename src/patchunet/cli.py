@@ -15,8 +15,8 @@ import socket
 import sys
 from pathlib import Path
 
-from patchunet.console import run_stage
-from patchunet.errors import PatchUNetError
+from patchunet.core.console import run_stage
+from patchunet.core.errors import PatchUNetError
 
 STAGES = {
     "source": "list the source's files (path, size, SHA-256) in data/source.json; fetch reruns when they change",
@@ -165,7 +165,7 @@ def start_dashboard(root: Path, port: int, address: str, extra: list[str]) -> No
     that stops `patchunet dashboard` (Ctrl-C, SIGTERM from a service manager) stops the server."""
     import importlib.util
 
-    from patchunet.config import DashboardConfig, load_params, parse_section
+    from patchunet.core.config import DashboardConfig, load_params, parse_section
 
     if importlib.util.find_spec("streamlit") is None:
         raise PatchUNetError('the dashboard needs its extra: pip install -e ".[dashboard]" (or ".[dev]")')

@@ -39,7 +39,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from patchunet.errors import PatchUNetError
+from patchunet.core.errors import PatchUNetError
 
 STATE_FILE = Path(".stack") / "stack.json"
 PASSWORD_FILE = Path(".stack") / "password"

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from conftest import square, write_monuseg_xml
 
+from patchunet.core.errors import DataError
 from patchunet.data.annotations import read_polygons
-from patchunet.errors import DataError
 
 
 def test_read_polygons_keeps_file_order_and_vertices(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from patchunet.config import AugmentConfig
+from patchunet.core.config import AugmentConfig
 from patchunet.data.augment import WHITE, augment_pair, build_augmentation, jitter_hed, stain_jitter
 
 CFG = AugmentConfig(

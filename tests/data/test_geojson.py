@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from patchunet.core.errors import DataError
 from patchunet.data.geojson import (
     GeoJSONReport,
     nuclei_feature_collection,
@@ -16,7 +17,6 @@ from patchunet.data.geojson import (
     ring_crosses_itself,
     write_geojson,
 )
-from patchunet.errors import DataError
 from patchunet.evaluation.metrics import instance_counts
 from patchunet.evaluation.overlay import YELLOW
 from patchunet.inference.nuclei import nucleus_table

@@ -6,9 +6,9 @@ import pytest
 import tifffile
 from conftest import geojson_polygon, nuclei_polygons, square, write_instance_map_png, write_monuseg_xml, write_rgb_tiff
 
+from patchunet.core.errors import DataError
 from patchunet.data.masks import count_nuclei, make_label_map, rasterize_polygons
 from patchunet.data.monuseg import ImageRecord
-from patchunet.errors import DataError
 
 
 def as_polygons(*polygons):

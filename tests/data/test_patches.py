@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from patchunet.core.errors import ConfigError, DataError
 from patchunet.data.patches import (
     PatchSet,
     check_room,
@@ -12,7 +13,6 @@ from patchunet.data.patches import (
     tile_grid,
     tile_starts,
 )
-from patchunet.errors import ConfigError, DataError
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, TEST_DIR, write_user_source
 
-from patchunet.config import DataConfig, load_params, parse_section
+from patchunet.core.config import DataConfig, load_params, parse_section
+from patchunet.core.errors import SourceError
 from patchunet.data.monuseg import official_dirs, pair_files
 from patchunet.data.sources import chosen_source, download, source_manifest, unpack_source
-from patchunet.errors import SourceError
 
 
 def zip_official_folders(source: Path, dest: Path) -> Path:

@@ -1,8 +1,8 @@
 import pytest
 
+from patchunet.core.errors import ConfigError
 from patchunet.data.monuseg import organ_of
 from patchunet.data.split import split_train_val
-from patchunet.errors import ConfigError
 
 # The 30 MoNuSeg 2018 training ids' site codes: 6 breast, 6 kidney, 6 lung, 6 prostate, 2 bladder,
 # 2 colon, 2 stomach.

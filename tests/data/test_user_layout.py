@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from conftest import USER_TEST_IDS, write_rgb_tiff, write_user_source
 
+from patchunet.core.errors import DataError, SourceError
 from patchunet.data.user_layout import check_recorded_scales, find_user_root, read_test_list, user_records
-from patchunet.errors import DataError, SourceError
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ def test_project_aji_matches_the_reference_on_trained_model_predictions(real_tes
     if not model_file.is_file():
         pytest.skip(f"no trained model at {model_file}: run `dvc repro` to make one")
     try:
-        from patchunet.config import EvalConfig, PatchConfig, load_params, parse_section
+        from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
         from patchunet.data.images import read_rgb_image
         from patchunet.inference.sliding_window import segment_image
         from patchunet.model.unet import load_model

@@ -1,6 +1,6 @@
 import dataclasses
 
-from patchunet.config import EvalConfig
+from patchunet.core.config import EvalConfig
 from patchunet.evaluation.protocol import protocol_hash, sample_ids
 
 CHECKOUT_EVAL = EvalConfig(

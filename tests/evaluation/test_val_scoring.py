@@ -9,7 +9,7 @@ from conftest import REPO_ROOT
 from skimage.draw import disk
 from torch import nn
 
-from patchunet.config import EvalConfig, ModelConfig, TrainConfig, load_params, parse_section
+from patchunet.core.config import EvalConfig, ModelConfig, TrainConfig, load_params, parse_section
 from patchunet.data.dataset import PatchDataset
 from patchunet.data.patches import PatchSet
 from patchunet.evaluation.val_scoring import WholeImageAJI

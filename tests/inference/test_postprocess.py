@@ -203,7 +203,7 @@ def eval_config(**changes):
 
     from conftest import REPO_ROOT
 
-    from patchunet.config import EvalConfig, load_params, parse_section
+    from patchunet.core.config import EvalConfig, load_params, parse_section
 
     cfg = parse_section(EvalConfig, load_params(REPO_ROOT / "params.yaml"), "eval")
     return dataclasses.replace(cfg, min_nucleus_area=16, **changes)

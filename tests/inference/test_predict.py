@@ -96,7 +96,7 @@ def random_model(folder: Path, seed: int = 0) -> Path:
     """A small PatchUNet with random weights: enough to run predict end to end in seconds."""
     import torch
 
-    from patchunet.config import ModelConfig, load_params
+    from patchunet.core.config import ModelConfig, load_params
     from patchunet.model.unet import PatchUNet, save_model
 
     torch.manual_seed(seed)

@@ -61,7 +61,7 @@ def tiny_model_file(path: Path, *, poison: float | None = None, **config: object
 
     import torch
 
-    from patchunet.config import ModelConfig
+    from patchunet.core.config import ModelConfig
     from patchunet.model.unet import PatchUNet
 
     model = PatchUNet(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from patchunet.errors import PatchUNetError
+from patchunet.core.errors import PatchUNetError
 from patchunet.inference.requests import decoded_labels, encoded_labels, request_image, request_mpp
 
 RGB = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from patchunet.config import EvalConfig, ModelConfig, load_params, parse_section
-from patchunet.errors import ConfigError
+from patchunet.core.config import EvalConfig, ModelConfig, load_params, parse_section
+from patchunet.core.errors import ConfigError
 from patchunet.inference import runtimes
 from patchunet.inference.sliding_window import segment_image
 from patchunet.model.unet import PatchUNet

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from conftest import TEST_DIR
 
-from patchunet.errors import PatchUNetError
+from patchunet.core.errors import PatchUNetError
 from patchunet.inference.scale import (
     chosen_scale,
     labels_to_shape,

@@ -10,7 +10,7 @@ import tifffile
 import tiffslide
 from conftest import inflate_tiff_size_tags
 
-from patchunet.errors import DataError
+from patchunet.core.errors import DataError
 from patchunet.inference.slides import _check_tiles
 
 NDPI_TAGS = [(65420, "I", 1, 1, True), (271, "s", 0, "Hamamatsu", True)]

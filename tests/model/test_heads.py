@@ -72,7 +72,7 @@ def test_hover_targets_point_away_from_each_centre_in_minus_one_to_one() -> None
 
 
 def test_online_augmentation_makes_targets_from_the_augmented_labels() -> None:
-    from patchunet.config import AugmentConfig
+    from patchunet.core.config import AugmentConfig
     from patchunet.data.augment import build_augmentation
 
     patches = disc_patches(4, size=32, seed=3)

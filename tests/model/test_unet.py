@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT, write_code_running_file
 
-from patchunet.config import ModelConfig, load_params, parse_section
-from patchunet.errors import ConfigError, PatchUNetError
+from patchunet.core.config import ModelConfig, load_params, parse_section
+from patchunet.core.errors import ConfigError, PatchUNetError
 from patchunet.model.unet import PatchUNet, parameter_count
 
 DEFAULT = parse_section(ModelConfig, load_params(REPO_ROOT / "params.yaml"), "model")

@@ -97,7 +97,7 @@ def test_test_metrics_go_to_the_training_run(evaluated) -> None:
 
 
 def test_test_metrics_name_the_eval_protocol_that_gave_them(evaluated) -> None:
-    from patchunet.config import EvalConfig, load_params, parse_section
+    from patchunet.core.config import EvalConfig, load_params, parse_section
     from patchunet.evaluation.protocol import protocol_hash
 
     project, _, _ = evaluated

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from patchunet import tracking
-from patchunet.errors import PatchUNetError, TrackingError
+from patchunet.core.errors import PatchUNetError, TrackingError
 
 
 def test_flatten_joins_nested_keys_with_dots() -> None:
@@ -125,7 +125,7 @@ def test_runs_starting_at_once_on_a_new_sqlite_store_all_succeed(tmp_path: Path,
 def tiny_network():
     import torch
 
-    from patchunet.config import ModelConfig
+    from patchunet.core.config import ModelConfig
     from patchunet.model.unet import PatchUNet
 
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ import yaml
 from conftest import REPO_ROOT, free_port, wait_for_http
 
 from patchunet import tracking
-from patchunet.config import ServeConfig
+from patchunet.core.config import ServeConfig
 from patchunet.tracking.scoring import max_request_bytes
 
 pytestmark = pytest.mark.e2e

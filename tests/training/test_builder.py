@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT, disc_patches, wait_gone
 
-from patchunet.config import TrainConfig, load_params, parse_section
+from patchunet.core.config import TrainConfig, load_params, parse_section
+from patchunet.core.errors import ConfigError
 from patchunet.data.dataset import PatchDataset
-from patchunet.errors import ConfigError
 from patchunet.training.builder import make_loaders
 from patchunet.training.distributed import Ranks
 

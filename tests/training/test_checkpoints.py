@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from patchunet.config import ModelConfig
-from patchunet.errors import PatchUNetError
+from patchunet.core.config import ModelConfig
+from patchunet.core.errors import PatchUNetError
 from patchunet.training.checkpoints import (
     KEEP_PREVIOUS,
     LAST_CHECKPOINT,

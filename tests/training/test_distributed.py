@@ -26,10 +26,10 @@ from conftest import (
     wait_gone,
 )
 
-from patchunet.config import AugmentConfig, ModelConfig, TrainConfig, load_params, parse_section
+from patchunet.core.config import AugmentConfig, ModelConfig, TrainConfig, load_params, parse_section
+from patchunet.core.resources import worker_count
 from patchunet.data.patches import PatchSet
 from patchunet.model.unet import PatchUNet, load_model
-from patchunet.resources import worker_count
 from patchunet.training.builder import build_training
 from patchunet.training.checkpoints import LAST_CHECKPOINT, load_checkpoint
 from patchunet.training.devices import training_precision

@@ -9,9 +9,9 @@ import torch
 from conftest import REPO_ROOT, disc_patches, write_code_running_file
 
 import patchunet.training.loop
-from patchunet.config import ModelConfig, TrainConfig, load_params, parse_section
+from patchunet.core.config import ModelConfig, TrainConfig, load_params, parse_section
+from patchunet.core.errors import PatchUNetError
 from patchunet.data.dataset import PatchDataset
-from patchunet.errors import PatchUNetError
 from patchunet.model.unet import PatchUNet
 from patchunet.training.builder import make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
@@ -110,7 +110,7 @@ def kill_after_first_epoch(result) -> None:
 
 @pytest.mark.parametrize(("online_augment", "num_workers"), [(False, 0), (True, 0), (True, 1)])
 def test_resumed_run_ends_with_the_same_weights(tmp_path: Path, online_augment: bool, num_workers: int) -> None:
-    from patchunet.config import AugmentConfig
+    from patchunet.core.config import AugmentConfig
     from patchunet.data.augment import build_augmentation
 
     augment = AugmentConfig(

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from patchunet.config import TrainConfig, load_params, parse_section
+from patchunet.core.config import TrainConfig, load_params, parse_section
 from patchunet.training.schedules import PlateauSchedule, WarmupCosineSchedule, make_schedule
 
 COSINE = dataclasses.replace(

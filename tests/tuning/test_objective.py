@@ -7,8 +7,8 @@ import optuna
 from conftest import make_tune_project, mlflow_client
 
 from patchunet import tracking
-from patchunet.config import TuneConfig, load_params, parse_section
-from patchunet.locking import exclusive_lock
+from patchunet.core.config import TuneConfig, load_params, parse_section
+from patchunet.core.locking import exclusive_lock
 from patchunet.tuning.objective import Objective, PatchCache
 from patchunet.tuning.workers import run_worker
 

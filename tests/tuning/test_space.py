@@ -1,8 +1,8 @@
 import pytest
 from conftest import REPO_ROOT
 
-from patchunet.config import TuneConfig, load_params, parse_section
-from patchunet.errors import ConfigError
+from patchunet.core.config import TuneConfig, load_params, parse_section
+from patchunet.core.errors import ConfigError
 from patchunet.tuning.space import apply_overrides, validate_space
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import optuna
 from conftest import REPO_ROOT
 
-from patchunet.config import Dimension, TuneConfig, load_params, parse_section
+from patchunet.core.config import Dimension, TuneConfig, load_params, parse_section
 from patchunet.tuning.study import claim_worker_index, enqueue_defaults, load_study, study_lock
 
 

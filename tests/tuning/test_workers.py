@@ -11,14 +11,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from patchunet.locking import storage_lock
+from patchunet.core.locking import storage_lock
 from patchunet.tuning.study import open_storage
 from patchunet.tuning.workers import WORKER_ATTR, run_worker
 
 WORKER = """
 import os, sys, time
 import optuna
-from patchunet.locking import storage_lock
+from patchunet.core.locking import storage_lock
 from patchunet.tuning.study import open_storage
 from patchunet.tuning.workers import run_worker
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchunet.errors import DataError
+from patchunet.core.errors import DataError
 
 Polygon = np.ndarray
 """(K, 2) float64 vertices as (x, y), in the XML's 1-based pixel coordinates."""

@@ -16,7 +16,7 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema
 from pydantic import NonNegativeFloat
 from skimage.color import hed_from_rgb, rgb_from_hed
 
-from patchunet.config import AugmentConfig
+from patchunet.core.config import AugmentConfig
 
 WHITE = (255, 255, 255)
 """Fill for pixels an affine brings in from outside the image: empty glass, with no nuclei."""

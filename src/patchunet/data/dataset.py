@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from patchunet.config import InstanceHead
+from patchunet.core.config import InstanceHead
 from patchunet.data.augment import augment_pair
 from patchunet.data.patches import PatchSet
 from patchunet.model.heads import make_targets

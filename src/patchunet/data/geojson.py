@@ -29,10 +29,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon as polygon_pixels
 
+from patchunet.core.errors import DataError
+from patchunet.core.files import atomic_file
 from patchunet.data.masks import MIN_POLYGON_VERTICES, RasterReport, count_nuclei
-from patchunet.errors import DataError
 from patchunet.evaluation.overlay import YELLOW
-from patchunet.files import atomic_file
 
 Ring = np.ndarray
 """(K, 2) float64 vertices as (x, y) in 0-based pixel-corner coordinates, not repeating the first."""

@@ -16,8 +16,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from patchunet.errors import DataError
-from patchunet.files import atomic_file
+from patchunet.core.errors import DataError
+from patchunet.core.files import atomic_file
 
 MAX_IMAGE_PIXELS = 100_000_000
 """Largest image any reader decodes: 100 megapixels (300 MB as RGB). MoNuSeg tiles are 1 MP and a

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from skimage.draw import polygon as polygon_pixels
 
+from patchunet.core.errors import DataError
 from patchunet.data.annotations import VERTEX_MARGIN_PX, Polygon, read_polygons
 from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import ImageRecord
-from patchunet.errors import DataError
 from patchunet.evaluation.metrics import PixelCounts
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from patchunet.core.errors import DataError, SourceError
 from patchunet.data.images import read_rgb_image, write_rgb_tiff
-from patchunet.errors import DataError, SourceError
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchunet.errors import ConfigError, DataError
+from patchunet.core.errors import ConfigError, DataError
 
 INDEX_FIELDS = ("patch", "image_id", "copy", "y", "x")
 

@@ -10,8 +10,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from patchunet.config import DataConfig
-from patchunet.errors import SourceError
+from patchunet.core.config import DataConfig
+from patchunet.core.errors import SourceError
 
 CHUNK_BYTES = 1 << 20
 SOURCE_VARIABLE = "MONUSEG_DIR"

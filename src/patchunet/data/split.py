@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchunet.errors import ConfigError, DataError
+from patchunet.core.errors import ConfigError, DataError
 
 
 def split_train_val(

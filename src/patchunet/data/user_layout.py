@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from patchunet.core.errors import DataError, SourceError
 from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import (
     ANNOTATION_SUFFIXES,
@@ -23,7 +24,6 @@ from patchunet.data.monuseg import (
     files_by_id,
     record_of,
 )
-from patchunet.errors import DataError, SourceError
 
 IMAGES_DIR = "images"
 LABELS_DIR = "labels"

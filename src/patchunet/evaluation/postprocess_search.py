@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from patchunet.config import EvalConfig, InstanceHead
+from patchunet.core.config import EvalConfig, InstanceHead
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.inference.postprocess import instances_from_maps
 

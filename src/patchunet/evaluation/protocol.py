@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from patchunet.config import EvalConfig
+from patchunet.core.config import EvalConfig
 
 RUNTIME_SETTINGS = ("backend", "precision")
 

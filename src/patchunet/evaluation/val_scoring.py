@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from patchunet.config import EvalConfig
+from patchunet.core.config import EvalConfig
 from patchunet.data.patches import PatchSet
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.inference.sliding_window import segment_image

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from skimage.measure import regionprops_table
 
-from patchunet.config import EvalConfig
+from patchunet.core.config import EvalConfig
 from patchunet.inference.runtimes import Network
 from patchunet.inference.scale import labels_to_shape, resample_image
 from patchunet.inference.sliding_window import segment_image

@@ -36,7 +36,7 @@ from scipy import ndimage
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import watershed
 
-from patchunet.config import EvalConfig, InstanceHead
+from patchunet.core.config import EvalConfig, InstanceHead
 
 HOVER_SOBEL_SIZE = 21
 """Sobel kernel of HoVer-Net's post-processing on its offset maps, for 40x images (its own value)."""

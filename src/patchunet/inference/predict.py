@@ -39,7 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from patchunet.files import file_sha256
+from patchunet.core.files import file_sha256
 
 DEFAULT_MODEL = "models:/patchunet@champion"
 SUMMARY_COLUMNS_BEFORE_SCALE = ("image", "nuclei", "mean_area_px", "median_area_px", "foreground_fraction")
@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from patchunet import tracking
-    from patchunet.config import EvalConfig, MlflowConfig, PatchConfig, load_params, parse_section
+    from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, load_params, parse_section
+    from patchunet.core.errors import PatchUNetError
     from patchunet.data.images import label_tiff_bytes, png_bytes, read_rgb_image
-    from patchunet.errors import PatchUNetError
     from patchunet.evaluation.overlay import prediction_overlay
     from patchunet.inference.nuclei import NUCLEUS_COLUMNS, nucleus_table, segment_nuclei
     from patchunet.inference.runtimes import runtime_network
@@ -214,7 +214,7 @@ def resumable(folder: Path, stem: str, rows: dict[str, dict]) -> bool:
 def refuse_other_identity(folder: Path, stem: str, row: dict, identity: dict[str, str]) -> None:
     """Refuse, naming its first file and what differs, an image done by another model, with other
     settings or from another input than this run's."""
-    from patchunet.errors import DataError
+    from patchunet.core.errors import DataError
 
     for column, made in IDENTITY_COLUMNS.items():
         if row[column] != identity[column]:
@@ -242,7 +242,7 @@ def short_hash(value: object) -> str:
 
 def read_pending(path: Path) -> dict[str, str]:
     """The {file name: SHA-256} of outputs an earlier run was renaming into place ({} if none)."""
-    from patchunet.errors import DataError
+    from patchunet.core.errors import DataError
 
     if not path.exists():
         return {}
@@ -256,7 +256,7 @@ def read_pending(path: Path) -> dict[str, str]:
 
 
 def write_pending(path: Path, pending: dict[str, str]) -> None:
-    from patchunet.files import write_json
+    from patchunet.core.files import write_json
 
     if pending:
         write_json(path, pending)
@@ -268,7 +268,7 @@ def write_together(contents: dict[Path, bytes]) -> None:
     """Write files atomically and together: none is renamed into place before every one is written,
     so a failure or a kill while writing leaves none of them (only temporaries, which
     `remove_dead_writers_files` removes)."""
-    from patchunet.files import atomic_file
+    from patchunet.core.files import atomic_file
 
     with contextlib.ExitStack() as stack:
         for path, content in contents.items():
@@ -282,7 +282,7 @@ TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.[^.]+\.tmp")
 def remove_dead_writers_files(folder: Path) -> None:
     """Remove the temporaries that killed writers left in `folder`, of any file (`files.remove_stale_temporaries`):
     a rerun may never write that file again (an image done before the kill, or not given again)."""
-    from patchunet.files import remove_stale_temporaries
+    from patchunet.core.files import remove_stale_temporaries
 
     if not folder.is_dir():  # `check_writable_folder` removes a folder it created
         return
@@ -293,7 +293,7 @@ def remove_dead_writers_files(folder: Path) -> None:
 
 def scale_option(mpp: str | None, magnification: str | None) -> tuple[float | None, str]:
     """The µm per pixel that --mpp or --magnification gives, or None, and the option as written."""
-    from patchunet.errors import PatchUNetError
+    from patchunet.core.errors import PatchUNetError
     from patchunet.inference.scale import mpp_of_magnification, parse_mpp
 
     if mpp is not None and magnification is not None:
@@ -339,7 +339,7 @@ def check_writable_folder(folder: Path) -> None:
 
     Leaves nothing behind: a folder it had to create is removed again.
     """
-    from patchunet.errors import DataError
+    from patchunet.core.errors import DataError
 
     missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
@@ -362,7 +362,7 @@ def refuse_existing_outputs(folder: Path, stems: list[str], suffixes: tuple[str,
 
     The summary is not checked: it keeps the rows of other images.
     """
-    from patchunet.errors import DataError
+    from patchunet.core.errors import DataError
 
     for stem in stems:
         for suffix in suffixes:
@@ -373,7 +373,7 @@ def refuse_existing_outputs(folder: Path, stems: list[str], suffixes: tuple[str,
 def read_summary(path: Path, accepted: tuple[tuple[str, ...], ...] | None = None) -> list[dict]:
     """The rows of an earlier run's summary (columns one of `accepted`, by default predict's); none
     if there is no such file."""
-    from patchunet.errors import DataError
+    from patchunet.core.errors import DataError
 
     if not path.exists():
         return []
@@ -396,7 +396,7 @@ def load_model_reference(reference: str, tracking_uri: str):
     leave an empty mlflow.db behind.
     """
     from patchunet import tracking
-    from patchunet.errors import PatchUNetError
+    from patchunet.core.errors import PatchUNetError
     from patchunet.model.unet import load_model
 
     if reference.startswith(("models:/", "runs:/")):
@@ -411,7 +411,7 @@ def load_model_reference(reference: str, tracking_uri: str):
 
 
 def write_rows(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    from patchunet.files import atomic_file
+    from patchunet.core.files import atomic_file
 
     with atomic_file(path) as tmp:
         tmp.write_bytes(csv_bytes(columns, rows))

@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from patchunet.files import file_sha256
+from patchunet.core.files import file_sha256
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from patchunet.config import EvalConfig, SlideConfig
+    from patchunet.core.config import EvalConfig, SlideConfig
     from patchunet.inference.runtimes import Network
     from patchunet.inference.slides import Slide
     from patchunet.inference.stitching import Tile
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> None:
     given_mpp = parse_mpp(args.mpp, "--mpp") if args.mpp is not None else None
 
     from patchunet import tracking
-    from patchunet.config import EvalConfig, MlflowConfig, PatchConfig, SlideConfig, load_params, parse_section
-    from patchunet.errors import PatchUNetError
+    from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, SlideConfig, load_params, parse_section
+    from patchunet.core.errors import PatchUNetError
     from patchunet.inference.predict import (
         check_writable_folder,
         load_model_reference,
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> None:
 
 def slide_scale(slide: Slide, given_mpp: float | None) -> tuple[float, str]:
     """µm per level-0 pixel and where it comes from: "--mpp", else "slide"; refused without either."""
-    from patchunet.errors import DataError, PatchUNetError
+    from patchunet.core.errors import DataError, PatchUNetError
     from patchunet.inference.scale import PLAUSIBLE_MPP
 
     if given_mpp is not None:
@@ -221,8 +221,8 @@ def segment_slide(
 def check_tile_scale(path: Path, tile_size: int, level_mpp: float, model_mpp: float) -> None:
     """Refuse in one line a level too far from the model's scale, or one at which a tile, resampled
     to the model's scale, exceeds MAX_IMAGE_PIXELS: the fix there is a smaller slide.tile_size."""
+    from patchunet.core.errors import PatchUNetError
     from patchunet.data.images import MAX_IMAGE_PIXELS
-    from patchunet.errors import PatchUNetError
     from patchunet.inference.scale import check_scale, resampled_shape
 
     check_scale((1, 1), level_mpp, model_mpp, str(path))
@@ -296,7 +296,7 @@ class TileStore:
     Keeps in memory the tiles of the rows a later tile may still need as earlier neighbours."""
 
     def __init__(self, folder: Path, plan: dict) -> None:
-        from patchunet.files import write_json
+        from patchunet.core.files import write_json
 
         self.folder = folder
         self.loaded: dict[tuple[int, int], dict] = {}
@@ -319,7 +319,7 @@ class TileStore:
         return row >= 0 and col >= 0 and self.path(row, col).is_file()
 
     def save(self, row: int, col: int, done: dict) -> None:
-        from patchunet.files import atomic_file
+        from patchunet.core.files import atomic_file
 
         with atomic_file(self.path(row, col)) as tmp:
             tmp.write_text(json.dumps(done, separators=(",", ":")))
@@ -369,9 +369,9 @@ def write_outputs(
     import cv2
     import numpy as np
 
+    from patchunet.core.files import atomic_file
     from patchunet.data.images import write_png
     from patchunet.evaluation.overlay import GREEN, YELLOW
-    from patchunet.files import atomic_file
 
     picture, picture_scale, tissue = thumbnail
     stem = context.slide.path.stem

@@ -18,8 +18,8 @@ import io
 import numpy as np
 import tifffile
 
+from patchunet.core.errors import PatchUNetError
 from patchunet.data.images import read_rgb_bytes
-from patchunet.errors import PatchUNetError
 
 IMAGE_COLUMN = "image"
 MPP_PARAM = "mpp"

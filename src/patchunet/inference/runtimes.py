@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 import torch
 
-from patchunet.config import EvalConfig, ModelConfig
-from patchunet.errors import ConfigError
-from patchunet.files import atomic_file
-from patchunet.resources import worker_count
+from patchunet.core.config import EvalConfig, ModelConfig
+from patchunet.core.errors import ConfigError
+from patchunet.core.files import atomic_file
+from patchunet.core.resources import worker_count
 
 if TYPE_CHECKING:
     from patchunet.model.unet import PatchUNet

@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from patchunet.config import PLAUSIBLE_MPP
-from patchunet.errors import PatchUNetError
+from patchunet.core.config import PLAUSIBLE_MPP
+from patchunet.core.errors import PatchUNetError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from patchunet.errors import DataError, first_line
+from patchunet.core.errors import DataError, first_line
 from patchunet.inference.scale import PLAUSIBLE_MPP, RECORDED_SCALE_TOLERANCE
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ def write_pyramidal_tiff(path: Path, image: np.ndarray, mpp: float | None, *, ti
     and QuPath open. How the tests and benchmarks make their slides; written atomically."""
     import tifffile
 
-    from patchunet.files import atomic_file
+    from patchunet.core.files import atomic_file
 
     levels = [image]
     while max(levels[-1].shape[:2]) > 2 * THUMBNAIL_CHUNK:

@@ -19,10 +19,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from patchunet.config import EvalConfig, InstanceHead
+from patchunet.core.config import EvalConfig, InstanceHead
+from patchunet.core.errors import ConfigError
 from patchunet.data.dataset import image_to_tensor
 from patchunet.data.patches import tile_grid
-from patchunet.errors import ConfigError
 from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.runtimes import Network, network_device
 from patchunet.model.heads import activate

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-from patchunet.config import InstanceHead
+from patchunet.core.config import InstanceHead
 from patchunet.model.losses import bce_dice_loss
 
 HEAD_CHANNELS: dict[str, int] = {"none": 0, "boundary": 1, "distance": 1, "hover": 2}

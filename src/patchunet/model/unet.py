@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from patchunet.config import GROUPS, ModelConfig
-from patchunet.errors import ConfigError, PatchUNetError, first_line
-from patchunet.files import atomic_file
+from patchunet.core.config import GROUPS, ModelConfig
+from patchunet.core.errors import ConfigError, PatchUNetError, first_line
+from patchunet.core.files import atomic_file
 from patchunet.model.heads import output_channels
 
 

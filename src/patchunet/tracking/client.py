@@ -33,9 +33,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from sqlalchemy.exc import SQLAlchemyError
 
-from patchunet.errors import PatchUNetError, TrackingError, first_line
-from patchunet.files import write_json
-from patchunet.locking import exclusive_lock
+from patchunet.core.errors import PatchUNetError, TrackingError, first_line
+from patchunet.core.files import write_json
+from patchunet.core.locking import exclusive_lock
 from patchunet.tracking.names import DVC_BASELINE_REV, DVC_EXPERIMENT, MODEL_ARTIFACT, WEIGHTS_ARTIFACT
 from patchunet.tracking.records import ActiveRun, RunSummary, VersionSummary
 

@@ -18,8 +18,8 @@ import json
 import math
 from typing import TYPE_CHECKING
 
-from patchunet.config import ServeConfig
-from patchunet.errors import TrackingError, first_line
+from patchunet.core.config import ServeConfig
+from patchunet.core.errors import TrackingError, first_line
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

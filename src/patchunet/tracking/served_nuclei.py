@@ -24,8 +24,8 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
-from patchunet.config import EvalConfig, ServeConfig
-from patchunet.errors import PatchUNetError
+from patchunet.core.config import EvalConfig, ServeConfig
+from patchunet.core.errors import PatchUNetError
 from patchunet.inference.nuclei import nucleus_table, segment_nuclei
 from patchunet.inference.requests import MPP_PARAM, encoded_labels, request_image, request_mpp, request_values
 from patchunet.inference.runtimes import runtime_network

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
-from patchunet.config import AugmentConfig, InstanceHead, ModelConfig, TrainConfig
+from patchunet.core.config import AugmentConfig, InstanceHead, ModelConfig, TrainConfig
+from patchunet.core.resources import worker_count
 from patchunet.data.augment import build_augmentation
 from patchunet.data.dataset import PatchDataset
 from patchunet.data.patches import PatchSet
 from patchunet.model.unet import PatchUNet
-from patchunet.resources import worker_count
 from patchunet.training.distributed import Ranks
 from patchunet.training.lifetime import loader_worker_init
 from patchunet.training.run_log import EpochLogger

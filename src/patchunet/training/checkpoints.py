@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from patchunet.config import ModelConfig
-from patchunet.errors import PatchUNetError
-from patchunet.files import atomic_file
+from patchunet.core.config import ModelConfig
+from patchunet.core.errors import PatchUNetError
+from patchunet.core.files import atomic_file
 from patchunet.model.unet import load_tensor_file
 
 BEST_CHECKPOINT = "best.pt"

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from patchunet.resources import worker_count
+from patchunet.core.resources import worker_count
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from patchunet.errors import ConfigError
-from patchunet.resources import worker_count
+from patchunet.core.errors import ConfigError
+from patchunet.core.resources import worker_count
 from patchunet.training.devices import pick_device
 
 

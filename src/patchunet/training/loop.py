@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from patchunet.config import InstanceHead, TrainConfig
+from patchunet.core.config import InstanceHead, TrainConfig
+from patchunet.core.errors import PatchUNetError
 from patchunet.data.dataset import as_model_input
-from patchunet.errors import PatchUNetError
 from patchunet.evaluation.metrics import PixelCounts
 from patchunet.model.heads import head_loss
 from patchunet.training.checkpoints import (

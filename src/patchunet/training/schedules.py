@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from patchunet.config import TrainConfig
+from patchunet.core.config import TrainConfig
 
 
 class PlateauSchedule:

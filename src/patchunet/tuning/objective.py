@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from patchunet import tracking
-from patchunet.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, TuneConfig, parse_section
+from patchunet.core.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, TuneConfig, parse_section
 from patchunet.data.image_copies import labelled_copies
 from patchunet.data.patches import PatchSet
 from patchunet.tracking import names

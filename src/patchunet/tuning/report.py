@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 
 from patchunet import tracking
-from patchunet.config import Dimension, TuneConfig
+from patchunet.core.config import Dimension, TuneConfig
 from patchunet.tracking import names
 from patchunet.tuning.space import apply_overrides
 

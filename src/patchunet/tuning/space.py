@@ -7,8 +7,8 @@ from typing import Any
 
 import optuna
 
-from patchunet.config import Dimension, ModelConfig, TuneConfig, parse_section
-from patchunet.errors import ConfigError
+from patchunet.core.config import Dimension, ModelConfig, TuneConfig, parse_section
+from patchunet.core.errors import ConfigError
 
 
 def validate_space(cfg: TuneConfig, params: dict[str, Any], image_side: int) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 import optuna
 
 from patchunet import tracking
-from patchunet.config import Dimension, TuneConfig
-from patchunet.errors import ConfigError, PatchUNetError
-from patchunet.locking import Lock, storage_lock
+from patchunet.core.config import Dimension, TuneConfig
+from patchunet.core.errors import ConfigError, PatchUNetError
+from patchunet.core.locking import Lock, storage_lock
 from patchunet.tracking import names
 
 log = logging.getLogger(__name__)

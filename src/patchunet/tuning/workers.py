@@ -15,10 +15,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from patchunet.config import PatchConfig, TuneConfig
+from patchunet.core.config import PatchConfig, TuneConfig
+from patchunet.core.errors import ConfigError
+from patchunet.core.locking import Lock
 from patchunet.data.patches import PatchSet
-from patchunet.errors import ConfigError
-from patchunet.locking import Lock
 from patchunet.tuning.objective import Objective
 from patchunet.tuning.study import PARENT_RUN_ATTR, claim_worker_index, load_study, study_lock
 

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from patchunet.errors import PatchUNetError
+from patchunet.core.errors import PatchUNetError
 
 Lock = Callable[[], contextlib.AbstractContextManager[None]]
 """What takes a lock for a block: `lock()` in a `with` statement (e.g. `tuning.study.study_lock`)."""

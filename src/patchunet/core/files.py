@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from patchunet.errors import DataError
+from patchunet.core.errors import DataError
 
 
 def read_json_value(path: Path, *keys: str) -> Any:

@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from patchunet.errors import PatchUNetError
+from patchunet.core.errors import PatchUNetError
 
 
 def run_stage(main: Callable[[], None]) -> None:

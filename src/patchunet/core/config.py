@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
-from patchunet.errors import ConfigError, PatchUNetError
+from patchunet.core.errors import ConfigError, PatchUNetError
 
 T = TypeVar("T")
 

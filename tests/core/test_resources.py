@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from patchunet.resources import cpu_share
+from patchunet.core.resources import cpu_share
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 8])

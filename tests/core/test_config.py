@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from patchunet.config import (
+from patchunet.core.config import (
     MAX_NUCLEUS_AREA,
     AugmentConfig,
     DashboardConfig,
@@ -20,7 +20,7 @@ from patchunet.config import (
     load_params,
     parse_section,
 )
-from patchunet.errors import ConfigError, PatchUNetError
+from patchunet.core.errors import ConfigError, PatchUNetError
 
 PARAMS = load_params(REPO_ROOT / "params.yaml")
 

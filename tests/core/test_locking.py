@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from patchunet.errors import PatchUNetError
-from patchunet.locking import exclusive_lock, sole_holder, storage_lock
+from patchunet.core.errors import PatchUNetError
+from patchunet.core.locking import exclusive_lock, sole_holder, storage_lock
 
 
 def test_an_unreachable_postgresql_is_one_line_without_its_password() -> None:
@@ -62,7 +62,7 @@ def test_a_sole_holder_refuses_a_second_holder_naming_the_first_pid(tmp_path: Pa
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from patchunet.locking import sole_holder\n"
+            "import sys, time; from pathlib import Path; from patchunet.core.locking import sole_holder\n"
             f"with sole_holder(Path({str(path)!r}), 'training'):\n    print('held', flush=True); time.sleep(600)",
         ],
         stdout=subprocess.PIPE,
