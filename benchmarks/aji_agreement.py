@@ -65,7 +65,7 @@ def main() -> None:
 
 def read_predicted(labels_dir: Path, record):
     """The (H, W) predicted instance map of one test image from --labels-dir."""
-    from patchunet.data.images import read_label_image
+    from patchunet.io.images import read_label_image
 
     for suffix in LABEL_SUFFIXES:
         path = labels_dir / f"{record.image_id}{suffix}"
@@ -77,8 +77,8 @@ def read_predicted(labels_dir: Path, record):
 def model_predictor(model_file: Path, params_file: Path):
     """A function record -> (H, W) predicted instance map, from the model and the `eval` params."""
     from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
-    from patchunet.data.images import read_rgb_image
     from patchunet.inference.sliding_window import segment_image
+    from patchunet.io.images import read_rgb_image
     from patchunet.model.unet import load_model
     from patchunet.training.devices import pick_device
 

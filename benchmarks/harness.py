@@ -30,7 +30,6 @@ from patchunet.core.config import (
 )
 from patchunet.core.paths import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
 from patchunet.data.image_copies import labelled_copies
-from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import pair_files, raw_dirs
 from patchunet.data.patches import PatchSet
 from patchunet.data.split import read_split
@@ -38,6 +37,7 @@ from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.evaluation.val_scoring import WholeImageAJI
 from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.sliding_window import image_maps
+from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import PatchUNet
 from patchunet.training.builder import build_training, make_datasets, make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint

@@ -31,12 +31,12 @@ import torch
 from harness import ROOT, Settings, val_images
 
 from patchunet.core.paths import MODEL_FILE, PATCH_DIR
-from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.patches import PatchSet
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.inference import runtimes
 from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.sliding_window import image_maps
+from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import PatchUNet, load_model
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
 from patchunet.core.paths import MODEL_FILE, RAW_DIR
-from patchunet.data.images import read_rgb_image
 from patchunet.inference.sliding_window import segment_image
+from patchunet.io.images import read_rgb_image
 from patchunet.model.unet import load_model
 from patchunet.training.devices import pick_device
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
 from patchunet.core.paths import MODEL_FILE, RAW_DIR, labels_dir
-from patchunet.data.images import read_label_image, read_rgb_image
-from patchunet.data.masks import count_nuclei
 from patchunet.evaluation.metrics import instance_counts, score_segmentation
 from patchunet.inference.sliding_window import segment_image
+from patchunet.io.annotations import count_nuclei
+from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

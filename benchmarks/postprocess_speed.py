@@ -24,9 +24,9 @@ from skimage.morphology import h_maxima, remove_small_holes, remove_small_object
 from skimage.segmentation import relabel_sequential, watershed
 
 from patchunet.core.paths import MODEL_FILE
-from patchunet.data.images import read_label_image
 from patchunet.evaluation.metrics import score_segmentation
 from patchunet.inference import postprocess
+from patchunet.io.images import read_label_image
 
 # The post-processing as it was before the blob-by-blob decisions (docstrings left out): the reference.
 

@@ -72,10 +72,10 @@ def after_inference(monuseg: Path, side: int) -> None:
     from scipy import ndimage
 
     from patchunet.core.config import EvalConfig, load_params, parse_section
-    from patchunet.data.images import read_label_image, read_rgb_image
     from patchunet.evaluation.overlay import prediction_overlay
     from patchunet.inference.nuclei import nucleus_table
     from patchunet.inference.postprocess import instances_from_maps
+    from patchunet.io.images import read_label_image, read_rgb_image
 
     cfg = parse_section(EvalConfig, load_params(ROOT / "params.yaml"), "eval")
     image = tiled(read_rgb_image(sorted((monuseg / TEST_IMAGES).glob("*.tif"))[0]), side)
@@ -100,7 +100,7 @@ def main() -> None:
 
     import tifffile
 
-    from patchunet.data.images import read_rgb_image
+    from patchunet.io.images import read_rgb_image
 
     map_mb = args.side * args.side * 4 / 2**20
     with tempfile.TemporaryDirectory() as folder:

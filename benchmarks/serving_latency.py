@@ -85,10 +85,10 @@ def main() -> None:
     # the same work in this process, as the served model does it (served_nuclei.py)
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
-    from patchunet.data.images import read_rgb_image
     from patchunet.inference.nuclei import nucleus_table, segment_nuclei
     from patchunet.inference.requests import encoded_labels
     from patchunet.inference.runtimes import runtime_network
+    from patchunet.io.images import read_rgb_image
 
     params = load_params(ROOT / "params.yaml")
     cfg = parse_section(EvalConfig, params, "eval")

@@ -23,12 +23,11 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
-from patchunet.data.annotations import read_polygons
-from patchunet.data.geojson import rasterize_geojson
-from patchunet.data.images import read_label_image, read_rgb_image
-from patchunet.data.masks import rasterize_polygons
 from patchunet.evaluation.metrics import score_segmentation
-from patchunet.inference.slides import write_pyramidal_tiff
+from patchunet.io.annotations import rasterize_polygons, read_polygons
+from patchunet.io.geojson import rasterize_geojson
+from patchunet.io.images import read_label_image, read_rgb_image
+from patchunet.io.slides import write_pyramidal_tiff
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE, GAP, TILE = 1000, 200, 512

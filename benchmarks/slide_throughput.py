@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from patchunet.core.paths import RAW_DIR
-from patchunet.data.images import read_rgb_image
-from patchunet.inference.slides import write_pyramidal_tiff
+from patchunet.io.images import read_rgb_image
+from patchunet.io.slides import write_pyramidal_tiff
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL = 1000

@@ -25,14 +25,14 @@ from patchunet.core.console import run_stage
 from patchunet.core.errors import DataError
 from patchunet.core.files import atomic_directory, atomic_file, read_json_value, write_json
 from patchunet.core.paths import MODEL_FILE, RAW_DIR, RUN_FILE, SAMPLES_DIR, TEST_METRICS, TEST_PER_IMAGE, labels_dir
-from patchunet.data.images import read_label_image, read_rgb_image, write_label_tiff, write_png
-from patchunet.data.masks import count_nuclei
 from patchunet.data.monuseg import organ_of, pair_files, raw_dirs
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.evaluation.overlay import head_picture, match_overlay
 from patchunet.evaluation.protocol import protocol_hash, sample_ids
 from patchunet.inference.runtimes import runtime_network
 from patchunet.inference.sliding_window import segment_image
+from patchunet.io.annotations import count_nuclei
+from patchunet.io.images import read_label_image, read_rgb_image, write_label_tiff, write_png
 from patchunet.model.unet import load_model
 from patchunet.training.devices import pick_device
 

@@ -21,9 +21,9 @@ from patchunet.core.console import run_stage
 from patchunet.core.files import atomic_directory, write_json
 from patchunet.core.paths import INTERIM_DIR, MASKS_REPORT, RAW_DIR, labels_dir
 from patchunet.core.resources import worker_count
-from patchunet.data.images import write_label_tiff
 from patchunet.data.masks import LabelResult, make_label_map
 from patchunet.data.monuseg import SPLITS, pair_files, raw_dirs
+from patchunet.io.images import write_label_tiff
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ from patchunet.core.errors import PatchUNetError
 from patchunet.core.files import atomic_directory, write_csv
 from patchunet.core.paths import RAW_DIR, SPLIT_FILE, TUNE_DIR, labels_dir
 from patchunet.core.resources import cpu_share
-from patchunet.data.images import read_rgb_image
 from patchunet.data.monuseg import raw_dirs
 from patchunet.data.split import read_split
+from patchunet.io.images import read_rgb_image
 from patchunet.tuning.objective import PatchCache
 from patchunet.tuning.report import best_params, log_summary, trial_rows, write_figures
 from patchunet.tuning.space import validate_space

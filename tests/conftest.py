@@ -92,7 +92,7 @@ def write_instance_map_png(path: Path, polygons: list[list[tuple[float, float]]]
     """A uint16 PNG instance map of the polygons, made with the library's own rasteriser."""
     import imagecodecs
 
-    from patchunet.data.masks import rasterize_polygons
+    from patchunet.io.annotations import rasterize_polygons
 
     labels, _ = rasterize_polygons([np.asarray(p, float) for p in polygons], shape)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def write_instance_map_png(path: Path, polygons: list[list[tuple[float, float]]]
 
 def write_qupath_geojson(path: Path, labels: np.ndarray) -> Path:
     """The nuclei of (H, W) `labels` as a QuPath GeoJSON export of detections."""
-    from patchunet.data.geojson import nuclei_feature_collection, write_geojson
+    from patchunet.io.geojson import nuclei_feature_collection, write_geojson
 
     write_geojson(path, nuclei_feature_collection(labels))
     return path
@@ -120,7 +120,7 @@ USER_TEST_IDS = ["slide-b-02", "slide-c-03"]
 def write_user_source(root: Path, side: int = 64) -> Path:
     """A tiny source in the generic layout: 6 tiles (PNG and TIFF), labelled by instance maps,
     GeoJSON and XML in turn, and a test.txt naming USER_TEST_IDS (with a comment and a blank line)."""
-    from patchunet.data.images import write_png
+    from patchunet.io.images import write_png
 
     kinds = ["labels", "geojson", "xml"]
     for n, image_id in enumerate(["slide-a-01", "slide-b-02", "slide-c-03", "slide-d-04", "slide-e-05", "slide-f-06"]):
@@ -146,7 +146,7 @@ def write_user_source(root: Path, side: int = 64) -> Path:
 
 def nuclei_tile(side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A light (side, side, 3) uint8 tile with 6 dark square 'nuclei', and its (side, side) uint16 labels."""
-    from patchunet.data.masks import rasterize_polygons
+    from patchunet.io.annotations import rasterize_polygons
 
     labels, _ = rasterize_polygons([np.asarray(p, float) for p in nuclei_polygons(seed, side=side)], (side, side))
     rng = np.random.default_rng(seed)
@@ -303,8 +303,8 @@ TEST_IDS = ["TCGA-AC-0005-01Z", "TCGA-FG-0006-01Z", "TCGA-HE-0007-01Z"]
 
 def write_synthetic_test_set(project: Path) -> None:
     """Tiles that look like the training discs (dark nuclei on light glass), with their labels."""
-    from patchunet.data.images import write_label_tiff
-    from patchunet.data.masks import rasterize_polygons
+    from patchunet.io.annotations import rasterize_polygons
+    from patchunet.io.images import write_label_tiff
 
     rng = np.random.default_rng(5)
     for n, image_id in enumerate(TEST_IDS):
@@ -374,7 +374,7 @@ def write_disc_image(project: Path, image_id: str, seed: int, side: int = 64) ->
     """A light tile with dark disc nuclei, and its label map, in the project's data layout."""
     from skimage.draw import disk
 
-    from patchunet.data.images import write_label_tiff
+    from patchunet.io.images import write_label_tiff
 
     rng = np.random.default_rng(seed)
     image = np.full((side, side, 3), 220, np.uint8)

@@ -10,9 +10,9 @@ import streamlit as st
 
 from patchunet.core.errors import PatchUNetError
 from patchunet.core.paths import RAW_DIR, labels_dir
-from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.evaluation.metrics import score_segmentation
 from patchunet.evaluation.overlay import truth_and_prediction_overlay
+from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.tracking import names
 
 import queries

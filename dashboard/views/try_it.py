@@ -13,9 +13,9 @@ import numpy as np
 import streamlit as st
 
 from patchunet.core.errors import DataError, PatchUNetError
-from patchunet.data.images import read_rgb_bytes, write_label_tiff
 from patchunet.evaluation.overlay import prediction_overlay
-from patchunet.inference.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
+from patchunet.io.images import read_rgb_bytes, write_label_tiff
+from patchunet.io.scale import MAGNIFICATIONS, MAX_SCALE_RATIO, is_same_scale, resampled_shape, scale_label
 
 import queries
 import review

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from patchunet.core.files import atomic_directory, atomic_file, current_umask
-from patchunet.data.images import write_label_tiff
+from patchunet.io.images import write_label_tiff
 
 
 def test_atomic_file_leaves_old_content_when_the_write_fails(tmp_path: Path) -> None:

@@ -7,45 +7,8 @@ import tifffile
 from conftest import geojson_polygon, nuclei_polygons, square, write_instance_map_png, write_monuseg_xml, write_rgb_tiff
 
 from patchunet.core.errors import DataError
-from patchunet.data.masks import count_nuclei, make_label_map, rasterize_polygons
+from patchunet.data.masks import make_label_map
 from patchunet.data.monuseg import ImageRecord
-
-
-def as_polygons(*polygons):
-    return [np.asarray(p, dtype=float) for p in polygons]
-
-
-def test_square_lands_one_pixel_up_and_left_as_poly2mask_does() -> None:
-    # Vertices (X, Y) from (3, 2) to (6, 5), 1-based: pixel centres rows 1..4, cols 2..5 (0-based).
-    labels, _ = rasterize_polygons(as_polygons(square(3, 2, 3)), (8, 8))
-    expected = np.zeros((8, 8), np.uint16)
-    expected[1:5, 2:6] = 1
-    np.testing.assert_array_equal(labels, expected)
-
-
-def test_ids_follow_file_order_starting_at_one() -> None:
-    labels, report = rasterize_polygons(as_polygons(square(1, 1, 2), square(6, 6, 2)), (10, 10))
-    assert labels[0, 0] == 1 and labels[5, 5] == 2
-    assert labels.dtype == np.uint16 and report.nuclei == 2
-
-
-def test_degenerate_polygons_are_skipped_and_counted() -> None:
-    polygons = as_polygons(square(1, 1, 2), [(4, 4), (6, 6)], [(8, 8)], square(6, 6, 2))
-    labels, report = rasterize_polygons(polygons, (10, 10))
-    assert report.polygons == 4 and report.degenerate == 2
-    assert set(np.unique(labels)) == {0, 1, 2}
-
-
-def test_later_polygon_wins_overlap_and_overlap_is_counted() -> None:
-    # Two 4x4-pixel squares sharing a 2x2 corner.
-    labels, report = rasterize_polygons(as_polygons(square(1, 1, 3), square(3, 3, 3)), (10, 10))
-    assert report.overlap_pixels == 4
-    assert labels[2, 2] == 2 and labels[0, 0] == 1
-    assert np.count_nonzero(labels == 1) == 12
-
-
-def test_count_nuclei_ignores_gaps_in_ids() -> None:
-    assert count_nuclei(np.array([[0, 3], [7, 7]])) == 2
 
 
 def record(tmp_path: Path, xml=None, instance_map=None, shape=(100, 100)) -> ImageRecord:
@@ -137,7 +100,7 @@ def test_a_polygon_crossing_the_border_is_clipped_to_the_image(tmp_path: Path) -
 
 
 def test_geojson_gives_the_xml_labels_where_the_conventions_agree(tmp_path: Path) -> None:
-    # the same outline is (X - 0.5, Y - 0.5) in GeoJSON's 0-based pixel corners (data.geojson)
+    # the same outline is (X - 0.5, Y - 0.5) in GeoJSON's 0-based pixel corners (io.geojson)
     polygons = nuclei_polygons(seed=3)
     xml = write_monuseg_xml(tmp_path / "img.xml", polygons)
     from_xml = make_label_map(record(tmp_path, xml), prefer="xml").labels

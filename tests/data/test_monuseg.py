@@ -6,7 +6,6 @@ import tifffile
 from conftest import TEST_DIR, TRAIN_DIR, nuclei_polygons, write_monuseg_xml, write_user_source
 
 from patchunet.core.errors import DataError, SourceError
-from patchunet.data.images import read_rgb_image
 from patchunet.data.monuseg import (
     check_no_shared_images,
     copy_to_raw,
@@ -17,6 +16,7 @@ from patchunet.data.monuseg import (
     raw_dirs,
 )
 from patchunet.data.user_layout import user_records
+from patchunet.io.images import read_rgb_image
 
 
 @pytest.mark.parametrize(

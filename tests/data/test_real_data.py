@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from patchunet.data.images import read_label_image, read_rgb_image
-from patchunet.data.masks import count_nuclei, make_label_map
+from patchunet.data.masks import make_label_map
 from patchunet.data.monuseg import check_no_shared_images, official_dirs, pair_files
 from patchunet.evaluation.metrics import PixelCounts
+from patchunet.io.annotations import count_nuclei
+from patchunet.io.images import read_label_image, read_rgb_image
 
 COARSE_REDRAWING = "TCGA-B0-5710-01Z-00-DX1"  # its XML is a coarser redrawing of the map
 

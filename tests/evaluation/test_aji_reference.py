@@ -197,8 +197,8 @@ def test_project_aji_matches_the_reference_on_trained_model_predictions(real_tes
         pytest.skip(f"no trained model at {model_file}: run `dvc repro` to make one")
     try:
         from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
-        from patchunet.data.images import read_rgb_image
         from patchunet.inference.sliding_window import segment_image
+        from patchunet.io.images import read_rgb_image
         from patchunet.model.unet import load_model
     except ImportError as error:
         pytest.skip(f"the inference API could not be imported: {error}")

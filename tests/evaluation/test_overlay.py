@@ -1,15 +1,12 @@
 import numpy as np
 
 from patchunet.evaluation.overlay import (
-    BLUE,
-    GREEN,
-    RED,
     SEPARATOR_WIDTH,
-    YELLOW,
     match_overlay,
     prediction_overlay,
     truth_and_prediction_overlay,
 )
+from patchunet.io.drawing import BLUE, GREEN, RED, YELLOW
 
 
 def colour_pixels(image: np.ndarray, colour: tuple[int, int, int]) -> int:

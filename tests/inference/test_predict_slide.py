@@ -24,13 +24,12 @@ import yaml
 from conftest import inflate_tiff_size_tags, make_train_project, params_changed, run_cli, train_in, update_params
 from scipy import ndimage
 
-from patchunet.data.annotations import read_polygons
-from patchunet.data.geojson import rasterize_geojson
-from patchunet.data.images import read_label_image, read_rgb_image
-from patchunet.data.masks import rasterize_polygons
 from patchunet.data.patches import PatchSet
-from patchunet.inference.slides import write_pyramidal_tiff
 from patchunet.inference.stitching import tile_grid
+from patchunet.io.annotations import rasterize_polygons, read_polygons
+from patchunet.io.geojson import rasterize_geojson
+from patchunet.io.images import read_label_image, read_rgb_image
+from patchunet.io.slides import write_pyramidal_tiff
 
 TEST_DIR = "MoNuSegTestData"
 TRAIN_DIR = "MoNuSeg 2018 Training Data"

@@ -21,7 +21,7 @@ from conftest import (
 )
 
 from patchunet import tracking
-from patchunet.data.images import read_label_image
+from patchunet.io.images import read_label_image
 
 SCORES = ("dice", "iou", "aji", "aji_plus", "pq", "dq", "sq", "f1")
 

@@ -24,7 +24,7 @@ from conftest import (
     write_user_source,
 )
 
-from patchunet.data.images import read_label_image
+from patchunet.io.images import read_label_image
 
 STAGES = ("fetch", "masks", "split", "patches", "train", "evaluate", "register")
 
@@ -213,9 +213,9 @@ REAL_XML, REAL_GEOJSON, REAL_LABELS = "TCGA-21-5784-01Z-00-DX1", "TCGA-A7-A13E-0
 def write_real_images_as_your_own(monuseg: Path, root: Path) -> dict[str, np.ndarray]:
     """Three real training images in the generic layout: one with its XML, one (as PNG) with a GeoJSON
     written from its instance map, one with its instance map as labels/; returns the MoNuSeg route's labels."""
-    from patchunet.data.images import read_rgb_image, write_png
     from patchunet.data.masks import make_label_map
     from patchunet.data.monuseg import official_dirs, pair_files
+    from patchunet.io.images import read_rgb_image, write_png
 
     records = {r.image_id: r for r in pair_files(official_dirs(monuseg), "train")}
     (root / "images").mkdir(parents=True)

@@ -45,7 +45,7 @@ MAX_LOADER_WORKERS = 64
 """train.num_workers at most; the loaders also use no more workers than this process has CPUs."""
 PLAUSIBLE_MPP = (0.05, 5.0)
 """The µm per pixel a microscope image can have: the scales data.microns_per_pixel may declare, and
-what tells a TIFF's real resolution from a screen default (72 dpi is 353 µm/px; `inference.scale`)."""
+what tells a TIFF's real resolution from a screen default (72 dpi is 353 µm/px; `io.scale`)."""
 MAX_NUCLEUS_AREA_UM2 = 1_200
 """µm²; MoNuSeg's largest nucleus is about this big (19,100 px at its 0.25 µm/px)."""
 MAX_NUCLEUS_AREA = math.ceil(MAX_NUCLEUS_AREA_UM2 / PLAUSIBLE_MPP[0] ** 2)

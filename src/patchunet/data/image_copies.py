@@ -13,8 +13,8 @@ import numpy as np
 from patchunet.core.config import AugmentConfig
 from patchunet.core.errors import ConfigError, DataError
 from patchunet.data.augment import augment_pair, build_augmentation
-from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.patches import copy_seed
+from patchunet.io.images import read_label_image, read_rgb_image
 
 LabelledCopy = tuple[str, int, np.ndarray, np.ndarray]
 """(image_id, copy, image (H, W, 3) uint8, labels (H, W)); copy 0 is the original image."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from patchunet.core.errors import DataError, SourceError
-from patchunet.data.images import read_rgb_image, write_rgb_tiff
+from patchunet.io.images import read_rgb_image, write_rgb_tiff
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")

@@ -2,8 +2,8 @@
 
     images/<id>.{tif,png}        RGB, 8 bits per channel
     labels/<id>.{tif,png}        an instance map (0 = background, one id per nucleus), or
-    annotations/<id>.geojson     polygons as QuPath exports them (`data.geojson`), or
-    annotations/<id>.xml         polygons as MoNuSeg's Aperio XML (`data.annotations`)
+    annotations/<id>.geojson     polygons as QuPath exports them (`io.geojson`), or
+    annotations/<id>.xml         polygons as MoNuSeg's Aperio XML (`io.annotations`)
     test.txt                     the test images' ids, one per line; every other image is for training
 
 Each image has exactly one of the three annotations. A source is in this layout when it holds an
@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from patchunet.core.errors import DataError, SourceError
-from patchunet.data.images import read_label_image, read_rgb_image
 from patchunet.data.monuseg import (
     ANNOTATION_SUFFIXES,
     LABEL_MAP_SUFFIXES,
@@ -24,6 +23,8 @@ from patchunet.data.monuseg import (
     files_by_id,
     record_of,
 )
+from patchunet.io.images import read_label_image, read_rgb_image
+from patchunet.io.scale import RECORDED_SCALE_TOLERANCE, recorded_mpp
 
 IMAGES_DIR = "images"
 LABELS_DIR = "labels"
@@ -110,9 +111,6 @@ def check_label_maps(records: list[ImageRecord]) -> None:
 def check_recorded_scales(records: list[ImageRecord], microns_per_pixel: float) -> None:
     """Refuse an image whose TIFF records a scale more than RECORDED_SCALE_TOLERANCE (relative) from
     `microns_per_pixel`, the scale params.yaml declares (data.microns_per_pixel)."""
-    # Imported here: `inference.scale` reads a TIFF's scale for `predict`; it imports nothing of `data` on load.
-    from patchunet.inference.scale import RECORDED_SCALE_TOLERANCE, recorded_mpp
-
     for record in records:
         recorded = recorded_mpp(record.image)
         if recorded is not None and abs(recorded / microns_per_pixel - 1) > RECORDED_SCALE_TOLERANCE:

@@ -12,8 +12,8 @@ from skimage.measure import regionprops_table
 
 from patchunet.core.config import EvalConfig
 from patchunet.inference.runtimes import Network
-from patchunet.inference.scale import labels_to_shape, resample_image
 from patchunet.inference.sliding_window import segment_image
+from patchunet.io.scale import labels_to_shape, resample_image
 
 NUCLEUS_COLUMNS = (
     "nucleus",

@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "already done there with the same model, settings and input are skipped and any other file this run "
         "would write stops it",
     )
-    from patchunet.inference.scale import MAGNIFICATIONS
+    from patchunet.io.scale import MAGNIFICATIONS
 
     parser.add_argument(
         "--mpp",
@@ -100,11 +100,11 @@ def run(args: argparse.Namespace) -> None:
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, load_params, parse_section
     from patchunet.core.errors import PatchUNetError
-    from patchunet.data.images import label_tiff_bytes, png_bytes, read_rgb_image
     from patchunet.evaluation.overlay import prediction_overlay
     from patchunet.inference.nuclei import NUCLEUS_COLUMNS, nucleus_table, segment_nuclei
     from patchunet.inference.runtimes import runtime_network
-    from patchunet.inference.scale import recorded_mpp
+    from patchunet.io.images import label_tiff_bytes, png_bytes, read_rgb_image
+    from patchunet.io.scale import recorded_mpp
 
     params = load_params(args.params)
     cfg = parse_section(EvalConfig, params, "eval")
@@ -294,7 +294,7 @@ def remove_dead_writers_files(folder: Path) -> None:
 def scale_option(mpp: str | None, magnification: str | None) -> tuple[float | None, str]:
     """The µm per pixel that --mpp or --magnification gives, or None, and the option as written."""
     from patchunet.core.errors import PatchUNetError
-    from patchunet.inference.scale import mpp_of_magnification, parse_mpp
+    from patchunet.io.scale import mpp_of_magnification, parse_mpp
 
     if mpp is not None and magnification is not None:
         raise PatchUNetError("--mpp and --magnification both give the scale: pass one of them")
@@ -311,7 +311,7 @@ def image_scale(
     """The scale to segment the image at and where it comes from: the option as written, "file"
     or "model" (see `scale.chosen_scale`); refused in one line naming the option or file if it is
     too far from the model's."""
-    from patchunet.inference.scale import check_scale, chosen_scale
+    from patchunet.io.scale import check_scale, chosen_scale
 
     mpp, source = chosen_scale(given_mpp, recorded, model_mpp)
     what = {"option": f"{path}: {option}", "file": f"{path}: the scale its file records"}.get(source, str(path))
@@ -322,7 +322,7 @@ def image_scale(
 def announce_scales(scales: dict[Path, tuple[float, str]], model_mpp: float) -> None:
     """One line on stderr per image whose file gave its scale, and one if any is assumed to be at
     the model's: a 20x image must not pass as 40x unnoticed."""
-    from patchunet.inference.scale import scale_label
+    from patchunet.io.scale import scale_label
 
     for path, (mpp, source) in scales.items():
         if source == "file":

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
     from patchunet.core.config import EvalConfig, SlideConfig
     from patchunet.inference.runtimes import Network
-    from patchunet.inference.slides import Slide
     from patchunet.inference.stitching import Tile
+    from patchunet.io.slides import Slide
 
 OUTPUT_SUFFIXES = ("_nuclei.geojson", "_nuclei.csv", "_overview.png")
 SUMMARY_FILE = "slides.csv"
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from patchunet.inference.scale import parse_mpp
+    from patchunet.io.scale import parse_mpp
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # zarr's pending reads, when a slide is refused
     given_mpp = parse_mpp(args.mpp, "--mpp") if args.mpp is not None else None
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
         write_rows,
     )
     from patchunet.inference.runtimes import runtime_network, weights_hash
-    from patchunet.inference.slides import open_slide
+    from patchunet.io.slides import open_slide
 
     params = load_params(args.params)
     cfg = parse_section(EvalConfig, params, "eval")
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
 def slide_scale(slide: Slide, given_mpp: float | None) -> tuple[float, str]:
     """µm per level-0 pixel and where it comes from: "--mpp", else "slide"; refused without either."""
     from patchunet.core.errors import DataError, PatchUNetError
-    from patchunet.inference.scale import PLAUSIBLE_MPP
+    from patchunet.io.scale import PLAUSIBLE_MPP
 
     if given_mpp is not None:
         if not PLAUSIBLE_MPP[0] <= given_mpp <= PLAUSIBLE_MPP[1]:
@@ -167,9 +167,9 @@ def segment_slide(
     its summary row."""
     from tqdm import tqdm
 
-    from patchunet.inference.slides import level_for_scale, thumbnail
     from patchunet.inference.stitching import tile_grid
     from patchunet.inference.tissue import tissue_mask
+    from patchunet.io.slides import level_for_scale, thumbnail
 
     started = time.perf_counter()
     model_mpp = network.cfg.microns_per_pixel
@@ -222,8 +222,8 @@ def check_tile_scale(path: Path, tile_size: int, level_mpp: float, model_mpp: fl
     """Refuse in one line a level too far from the model's scale, or one at which a tile, resampled
     to the model's scale, exceeds MAX_IMAGE_PIXELS: the fix there is a smaller slide.tile_size."""
     from patchunet.core.errors import PatchUNetError
-    from patchunet.data.images import MAX_IMAGE_PIXELS
-    from patchunet.inference.scale import check_scale, resampled_shape
+    from patchunet.io.images import MAX_IMAGE_PIXELS
+    from patchunet.io.scale import check_scale, resampled_shape
 
     check_scale((1, 1), level_mpp, model_mpp, str(path))
     height, width = resampled_shape((tile_size, tile_size), level_mpp, model_mpp)
@@ -261,10 +261,10 @@ class TileContext:
 
 def segment_tile(context: TileContext, tile: Tile, store: TileStore) -> dict:
     """The nuclei `tile` keeps, as GeoJSON features and rows in level pixels, and its stitch report."""
-    from patchunet.data.geojson import nuclei_feature_collection, rasterize_geojson
     from patchunet.inference.nuclei import nucleus_table, segment_nuclei, shape_features
-    from patchunet.inference.slides import read_region
     from patchunet.inference.stitching import keep_core_nuclei
+    from patchunet.io.geojson import nuclei_feature_collection, rasterize_geojson
+    from patchunet.io.slides import read_region
 
     x, y, width, height = tile.read_box(context.margin, context.width, context.height)
     region = read_region(context.slide, context.level, x, y, width, height)
@@ -370,8 +370,8 @@ def write_outputs(
     import numpy as np
 
     from patchunet.core.files import atomic_file
-    from patchunet.data.images import write_png
-    from patchunet.evaluation.overlay import GREEN, YELLOW
+    from patchunet.io.drawing import GREEN, YELLOW
+    from patchunet.io.images import write_png
 
     picture, picture_scale, tissue = thumbnail
     stem = context.slide.path.stem

@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 
 from patchunet.core.errors import PatchUNetError
-from patchunet.data.images import read_rgb_bytes
+from patchunet.io.images import read_rgb_bytes
 
 IMAGE_COLUMN = "image"
 MPP_PARAM = "mpp"
@@ -78,7 +78,7 @@ def request_image(
 def largest_side(max_side: int, image_mpp: float, model_mpp: float) -> int:
     """The largest side an image at `image_mpp` may have so that it is at most `max_side` px both as
     it is and once resampled to `model_mpp` (as `resample_image` does)."""
-    from patchunet.inference.scale import is_same_scale, resampled_shape
+    from patchunet.io.scale import is_same_scale, resampled_shape
 
     if is_same_scale(image_mpp, model_mpp) or image_mpp < model_mpp:
         return max_side
@@ -90,7 +90,7 @@ def largest_side(max_side: int, image_mpp: float, model_mpp: float) -> int:
 
 def request_mpp(params: dict | None, model_mpp: float) -> float:
     """The images' µm per pixel from the request's params (`mpp`), else the model's own scale."""
-    from patchunet.inference.scale import parse_mpp
+    from patchunet.io.scale import parse_mpp
 
     value = (params or {}).get(MPP_PARAM)
     return model_mpp if value is None else parse_mpp(str(value), f"params {MPP_PARAM}")

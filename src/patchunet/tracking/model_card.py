@@ -86,7 +86,7 @@ def data_words(params: Mapping[str, str]) -> str:
 
 def scale_words(mpp: str | None) -> str:
     """ "0.25 µm per pixel (40x)": a logged scale, with its magnification where it is one of MAGNIFICATIONS."""
-    from patchunet.inference.scale import MAGNIFICATIONS, is_same_scale
+    from patchunet.io.scale import MAGNIFICATIONS, is_same_scale
 
     if mpp is None:
         return "? µm per pixel"

@@ -29,7 +29,7 @@ from patchunet.core.errors import PatchUNetError
 from patchunet.inference.nuclei import nucleus_table, segment_nuclei
 from patchunet.inference.requests import MPP_PARAM, encoded_labels, request_image, request_mpp, request_values
 from patchunet.inference.runtimes import runtime_network
-from patchunet.inference.scale import check_scale
+from patchunet.io.scale import check_scale
 from patchunet.model.unet import load_model
 from patchunet.tracking.names import ONNX_ARTIFACT, WEIGHTS_ARTIFACT
 

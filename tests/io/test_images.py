@@ -11,7 +11,7 @@ import tifffile
 from conftest import write_rgb_tiff
 
 from patchunet.core.errors import DataError
-from patchunet.data.images import read_label_image, read_rgb_bytes, read_rgb_image
+from patchunet.io.images import read_label_image, read_rgb_bytes, read_rgb_image
 
 
 def test_read_rgb_image_returns_uint8_rgb(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from patchunet.core.errors import DataError
-from patchunet.data.geojson import (
+from patchunet.evaluation.metrics import instance_counts
+from patchunet.inference.nuclei import nucleus_table
+from patchunet.io.drawing import YELLOW
+from patchunet.io.geojson import (
     GeoJSONReport,
     nuclei_feature_collection,
     rasterize_geojson,
@@ -17,9 +20,6 @@ from patchunet.data.geojson import (
     ring_crosses_itself,
     write_geojson,
 )
-from patchunet.evaluation.metrics import instance_counts
-from patchunet.evaluation.overlay import YELLOW
-from patchunet.inference.nuclei import nucleus_table
 
 SHAPE = (48, 64)
 DISC, RING, TWO_PARTS, AT_BORDER, LEFT, RIGHT, ONE_PIXEL, IN_THE_HOLE, CORNERS = range(1, 10)
@@ -341,7 +341,7 @@ def test_round_trip_is_exact_on_a_real_monuseg_label_map(real_test_labels: np.nd
 
 
 def test_round_trip_is_exact_on_a_real_instance_map_with_gaps_in_its_ids(real_monuseg: Path) -> None:
-    from patchunet.data.images import read_label_image
+    from patchunet.io.images import read_label_image
 
     labels = read_label_image(
         real_monuseg / "MoNuSeg 2018 Training Data" / "Instance Maps" / "TCGA-HE-7128-01Z-00-DX1.png"
@@ -392,7 +392,7 @@ def test_ring_crosses_itself_flags_crossings_between_vertices_only(ring: list, c
 
 
 def test_ring_crosses_itself_finds_a_crossing_beyond_one_block_of_edges() -> None:
-    from patchunet.data.geojson import SEGMENT_BLOCK
+    from patchunet.io.geojson import SEGMENT_BLOCK
 
     angles = np.linspace(0, 2 * np.pi, 3 * SEGMENT_BLOCK, endpoint=False)
     circle = np.stack([100 * np.cos(angles), 100 * np.sin(angles)], axis=1)

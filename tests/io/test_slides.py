@@ -11,7 +11,7 @@ import tiffslide
 from conftest import inflate_tiff_size_tags
 
 from patchunet.core.errors import DataError
-from patchunet.inference.slides import _check_tiles
+from patchunet.io.slides import _check_tiles
 
 NDPI_TAGS = [(65420, "I", 1, 1, True), (271, "s", 0, "Hamamatsu", True)]
 """FileFormat (65420) and Make (271): the tags tifffile tells an NDPI page by."""

@@ -1,10 +1,11 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import square, write_monuseg_xml
 
 from patchunet.core.errors import DataError
-from patchunet.data.annotations import read_polygons
+from patchunet.io.annotations import count_nuclei, rasterize_polygons, read_polygons
 
 
 def test_read_polygons_keeps_file_order_and_vertices(tmp_path: Path) -> None:
@@ -56,3 +57,40 @@ def test_vertices_slightly_past_the_border_are_accepted(tmp_path: Path) -> None:
     far = write_monuseg_xml(tmp_path / "far.xml", [[(-5, 1), (10, 1), (10, 10)]])
     with pytest.raises(DataError, match=r"vertex 1 .* lies 6 px outside"):
         read_polygons(far, shape=(80, 100))
+
+
+def as_polygons(*polygons):
+    return [np.asarray(p, dtype=float) for p in polygons]
+
+
+def test_square_lands_one_pixel_up_and_left_as_poly2mask_does() -> None:
+    # Vertices (X, Y) from (3, 2) to (6, 5), 1-based: pixel centres rows 1..4, cols 2..5 (0-based).
+    labels, _ = rasterize_polygons(as_polygons(square(3, 2, 3)), (8, 8))
+    expected = np.zeros((8, 8), np.uint16)
+    expected[1:5, 2:6] = 1
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_ids_follow_file_order_starting_at_one() -> None:
+    labels, report = rasterize_polygons(as_polygons(square(1, 1, 2), square(6, 6, 2)), (10, 10))
+    assert labels[0, 0] == 1 and labels[5, 5] == 2
+    assert labels.dtype == np.uint16 and report.nuclei == 2
+
+
+def test_degenerate_polygons_are_skipped_and_counted() -> None:
+    polygons = as_polygons(square(1, 1, 2), [(4, 4), (6, 6)], [(8, 8)], square(6, 6, 2))
+    labels, report = rasterize_polygons(polygons, (10, 10))
+    assert report.polygons == 4 and report.degenerate == 2
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_later_polygon_wins_overlap_and_overlap_is_counted() -> None:
+    # Two 4x4-pixel squares sharing a 2x2 corner.
+    labels, report = rasterize_polygons(as_polygons(square(1, 1, 3), square(3, 3, 3)), (10, 10))
+    assert report.overlap_pixels == 4
+    assert labels[2, 2] == 2 and labels[0, 0] == 1
+    assert np.count_nonzero(labels == 1) == 12
+
+
+def test_count_nuclei_ignores_gaps_in_ids() -> None:
+    assert count_nuclei(np.array([[0, 3], [7, 7]])) == 2

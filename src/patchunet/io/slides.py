@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from patchunet.core.errors import DataError, first_line
-from patchunet.inference.scale import PLAUSIBLE_MPP, RECORDED_SCALE_TOLERANCE
+from patchunet.io.scale import PLAUSIBLE_MPP, RECORDED_SCALE_TOLERANCE
 
 if TYPE_CHECKING:
     from tiffslide import TiffSlide

@@ -2,7 +2,7 @@
 
 Coordinates are 0-based pixel corners, QuPath's convention: pixel (row r, col c) covers the square
 [c, c+1) x [r, r+1), so its centre is (c + 0.5, r + 0.5), and a pixel belongs to a polygon when its
-centre lies inside. The MoNuSeg XML (`data.masks`) is 1-based instead, from MATLAB's poly2mask: its
+centre lies inside. The MoNuSeg XML (`io.annotations`) is 1-based instead, from MATLAB's poly2mask: its
 pixel (r, c) has the centre (X, Y) = (c + 1, r + 1). The same outline is thus (X - 0.5, Y - 0.5) in
 GeoJSON: half a pixel up and left of the XML's numbers, not one whole pixel.
 
@@ -31,8 +31,8 @@ from skimage.draw import polygon as polygon_pixels
 
 from patchunet.core.errors import DataError
 from patchunet.core.files import atomic_file
-from patchunet.data.masks import MIN_POLYGON_VERTICES, RasterReport, count_nuclei
-from patchunet.evaluation.overlay import YELLOW
+from patchunet.io.annotations import MIN_POLYGON_VERTICES, RasterReport, count_nuclei
+from patchunet.io.drawing import YELLOW
 
 Ring = np.ndarray
 """(K, 2) float64 vertices as (x, y) in 0-based pixel-corner coordinates, not repeating the first."""

@@ -11,7 +11,7 @@ import tifffile
 from conftest import TEST_DIR
 
 from patchunet.core.errors import PatchUNetError
-from patchunet.inference.scale import (
+from patchunet.io.scale import (
     chosen_scale,
     labels_to_shape,
     mpp_of_magnification,
@@ -94,7 +94,7 @@ def test_scales_more_than_8x_from_the_model_are_refused(image_mpp: float, refuse
 
 
 def test_an_image_too_large_at_the_model_scale_is_refused_before_resampling(monkeypatch) -> None:
-    monkeypatch.setattr("patchunet.data.images.MAX_IMAGE_PIXELS", 10_000)
+    monkeypatch.setattr("patchunet.io.images.MAX_IMAGE_PIXELS", 10_000)
     with pytest.raises(PatchUNetError, match=r"becomes 120x120 px, over 0.01 megapixels"):
         resample_image(rgb((60, 60)), 0.5, 0.25)
 

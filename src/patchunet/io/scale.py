@@ -77,7 +77,7 @@ def resampled_shape(shape: tuple[int, ...], image_mpp: float, model_mpp: float) 
 def check_scale(shape: tuple[int, ...], image_mpp: float, model_mpp: float, what: str = "image scale") -> None:
     """Refuse, in one line starting with `what`, a scale more than MAX_SCALE_RATIO from the model's,
     or one at which the resampled image would exceed MAX_IMAGE_PIXELS."""
-    from patchunet.data.images import MAX_IMAGE_PIXELS
+    from patchunet.io.images import MAX_IMAGE_PIXELS
 
     ratio = image_mpp / model_mpp
     if not 1 / MAX_SCALE_RATIO <= ratio <= MAX_SCALE_RATIO:
