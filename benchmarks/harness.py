@@ -35,10 +35,10 @@ from patchunet.data.patches import PatchSet
 from patchunet.data.split import read_split
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.evaluation.val_scoring import WholeImageAJI
-from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.sliding_window import image_maps
 from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import PatchUNet
+from patchunet.postprocess.instances import instances_from_maps
 from patchunet.training.builder import build_training, make_datasets, make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from patchunet.training.devices import pick_device

@@ -34,10 +34,10 @@ from patchunet.core.paths import MODEL_FILE, PATCH_DIR
 from patchunet.data.patches import PatchSet
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.inference import runtimes
-from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.sliding_window import image_maps
 from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import PatchUNet, load_model
+from patchunet.postprocess.instances import instances_from_maps
 
 
 @dataclasses.dataclass

@@ -31,12 +31,12 @@ STEPS = {  # step -> (file suffix, function name) whose cumulative time it is
     "network (forward passes)": ("patchunet/model/unet.py", "forward"),
     "network (exported, on eval.backend)": ("inference/runtimes.py", "__call__"),
     "sliding windows in all (tiling, network, blending)": ("inference/sliding_window.py", "predict_maps"),
-    "post-processing in all": ("inference/postprocess.py", "instances_from_maps"),
-    "  threshold, small objects and holes": ("inference/postprocess.py", "clean_foreground"),
-    "  distance transform": ("inference/postprocess.py", "distance_by_blob"),
-    "  markers (h-maxima)": ("inference/postprocess.py", "h_maxima_by_blob"),
+    "post-processing in all": ("postprocess/instances.py", "instances_from_maps"),
+    "  threshold, small objects and holes": ("postprocess/instances.py", "clean_foreground"),
+    "  distance transform": ("postprocess/instances.py", "distance_by_blob"),
+    "  markers (h-maxima)": ("postprocess/instances.py", "h_maxima_by_blob"),
     "  watershed": ("skimage/segmentation/_watershed.py", "watershed"),
-    "  relabelling and small nuclei": ("inference/postprocess.py", "finished_labels"),
+    "  relabelling and small nuclei": ("postprocess/instances.py", "finished_labels"),
 }
 
 

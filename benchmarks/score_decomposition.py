@@ -23,14 +23,14 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
-from patchunet.inference.postprocess import (
+from patchunet.model.unet import load_model
+from patchunet.postprocess.instances import (
     clean_foreground,
     distance_by_blob,
     finished_labels,
     instances_from_maps,
     with_orphan_blobs,
 )
-from patchunet.model.unet import load_model
 
 MARKER_EROSION = 2
 """Pixels a true nucleus is eroded by to make its marker, so touching nuclei's markers are apart."""

@@ -10,38 +10,13 @@ from patchunet.data.patches import (
     copy_seed,
     extract_patches,
     patch_count,
-    tile_grid,
-    tile_starts,
 )
-
-
-@pytest.mark.parametrize(
-    ("length", "size", "stride"), [(1000, 250, 250), (1000, 256, 256), (1000, 256, 192), (100, 100, 7), (37, 16, 5)]
-)
-def test_tiles_cover_every_pixel_and_stay_inside(length: int, size: int, stride: int) -> None:
-    covered = np.zeros((length, length), int)
-    for y, x in tile_grid((length, length), size, stride):
-        assert 0 <= y <= length - size and 0 <= x <= length - size
-        covered[y : y + size, x : x + size] += 1
-    assert covered.min() >= 1
-
-
-def test_divisible_sizes_tile_without_overlap() -> None:
-    assert tile_starts(1000, 250, 250) == [0, 250, 500, 750]
-
-
-def test_last_tile_is_pulled_back_to_the_border() -> None:
-    assert tile_starts(1000, 256, 256) == [0, 256, 512, 744]
-
-
-def test_window_larger_than_the_image_is_refused() -> None:
-    with pytest.raises(ValueError, match="larger than the side"):
-        tile_starts(100, 128, 64)
+from patchunet.postprocess.tiling import tile_grid
 
 
 def test_extracted_patches_are_the_image_at_their_corners() -> None:
     image = np.arange(30 * 40 * 3).reshape(30, 40, 3)
-    grid = tile_grid((30, 40), 16, 16)
+    grid = [(tile.y, tile.x) for tile in tile_grid((30, 40), 16, 16)]
     patches = extract_patches(image, grid, 16)
     assert patches.shape == (len(grid), 16, 16, 3)
     for patch, (y, x) in zip(patches, grid, strict=True):

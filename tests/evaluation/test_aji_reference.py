@@ -20,7 +20,7 @@ from skimage.draw import disk
 from patchunet.data.masks import make_label_map
 from patchunet.data.monuseg import official_dirs, pair_files
 from patchunet.evaluation.metrics import score_segmentation
-from patchunet.inference.postprocess import instances_from_probabilities
+from patchunet.postprocess.instances import instances_from_probabilities
 
 TOLERANCE = 1e-9
 SHAPE = (8, 12)

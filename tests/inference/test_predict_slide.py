@@ -25,11 +25,11 @@ from conftest import inflate_tiff_size_tags, make_train_project, params_changed,
 from scipy import ndimage
 
 from patchunet.data.patches import PatchSet
-from patchunet.inference.stitching import tile_grid
 from patchunet.io.annotations import rasterize_polygons, read_polygons
 from patchunet.io.geojson import rasterize_geojson
 from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.io.slides import write_pyramidal_tiff
+from patchunet.postprocess.tiling import tile_grid
 
 TEST_DIR = "MoNuSegTestData"
 TRAIN_DIR = "MoNuSeg 2018 Training Data"
@@ -119,7 +119,7 @@ def test_every_nucleus_is_one_its_tile_found_whole_less_only_pixels_another_nucl
     side = 2 * SIDE + 3 * GAP
     nuclei = rasterize_geojson(stitched / "slide" / "mosaic_nuclei.geojson", (side, side))[0]
     margin = yaml.safe_load((project / "params.yaml").read_text())["slide"]["tile_margin"]
-    boxes = {(t.row, t.col): t.read_box(margin, side, side) for t in tile_grid(side, side, TILE)}
+    boxes = {(t.row, t.col): t.read_box(margin, side, side) for t in tile_grid((side, side), TILE, TILE, clip=True)}
     regions = ndimage.find_objects(nuclei)
     assert len(regions) > 0  # the check has nuclei to look at
     candidates = {number: boxes_holding(boxes, where) for number, where in enumerate(regions, start=1) if where}

@@ -16,27 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from patchunet.core.errors import ConfigError, DataError
+from patchunet.postprocess.tiling import tile_grid, tile_starts
 
 INDEX_FIELDS = ("patch", "image_id", "copy", "y", "x")
-
-
-def tile_starts(length: int, size: int, stride: int) -> list[int]:
-    """Start offsets of windows of `size` every `stride` that cover all of [0, length).
-
-    The last window is pulled back to end exactly at the border, so no pixel at the right or
-    bottom edge is dropped and no padding is invented.
-    """
-    if size > length:
-        raise ValueError(f"window {size} is larger than the side {length}")
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] + size < length:
-        starts.append(length - size)
-    return starts
-
-
-def tile_grid(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
-    """(y, x) top-left corners of the patches covering an image of `shape` (H, W)."""
-    return [(y, x) for y in tile_starts(shape[0], size, stride) for x in tile_starts(shape[1], size, stride)]
 
 
 def patch_count(shape: tuple[int, int], size: int, stride: int) -> int:
@@ -89,7 +71,7 @@ class PatchSet:
         """Cut each (image_id, copy, image, labels) into patches and concatenate everything."""
         images, labels, index = [], [], []
         for image_id, copy, image, label_map in copies:
-            grid = tile_grid(label_map.shape, size, stride)
+            grid = [(tile.y, tile.x) for tile in tile_grid(label_map.shape, size, stride)]
             images.append(extract_patches(image, grid, size))
             labels.append(extract_patches(label_map, grid, size))
             index += [{"image_id": image_id, "copy": copy, "y": y, "x": x} for y, x in grid]

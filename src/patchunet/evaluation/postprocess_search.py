@@ -14,7 +14,7 @@ import numpy as np
 
 from patchunet.core.config import EvalConfig, InstanceHead
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
-from patchunet.inference.postprocess import instances_from_maps
+from patchunet.postprocess.instances import instances_from_maps
 
 GRIDS: dict[str, dict[str, list]] = {
     "none": {"threshold": [0.4, 0.5, 0.6], "distance_sigma": [0.0, 1.0, 2.0], "watershed_h": [0.5, 1.0, 2.0]},

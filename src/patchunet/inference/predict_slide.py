@@ -11,7 +11,7 @@ How: tissue is found on a thumbnail, and only tiles holding some are segmented, 
 nearest the model's scale (from the slide's mpp, else --mpp; a slide with neither is refused).
 Tiles (params.yaml `slide`) are read with a margin of context and segmented as `patchunet predict`
 segments an image (the `eval` section); a nucleus belongs to the tile holding its centroid, whole
-(inference/stitching.py). Memory holds one tile and the nuclei of two tile rows, whatever the slide
+(postprocess/stitching.py). Memory holds one tile and the nuclei of two tile rows, whatever the slide
 size. Each finished tile is saved in <stem>_tiles/ in --out, so an interrupted run, started again,
 resumes after its last finished tile; the folder is removed once the slide's outputs are written.
 """
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
     from patchunet.core.config import EvalConfig, SlideConfig
     from patchunet.inference.runtimes import Network
-    from patchunet.inference.stitching import Tile
     from patchunet.io.slides import Slide
+    from patchunet.postprocess.tiling import Tile
 
 OUTPUT_SUFFIXES = ("_nuclei.geojson", "_nuclei.csv", "_overview.png")
 SUMMARY_FILE = "slides.csv"
@@ -167,9 +167,9 @@ def segment_slide(
     its summary row."""
     from tqdm import tqdm
 
-    from patchunet.inference.stitching import tile_grid
     from patchunet.inference.tissue import tissue_mask
     from patchunet.io.slides import level_for_scale, thumbnail
+    from patchunet.postprocess.tiling import tile_grid
 
     started = time.perf_counter()
     model_mpp = network.cfg.microns_per_pixel
@@ -179,7 +179,7 @@ def segment_slide(
     width, height = slide.level_dimensions[level]
     picture, picture_scale = thumbnail(slide, slide_cfg.thumbnail_max_side)
     tissue = tissue_mask(picture, slide_cfg.tissue_saturation)
-    tiles = tile_grid(width, height, slide_cfg.tile_size)
+    tiles = tile_grid((height, width), slide_cfg.tile_size, slide_cfg.tile_size, clip=True)
     scale = slide.level_downsamples[level] / picture_scale  # thumbnail pixels per level pixel
     tissue_tiles = [tile for tile in tiles if has_tissue(tissue, tile, scale)]
     plan = {**identity, "slide": str(slide.path.resolve()), "sha256": file_sha256(slide.path), "level": level}
@@ -262,9 +262,9 @@ class TileContext:
 def segment_tile(context: TileContext, tile: Tile, store: TileStore) -> dict:
     """The nuclei `tile` keeps, as GeoJSON features and rows in level pixels, and its stitch report."""
     from patchunet.inference.nuclei import nucleus_table, segment_nuclei, shape_features
-    from patchunet.inference.stitching import keep_core_nuclei
     from patchunet.io.geojson import nuclei_feature_collection, rasterize_geojson
     from patchunet.io.slides import read_region
+    from patchunet.postprocess.stitching import keep_core_nuclei
 
     x, y, width, height = tile.read_box(context.margin, context.width, context.height)
     region = read_region(context.slide, context.level, x, y, width, height)

@@ -22,10 +22,10 @@ import torch
 from patchunet.core.config import EvalConfig, InstanceHead
 from patchunet.core.errors import ConfigError
 from patchunet.data.dataset import image_to_tensor
-from patchunet.data.patches import tile_grid
-from patchunet.inference.postprocess import instances_from_maps
 from patchunet.inference.runtimes import Network, network_device
 from patchunet.model.heads import activate
+from patchunet.postprocess.instances import instances_from_maps
+from patchunet.postprocess.tiling import tile_grid
 
 Blend = Literal["gaussian", "linear"]
 MIN_WEIGHT = 1e-3
@@ -103,7 +103,7 @@ def predict_maps(
     pad_y, pad_x = max(0, window - height - 2 * margin), max(0, window - width - 2 * margin)
     padding = ((margin, margin + pad_y), (margin, margin + pad_x), (0, 0))
     padded = np.pad(image, padding, mode="reflect")
-    corners = tile_grid(padded.shape[:2], window, window - overlap)
+    corners = [(tile.y, tile.x) for tile in tile_grid(padded.shape[:2], window, window - overlap)]
     weights = blending_weights(window, blend)
     total: np.ndarray | None = None  # (C, H, W), once the model's channel count is known
     weight_sum = np.zeros(padded.shape[:2], np.float32)

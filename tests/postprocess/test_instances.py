@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from patchunet.inference.postprocess import instances_from_probabilities
+from patchunet.postprocess.instances import instances_from_probabilities
 
 DEFAULTS = {"threshold": 0.5, "min_nucleus_area": 16, "max_hole_area": 64, "distance_sigma": 1.0, "watershed_h": 0.5}
 
@@ -49,7 +49,7 @@ def test_clean_foreground_drops_and_fills_as_skimage_does(min_area: int) -> None
     from scipy import ndimage
     from skimage.morphology import remove_small_holes, remove_small_objects
 
-    from patchunet.inference.postprocess import clean_foreground
+    from patchunet.postprocess.instances import clean_foreground
 
     probabilities = ndimage.gaussian_filter(np.random.default_rng(0).random((120, 150), np.float32), 1.2)
     for max_hole_area in (0, 4, 16):
@@ -59,7 +59,7 @@ def test_clean_foreground_drops_and_fills_as_skimage_does(min_area: int) -> None
 
 
 def test_finished_labels_drop_pieces_under_min_area_and_keep_the_order_of_ids() -> None:
-    from patchunet.inference.postprocess import finished_labels
+    from patchunet.postprocess.instances import finished_labels
 
     labels = np.zeros((4, 20), np.int32)
     labels[0, :3], labels[1, :4], labels[2, :5], labels[3, 10:14] = 7, 2, 9, 40  # areas 3, 4, 5, 4
@@ -87,7 +87,7 @@ def test_distance_and_blobwise_h_maxima_equal_the_whole_image_calls() -> None:
     from scipy import ndimage
     from skimage.morphology import h_maxima
 
-    from patchunet.inference.postprocess import Blobs, distance_by_blob, h_maxima_by_blob
+    from patchunet.postprocess.instances import Blobs, distance_by_blob, h_maxima_by_blob
 
     foreground = crowded_nuclei() > 0.5
     distance = distance_by_blob(foreground)
@@ -102,7 +102,7 @@ def test_blobwise_h_maxima_equal_h_maxima_for_any_h_and_smoothing(seed: int) -> 
     from scipy import ndimage
     from skimage.morphology import h_maxima
 
-    from patchunet.inference.postprocess import Blobs, h_maxima_by_blob
+    from patchunet.postprocess.instances import Blobs, h_maxima_by_blob
 
     foreground = crowded_nuclei(side=160, seed=seed) > 0.5
     distance = ndimage.distance_transform_edt(foreground)
@@ -224,8 +224,8 @@ def touching_cluster() -> np.ndarray:
 @pytest.mark.parametrize(("head", "least_aji"), [("boundary", 0.99), ("distance", 0.97), ("hover", 0.99)])
 def test_each_head_splits_touching_nuclei_from_its_own_true_maps(head: str, least_aji: float) -> None:
     from patchunet.evaluation.metrics import score_segmentation
-    from patchunet.inference.postprocess import instances_from_maps
     from patchunet.model.heads import make_targets
+    from patchunet.postprocess.instances import instances_from_maps
 
     truth = touching_cluster()
     labels = instances_from_maps(make_targets(truth, head), head, eval_config())
@@ -234,7 +234,7 @@ def test_each_head_splits_touching_nuclei_from_its_own_true_maps(head: str, leas
 
 
 def test_the_none_head_is_the_distance_transform_watershed() -> None:
-    from patchunet.inference.postprocess import instances_from_maps
+    from patchunet.postprocess.instances import instances_from_maps
 
     probabilities = discs((60, 80), (30, 25, 12), (30, 46, 12))
     cfg = eval_config()
@@ -250,7 +250,7 @@ def test_the_none_head_is_the_distance_transform_watershed() -> None:
 
 
 def test_a_blob_without_a_marker_is_still_one_nucleus() -> None:
-    from patchunet.inference.postprocess import instances_from_maps
+    from patchunet.postprocess.instances import instances_from_maps
 
     foreground = discs((40, 40), (20, 20, 8))
     all_boundary = np.stack([foreground, np.full_like(foreground, 0.9)])  # no pixel passes as a marker
@@ -273,7 +273,7 @@ def test_the_search_ranks_settings_by_val_aji_and_keeps_the_rest_of_eval() -> No
 
 
 def test_finished_labels_keep_ids_past_65535_when_the_last_id_is_dropped() -> None:
-    from patchunet.inference.postprocess import finished_labels
+    from patchunet.postprocess.instances import finished_labels
 
     labels = np.arange(70_002, dtype=np.int32).reshape(1, -1)  # 70,001 one-pixel pieces, then a dropped one
     labels[0, -1] = 70_001

@@ -1,30 +1,14 @@
-"""The tile grid and the rule that gives each nucleus to one tile, whole."""
+"""The rule that gives each nucleus to one tile, whole."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from patchunet.inference.stitching import Tile, keep_core_nuclei, tile_grid
+from patchunet.postprocess.stitching import keep_core_nuclei
 
 NO_CLAIMS = np.zeros((40, 40), np.int32)
 ALL_INTERIOR = (True, True, True, True)
-
-
-def test_the_grid_covers_the_level_once_in_raster_order() -> None:
-    tiles = tile_grid(1000, 700, 300)
-    cover = np.zeros((700, 1000), int)
-    for tile in tiles:
-        cover[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width] += 1
-    assert (cover == 1).all()
-    assert [(t.row, t.col) for t in tiles] == sorted((t.row, t.col) for t in tiles)
-    assert (tiles[-1].width, tiles[-1].height) == (100, 100)
-
-
-def test_the_read_box_grows_by_the_margin_inside_the_level() -> None:
-    assert Tile(0, 0, 0, 0, 300, 300).read_box(64, 1000, 700) == (0, 0, 364, 364)
-    assert Tile(1, 1, 300, 300, 300, 300).read_box(64, 1000, 700) == (236, 236, 428, 428)
-    assert Tile(2, 3, 900, 600, 100, 100).read_box(64, 1000, 700) == (836, 536, 164, 164)
 
 
 def disc(labels: np.ndarray, nucleus: int, cy: int, cx: int, radius: int) -> None:

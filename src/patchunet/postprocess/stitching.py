@@ -25,35 +25,6 @@ DUPLICATE_OVERLAP = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
-class Tile:
-    """A core of the tile grid, in pixels of the level segmented."""
-
-    row: int
-    col: int
-    x: int
-    y: int
-    width: int
-    height: int
-
-    def read_box(self, margin: int, level_width: int, level_height: int) -> tuple[int, int, int, int]:
-        """(x, y, width, height) of the core grown by `margin` on each side, within the level."""
-        x0, y0 = max(0, self.x - margin), max(0, self.y - margin)
-        x1 = min(level_width, self.x + self.width + margin)
-        y1 = min(level_height, self.y + self.height + margin)
-        return x0, y0, x1 - x0, y1 - y0
-
-
-def tile_grid(width: int, height: int, size: int) -> list[Tile]:
-    """Cores of `size` px covering a `width` x `height` level, in raster order (the last row and
-    column narrower where the size does not divide the sides)."""
-    return [
-        Tile(row, col, x, y, min(size, width - x), min(size, height - y))
-        for row, y in enumerate(range(0, height, size))
-        for col, x in enumerate(range(0, width, size))
-    ]
-
-
-@dataclasses.dataclass(frozen=True)
 class StitchReport:
     kept: int
     duplicates: int
