@@ -34,7 +34,7 @@ from patchunet.data.monuseg import pair_files, raw_dirs
 from patchunet.data.patches import PatchSet
 from patchunet.data.split import read_split
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
-from patchunet.evaluation.val_scoring import WholeImageAJI
+from patchunet.training.val_scoring import WholeImageAJI
 from patchunet.inference.sliding_window import image_maps
 from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import PatchUNet

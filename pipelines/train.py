@@ -52,7 +52,7 @@ from patchunet.core.paths import (
     TRAIN_PLOTS,
 )
 from patchunet.data.patches import PatchSet
-from patchunet.evaluation.val_scoring import WholeImageAJI
+from patchunet.training.val_scoring import WholeImageAJI
 from patchunet.model.unet import check_input_size, parameter_count, save_model
 from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training

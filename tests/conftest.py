@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+from skimage.draw import disk
 
 from patchunet.stack import free_port  # noqa: F401 - the tests' free loopback ports, as the stack takes its own
 
@@ -480,3 +481,12 @@ def inflate_tiff_size_tags(path: Path) -> Path:
             struct.pack_into("<HII", data, entry + 2, 4, 1, 200_000)  # LONG, count 1
     path.write_bytes(bytes(data))
     return path
+
+
+def touching_pair() -> np.ndarray:
+    """Two touching discs (ids 1 and 2) and a small one (id 5) apart, in a 60x90 map."""
+    labels = np.zeros((60, 90), np.uint16)
+    labels[disk((30, 25), 12, shape=labels.shape)] = 1
+    labels[disk((30, 47), 12, shape=labels.shape)] = 2  # overwrites the overlap: they share a border
+    labels[disk((10, 80), 4, shape=labels.shape)] = 5
+    return labels

@@ -223,8 +223,8 @@ def touching_cluster() -> np.ndarray:
 
 @pytest.mark.parametrize(("head", "least_aji"), [("boundary", 0.99), ("distance", 0.97), ("hover", 0.99)])
 def test_each_head_splits_touching_nuclei_from_its_own_true_maps(head: str, least_aji: float) -> None:
+    from patchunet.data.targets import make_targets
     from patchunet.evaluation.metrics import score_segmentation
-    from patchunet.model.heads import make_targets
     from patchunet.postprocess.instances import instances_from_maps
 
     truth = touching_cluster()
@@ -259,8 +259,8 @@ def test_a_blob_without_a_marker_is_still_one_nucleus() -> None:
 
 
 def test_the_search_ranks_settings_by_val_aji_and_keeps_the_rest_of_eval() -> None:
+    from patchunet.data.targets import make_targets
     from patchunet.evaluation.postprocess_search import GRIDS, search_postprocessing
-    from patchunet.model.heads import make_targets
 
     truth = touching_cluster()
     maps = make_targets(truth, "distance")

@@ -1,1 +1,1 @@
-"""Data: the MoNuSeg files, label maps, the split, augmentation and the patch sets."""
+"""Data: the MoNuSeg files, label maps, the split, augmentation, the patch sets, and the dataset with its targets."""

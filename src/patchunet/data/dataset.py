@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from patchunet.core.config import InstanceHead
 from patchunet.data.augment import augment_pair
 from patchunet.data.patches import PatchSet
-from patchunet.model.heads import make_targets
+from patchunet.data.targets import make_targets
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

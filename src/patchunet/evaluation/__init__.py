@@ -1,1 +1,1 @@
-"""Evaluation on the official test set: the protocol that makes scores comparable."""
+"""Evaluation: scores of nuclei against the truth (Dice, AJI, PQ), the test protocol, overlays, the val search."""

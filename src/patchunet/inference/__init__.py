@@ -1,1 +1,1 @@
-"""From an image to nuclei: sliding windows, post-processing, scale, `patchunet predict`."""
+"""Inference: runtimes, sliding windows, nuclei and their table, `patchunet predict` and `predict-slide`."""

@@ -1,1 +1,1 @@
-"""Training: the loop and its callbacks, checkpoints, devices, and the builder that train and tune share."""
+"""Training: the loop and its callbacks, whole-image val scoring, checkpoints, devices, and the builder tune shares."""

@@ -12,10 +12,10 @@ from torch import nn
 from patchunet.core.config import EvalConfig, ModelConfig, TrainConfig, load_params, parse_section
 from patchunet.data.dataset import PatchDataset
 from patchunet.data.patches import PatchSet
-from patchunet.evaluation.val_scoring import WholeImageAJI
 from patchunet.model.unet import PatchUNet
 from patchunet.training.builder import make_loaders
 from patchunet.training.loop import fit
+from patchunet.training.val_scoring import WholeImageAJI
 
 PARAMS = load_params(REPO_ROOT / "params.yaml")
 EVAL = dataclasses.replace(parse_section(EvalConfig, PARAMS, "eval"), overlap=8, backend="torch", precision="fp32")
