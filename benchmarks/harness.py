@@ -34,7 +34,6 @@ from patchunet.data.monuseg import pair_files, raw_dirs
 from patchunet.data.patches import PatchSet
 from patchunet.data.split import read_split
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
-from patchunet.training.val_scoring import WholeImageAJI
 from patchunet.inference.sliding_window import image_maps
 from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import PatchUNet
@@ -43,6 +42,7 @@ from patchunet.training.builder import build_training, make_datasets, make_loade
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from patchunet.training.devices import pick_device
 from patchunet.training.loop import EpochCallback, EpochResult, FitResult, fit
+from patchunet.training.val_scoring import WholeImageAJI
 from patchunet.tuning.space import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

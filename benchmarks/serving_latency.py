@@ -86,9 +86,9 @@ def main() -> None:
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
     from patchunet.inference.nuclei import nucleus_table, segment_nuclei
-    from patchunet.inference.requests import encoded_labels
     from patchunet.inference.runtimes import runtime_network
     from patchunet.io.images import read_rgb_image
+    from patchunet.serving.requests import encoded_labels
 
     params = load_params(ROOT / "params.yaml")
     cfg = parse_section(EvalConfig, params, "eval")

@@ -1,14 +1,14 @@
 """DVC stage `register`: the evaluated model becomes a registered version, `challenger`, and maybe `champion`.
 
 Logs to the training run of models/run.json, beside the raw network that training logged, the
-model that returns nuclei (tracking/served_nuclei.py: the network, its ONNX export and the
+model that returns nuclei (serving/served_nuclei.py: the network, its ONNX export and the
 `eval` settings), and registers that, tagged with what training noted (`version_tags`) and with
 the test scores and eval protocol of metrics/test.json, so that only evaluated models reach the
 registry. A run that has a version already (an earlier register) keeps it and gets the tags: one
 version per run. The `champion` alias moves to it only when its test AJI (per-image mean) beats
 the current champion's, under the same eval protocol (or there is no champion); the reason goes
 into the version's `promotion` tag and models/registry.json. The registered model and the version
-get their model cards (tracking/model_card.py) as MLflow descriptions.
+get their model cards (serving/model_card.py) as MLflow descriptions.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from patchunet.core.console import run_stage
 from patchunet.core.files import read_json_value, write_json
 from patchunet.core.locking import storage_lock
 from patchunet.core.paths import REGISTRY_FILE, RUN_FILE, TEST_METRICS
-from patchunet.tracking import model_card, names
-from patchunet.tracking.nuclei_model import log_nuclei_model
+from patchunet.serving import model_card
+from patchunet.serving.nuclei_model import log_nuclei_model
+from patchunet.tracking import names
 
 
 def main() -> None:

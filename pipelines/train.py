@@ -52,7 +52,6 @@ from patchunet.core.paths import (
     TRAIN_PLOTS,
 )
 from patchunet.data.patches import PatchSet
-from patchunet.training.val_scoring import WholeImageAJI
 from patchunet.model.unet import check_input_size, parameter_count, save_model
 from patchunet.tracking.provenance import dvc_output_hash, git_commit
 from patchunet.training.builder import build_training
@@ -67,6 +66,7 @@ from patchunet.training.distributed import Ranks, process_group
 from patchunet.training.lifetime import die_with_parent
 from patchunet.training.loop import fit
 from patchunet.training.run_log import log_best, log_run_inputs
+from patchunet.training.val_scoring import WholeImageAJI
 
 SECTIONS = {
     "model": ModelConfig,

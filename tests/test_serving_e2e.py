@@ -18,7 +18,7 @@ import requests
 import tifffile
 from conftest import TEST_DIR, free_port, run_cli, wait_for_http
 
-from patchunet.inference.requests import decoded_labels
+from patchunet.serving.requests import decoded_labels
 
 pytestmark = pytest.mark.e2e
 REAL_IMAGE = "TCGA-2Z-A9J9-01A-01-TS1.tif"

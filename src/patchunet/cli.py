@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         run_stage(lambda: command.run(args))
         return
     if args.command == "serve":
-        from patchunet.tracking.scoring import serve
+        from patchunet.serving.scoring import serve
 
         run_stage(lambda: check_port(args.port, args.host) or serve(args.model, args.host, args.port))
         return

@@ -268,7 +268,7 @@ def test_the_registered_version_returns_the_nuclei_that_predict_writes(registere
     import pandas as pd
     import tifffile
 
-    from patchunet.inference.requests import decoded_labels
+    from patchunet.serving.requests import decoded_labels
 
     project, uri, _ = registered
     image_path = project / f"data/raw/monuseg/test/images/{TEST_IDS[0]}.tif"

@@ -1,6 +1,6 @@
 """An image's nuclei at its own scale: instance labels, probabilities and one row per nucleus.
 
-`patchunet predict` and the registered model (tracking/served_nuclei.py) both call `segment_nuclei`
+`patchunet predict` and the registered model (serving/served_nuclei.py) both call `segment_nuclei`
 and `nucleus_table`, so a served or loaded model gives exactly the labels the command writes.
 """
 

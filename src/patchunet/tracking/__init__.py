@@ -1,4 +1,5 @@
-"""Everything the project keeps in MLflow, and the only package that imports `mlflow`.
+"""Everything the project keeps in MLflow; with `serving` (the models MLflow serves), the only package that imports
+`mlflow`.
 
 - `names`: every metric, tag, param, alias and artifact name, spelled once;
 - `records`: what reads hand back (RunSummary, VersionSummary), never MLflow's entities;
@@ -6,10 +7,7 @@
 - `evaluation`: the test metrics and version tags of an evaluation;
 - `promotion`: when a registered version becomes `champion`, and moving the aliases;
 - `provenance`: the git commit and DVC data hash a run is tagged with;
-- `served_model`: the raw network as training logs it (images -> logits; imported by MLflow only);
-- `nuclei_model`: logs the model `register` registers, images -> nuclei (`served_nuclei`, which
-  MLflow alone imports); imported by `register` alone, not here;
-- `model_card`: the Markdown descriptions of the registered model and its versions.
+- `served_model`: the raw network as training logs it (images -> logits; imported by MLflow only).
 
 `from patchunet import tracking` gives the whole public API below.
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from patchunet.serving.model_card import version_description
 from patchunet.tracking import names
-from patchunet.tracking.model_card import version_description
 from patchunet.tracking.records import RunSummary
 
 

@@ -26,7 +26,7 @@ from conftest import REPO_ROOT, free_port, wait_for_http
 
 from patchunet import tracking
 from patchunet.core.config import ServeConfig
-from patchunet.tracking.scoring import max_request_bytes
+from patchunet.serving.scoring import max_request_bytes
 
 pytestmark = pytest.mark.e2e
 SERVE = {"max_image_side": 256, "max_images": 2}
@@ -47,7 +47,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     script = f"""
 from test_client import tiny_network
 from patchunet import tracking
-from patchunet.tracking.nuclei_model import log_nuclei_model
+from patchunet.serving.nuclei_model import log_nuclei_model
 
 tracking.connect({uri!r})
 with tracking.run("serve") as active:

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from patchunet.core.errors import PatchUNetError
-from patchunet.inference.requests import decoded_labels, encoded_labels, request_image, request_mpp
+from patchunet.serving.requests import decoded_labels, encoded_labels, request_image, request_mpp
 
 RGB = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
 

@@ -28,7 +28,7 @@ def nuclei_signature(model_mpp: float) -> ModelSignature:
     the param `mpp`, by default the model's."""
     from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec
 
-    from patchunet.inference.requests import IMAGE_COLUMN, MPP_PARAM
+    from patchunet.serving.requests import IMAGE_COLUMN, MPP_PARAM
 
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType(), IMAGE_COLUMN)]),
@@ -56,9 +56,9 @@ def log_nuclei_model(
     from PIL import Image
 
     import patchunet
-    from patchunet.inference.requests import IMAGE_COLUMN
     from patchunet.inference.runtimes import cached_onnx
     from patchunet.model.unet import save_model
+    from patchunet.serving.requests import IMAGE_COLUMN
 
     example = io.BytesIO()  # a 64x64 pink tile: what a client sends, small enough to run at logging
     Image.fromarray(np.full((64, 64, 3), (222, 160, 200), np.uint8)).save(example, format="PNG")

@@ -1,6 +1,6 @@
 """The registered model as MLflow loads and serves it: images in, nuclei out (a "model from code").
 
-`tracking.log_nuclei_model` logs this file with two artifacts, the network's weights file
+`serving.nuclei_model.log_nuclei_model` logs this file with two artifacts, the network's weights file
 (`weights`, read as plain data with `weights_only`) and its ONNX export (`onnx`), and a model
 config holding the `eval` settings, the window and the largest image side of its registration.
 So `mlflow.pyfunc.load_model("models:/patchunet@champion").predict(...)` and `mlflow models serve`
@@ -9,7 +9,7 @@ give what `patchunet predict` writes: the same labels, and the same table of nuc
 Input: a DataFrame whose `image` column holds, per row, an RGB uint8 array or PNG/TIFF bytes (or
 their base64, as JSON carries them); the param `mpp` gives the images' µm per pixel (default:
 the model's). Output: one dict per image: `labels` (an array, or base64 TIFF for bytes, see
-inference/requests.py), `nuclei` (one record per nucleus, inference/nuclei.py) and
+serving/requests.py), `nuclei` (one record per nucleus, inference/nuclei.py) and
 `microns_per_pixel`. A bad image or param, or a request over the `serve` limits of its
 registration (images per request, pixels on a side at the model's scale), is refused before any
 work, in one line naming it.
@@ -27,10 +27,10 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from patchunet.core.config import EvalConfig, ServeConfig
 from patchunet.core.errors import PatchUNetError
 from patchunet.inference.nuclei import nucleus_table, segment_nuclei
-from patchunet.inference.requests import MPP_PARAM, encoded_labels, request_image, request_mpp, request_values
 from patchunet.inference.runtimes import runtime_network
 from patchunet.io.scale import check_scale
 from patchunet.model.unet import load_model
+from patchunet.serving.requests import MPP_PARAM, encoded_labels, request_image, request_mpp, request_values
 from patchunet.tracking.names import ONNX_ARTIFACT, WEIGHTS_ARTIFACT
 
 
