@@ -1,6 +1,7 @@
 """dvc.yaml's deps cannot drift from the code: every stage lists every patchunet module its script
 imports, directly or through other modules, including imports inside functions (a file dep, or a
-folder dep that holds it). Otherwise a change to that module would not rerun the stage."""
+folder dep that holds it), and no other. Otherwise a change to that module would not rerun the
+stage, or a change to a module it never runs would."""
 
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ def stage_script(stage: dict) -> Path:
     return REPO_ROOT / next(word for word in stage["cmd"].split() if word.endswith(".py"))
 
 
+def stage_deps(stage: dict) -> list[str]:
+    return [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
+
+
 def covered(file: Path, deps: list[str]) -> bool:
     return any(file == REPO_ROOT / dep or (REPO_ROOT / dep) in file.parents for dep in deps)
 
@@ -85,11 +90,21 @@ def covered(file: Path, deps: list[str]) -> bool:
 @pytest.mark.parametrize("stage_name", sorted(STAGES))
 def test_stage_deps_cover_every_module_its_script_imports(stage_name: str) -> None:
     stage = STAGES[stage_name]
-    deps = [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
+    deps = stage_deps(stage)
     script = stage_script(stage)
     assert script.relative_to(REPO_ROOT).as_posix() in deps, f"{stage_name}: its own script is not a dep"
     missing = sorted(f.relative_to(REPO_ROOT).as_posix() for f in transitive_files(script) if not covered(f, deps))
     assert not missing, f"dvc.yaml stage {stage_name} does not depend on modules it imports: {missing}"
+
+
+@pytest.mark.parametrize("stage_name", sorted(STAGES))
+def test_stage_deps_name_no_module_its_script_does_not_run(stage_name: str) -> None:
+    stage = STAGES[stage_name]
+    package_deps = [REPO_ROOT / dep for dep in stage_deps(stage) if (REPO_ROOT / dep).is_relative_to(PACKAGE_ROOT)]
+    listed = {file for dep in package_deps for file in ([dep] if dep.suffix == ".py" else dep.rglob("*.py"))}
+    runs = transitive_files(stage_script(stage))
+    extra = sorted(f.relative_to(REPO_ROOT).as_posix() for f in listed - runs if not only_a_docstring(f))
+    assert not extra, f"dvc.yaml stage {stage_name} depends on modules its script never runs: {extra}"
 
 
 def test_the_import_walk_follows_imports_inside_functions(tmp_path: Path) -> None:
