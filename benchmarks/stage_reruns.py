@@ -2,7 +2,7 @@
 that dvc.yaml and tune/dvc.yaml declare (a change to a file reruns every stage with a dep that is
 that file or a folder holding it).
 
-Run it on any checkout to compare layouts (issue 25 quotes it before and after the layering):
+Run it on any checkout to compare layouts:
 
     .venv/bin/python benchmarks/stage_reruns.py            # this checkout
     .venv/bin/python benchmarks/stage_reruns.py ../before  # e.g. `git archive REV | tar -x -C ../before`
