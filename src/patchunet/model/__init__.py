@@ -1,1 +1,1 @@
-"""The network: PatchUNet, its instance heads and its losses."""
+"""Model: the network, PatchUNet, with its instance heads and its losses."""

@@ -1,5 +1,4 @@
-"""Everything the project keeps in MLflow; with `serving` (the models MLflow serves), the only package that imports
-`mlflow`.
+"""Tracking: everything the project keeps in MLflow; it and `serving` are the only packages that import `mlflow`.
 
 - `names`: every metric, tag, param, alias and artifact name, spelled once;
 - `records`: what reads hand back (RunSummary, VersionSummary), never MLflow's entities;
