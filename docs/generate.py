@@ -355,7 +355,15 @@ def per_image(root: Path) -> str:
         "The default model's scores on each test image, from `reports/test_per_image.csv` (`dvc repro`); "
         "`reports/samples/` holds pictures of some of them."
     )
-    return section(title, about, table(list(columns.values()), body))
+    organs: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        organs.setdefault(r["organ"], []).append(r)
+    by_organ = [
+        [organ, len(group), *(number(statistics.mean(float(r[k]) for r in group)) for k in ("dice", "aji", "pq"))]
+        for organ, group in sorted(organs.items())
+    ]
+    per_organ = table(["organ", "images", SCORES["dice"], SCORES["aji"], SCORES["pq"]], by_organ)
+    return section(title, about, table(list(columns.values()), body), "Means by organ:", per_organ)
 
 
 def ablation(root: Path) -> str:
