@@ -226,12 +226,19 @@ def disc_patches(count: int, size: int = 32, seed: int = 0):
     return PatchSet(images, labels, index)
 
 
+TINY_ENGINE = {"precision": "fp32", "schedule": "plateau", "select_by": "val_dice", "max_minutes": None}
+"""The train settings tiny projects pin, whatever params.yaml's default: exact fp32 weights for the
+bit-identity checks, epochs instead of minutes, and patch Dice (their 32 px patches make no whole
+images for val AJI). Tests of bf16, the cosine plan and val AJI selection set them explicitly."""
+
+
 def make_train_project(project: Path) -> Path:
     """A project with a tiny synthetic patch set and params for a 2-epoch, 2-level PatchUNet."""
     make_stage_project(project)
     disc_patches(16, seed=1).save(project / "data/processed/patches/train")
     disc_patches(8, seed=2).save(project / "data/processed/patches/val")
-    update_params(project, model={"base_channels": 8, "depth": 2}, train={"epochs": 2, "lr": 0.01, "num_workers": 0})
+    train = {"epochs": 2, "lr": 0.01, "num_workers": 0, **TINY_ENGINE}
+    update_params(project, model={"base_channels": 8, "depth": 2}, train=train)
     return project
 
 

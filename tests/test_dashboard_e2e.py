@@ -1,6 +1,6 @@
 """The dashboard in a real browser: `streamlit run` on a loopback port, driven by Playwright in Debian's Chromium.
 
-Also a script, which makes the README's screenshots and timings from this checkout's own MLflow store:
+Also a script, which makes the docs' screenshots and timings from this checkout's own MLflow store:
 
     .venv/bin/python tests/test_dashboard_e2e.py --upload "$MONUSEG_DIR/MoNuSegTestData/TCGA-2Z-A9J9-01A-01-TS1.tif"
 """

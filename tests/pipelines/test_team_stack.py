@@ -121,7 +121,8 @@ def test_a_teammates_clone_pulls_everything_and_has_nothing_to_rerun(team_repo, 
     assert status.split() == ["source:", "always", "changed"], status  # it lists the source at every repro
     assert stages_run(dvc(clone, env, "repro")) == {"source"}  # same files: nothing else to do
 
-    # from the registered version to exactly its data and model (README): the commit whose run.json names its run
+    # from the registered version to exactly its data and model (docs/how-to/team-stack.md): the commit
+    # whose run.json names its run
     found = run(clone, env, "git", "log", "--format=%H", "-S", champion.run_id, "--", "models/run.json").split()
     run(clone, env, "git", "checkout", "-q", found[-1])
     for output in ("data/processed/patches", "models/patchunet.pt"):

@@ -8,7 +8,7 @@ import sys
 import psutil
 import pytest
 import torch
-from conftest import REPO_ROOT, disc_patches, wait_gone
+from conftest import REPO_ROOT, TINY_ENGINE, disc_patches, wait_gone
 
 from patchunet.core.config import TrainConfig, load_params, parse_section
 from patchunet.core.errors import ConfigError
@@ -17,7 +17,10 @@ from patchunet.training.builder import make_loaders
 from patchunet.training.distributed import Ranks
 
 CFG = dataclasses.replace(
-    parse_section(TrainConfig, load_params(REPO_ROOT / "params.yaml"), "train"), batch_size=4, num_workers=0
+    parse_section(TrainConfig, load_params(REPO_ROOT / "params.yaml"), "train"),
+    batch_size=4,
+    num_workers=0,
+    **TINY_ENGINE,
 )
 CPU = torch.device("cpu")
 

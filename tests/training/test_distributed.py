@@ -18,6 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import (
     REPO_ROOT,
+    TINY_ENGINE,
     disc_patches,
     free_port,
     make_train_project,
@@ -217,7 +218,9 @@ def tiny_configs(epochs: int) -> tuple[ModelConfig, TrainConfig, AugmentConfig]:
     params = load_params(REPO_ROOT / "params.yaml")
     return (
         dataclasses.replace(parse_section(ModelConfig, params, "model"), base_channels=8, depth=2),
-        dataclasses.replace(parse_section(TrainConfig, params, "train"), epochs=epochs, lr=0.01, num_workers=0),
+        dataclasses.replace(
+            parse_section(TrainConfig, params, "train"), epochs=epochs, lr=0.01, num_workers=0, **TINY_ENGINE
+        ),
         parse_section(AugmentConfig, params, "augment"),
     )
 

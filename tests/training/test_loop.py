@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, disc_patches, write_code_running_file
+from conftest import REPO_ROOT, TINY_ENGINE, disc_patches, write_code_running_file
 
 import patchunet.training.loop
 from patchunet.core.config import ModelConfig, TrainConfig, load_params, parse_section
@@ -37,6 +37,7 @@ TINY_TRAIN = dataclasses.replace(
     batch_size=4,
     lr=0.01,
     num_workers=0,
+    **TINY_ENGINE,
 )
 
 
