@@ -2,7 +2,7 @@
 pipeline's patch sets (or, for other patch or augment settings, sets cut in memory the same way),
 predict whole images, choose post-processing on val, score on test.
 
-Run from the repository root after `dvc repro patches` (the scripts import this file from beside them).
+Run from the repository root after `dvc repro patches` (the scripts import it as `benchmarks.harness`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks import ROOT
 from patchunet.core.config import (
     AugmentConfig,
     EvalConfig,
@@ -44,8 +45,6 @@ from patchunet.training.devices import pick_device
 from patchunet.training.loop import EpochCallback, EpochResult, FitResult, fit
 from patchunet.training.val_scoring import WholeImageAJI
 from patchunet.tuning.space import apply_overrides
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass

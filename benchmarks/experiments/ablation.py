@@ -23,11 +23,11 @@ sessions add seeds. Each row is also an MLflow run of the experiment `patchunet-
 per-epoch curves, val_* and test_* metrics); PatchUNet rows keep their best weights in
 models/ablation/<row>-s<seed>.pt (for score_decomposition.py).
 
-    .venv/bin/python benchmarks/ablation.py --minutes 6 --rows base8 base16 base24 boundary hover
-    .venv/bin/python benchmarks/ablation.py --minutes 6 --rows boundary hover --with model.base_channels=16
-    .venv/bin/python benchmarks/ablation.py --minutes 6 --seed 1 --rows base8 base16   # a second seed
-    .venv/bin/python benchmarks/ablation.py --minutes 5 --rows base8 --train-images 18   # more data helps?
-    .venv/bin/python benchmarks/ablation.py --summary   # the table so far; trains nothing
+    .venv/bin/python -m benchmarks.experiments.ablation --minutes 6 --rows base8 base16 base24 boundary hover
+    .venv/bin/python -m benchmarks.experiments.ablation --minutes 6 --rows boundary hover --with model.base_channels=16
+    .venv/bin/python -m benchmarks.experiments.ablation --minutes 6 --seed 1 --rows base8 base16   # a second seed
+    .venv/bin/python -m benchmarks.experiments.ablation --minutes 5 --rows base8 --train-images 18   # more data helps?
+    .venv/bin/python -m benchmarks.experiments.ablation --summary   # the table so far; trains nothing
 
 `--with KEY=VALUE` applies to every row and is part of the recorded row name (`hover` with
 `--with model.base_channels=16` is "hover+base_channels=16"); so is `--select-by` other than val_aji.
@@ -54,7 +54,7 @@ exist"). The smp row therefore runs in a separate environment of torch 2.14.1 + 
     .venv-peers/bin/pip install torch==2.14.1 torchvision==0.29.1 segmentation-models-pytorch
     .venv-peers/bin/pip install --no-deps -e . && .venv-peers/bin/pip install albumentations \\
         imagecodecs matplotlib mlflow opencv-python-headless pandas optuna pyyaml scikit-image tqdm
-    .venv-peers/bin/python benchmarks/ablation.py --minutes 6 --rows smp
+    .venv-peers/bin/python -m benchmarks.experiments.ablation --minutes 6 --rows smp
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ from typing import Any
 
 import torch
 import yaml
-from harness import (
+
+from benchmarks.harness import (
     ROOT,
     Settings,
     parameter_count,
@@ -84,7 +85,6 @@ from harness import (
     train_patchunet,
     val_images,
 )
-
 from patchunet import tracking
 from patchunet.core.config import InstanceHead, MlflowConfig, load_params, parse_section
 from patchunet.core.locking import exclusive_lock

@@ -5,7 +5,7 @@ Pushes what HEAD's dvc.lock records for dvc.yaml's stages (raw data, labels, pat
 model, its checkpoints, the evaluation samples) from this checkout's DVC cache; the pull goes into a clone with an empty
 cache. Run after `dvc repro` with dvc.lock committed:
 
-    .venv/bin/python benchmarks/team_stack.py --starts 3
+    .venv/bin/python -m benchmarks.perf.team_stack --starts 3
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import ROOT
 from patchunet import stack
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:

@@ -5,7 +5,7 @@ Predicts the 6 validation images once with the trained model (models/patchunet.p
 model's instance head's grid (patchunet.evaluation.postprocess_search.GRIDS) and prints per-image-mean Dice,
 AJI, AJI+, PQ and F1, best AJI first. The test set is never read. Copy the winner into `eval`.
 
-    .venv/bin/python benchmarks/postprocess_on_val.py
+    .venv/bin/python -m benchmarks.experiments.postprocess_on_val
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import ROOT, Settings, predict_images, val_images
-
+from benchmarks.harness import ROOT, Settings, predict_images, val_images
 from patchunet.core.paths import MODEL_FILE
 from patchunet.evaluation.postprocess_search import search_postprocessing
 

@@ -6,7 +6,7 @@ the rest is empty glass. Then it runs `patchunet predict-slide` on it under `/us
 prints tiles, tissue megapixels, wall time, tissue megapixels per second and peak resident memory,
 and how long a slide of 2,000 MP of tissue would take at that rate. The slides are deleted after.
 
-    .venv/bin/python benchmarks/slide_throughput.py --sides 10240 20480
+    .venv/bin/python -m benchmarks.perf.slide_throughput --sides 10240 20480
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from patchunet.core.paths import RAW_DIR
+from benchmarks import ROOT, pipeline_images
+from patchunet.core.paths import MODEL_FILE
 from patchunet.io.images import read_rgb_image
 from patchunet.io.slides import write_pyramidal_tiff
 
-ROOT = Path(__file__).resolve().parents[1]
 CELL = 1000
 PROJECTED_TISSUE_MP = 2000
 
@@ -65,12 +65,10 @@ def measure(slide: Path, model: str, params: Path, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[10240, 20480])
-    parser.add_argument("--model", default=str(ROOT / "models/patchunet.pt"))
+    parser.add_argument("--model", default=str(ROOT / MODEL_FILE))
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     args = parser.parse_args()
-    images = sorted((RAW_DIR / "train" / "images").glob("*.tif"))
-    if not images:
-        raise SystemExit(f"no training images in {RAW_DIR}/train/images: run `dvc repro fetch` first")
+    images = [image for _, image, _ in pipeline_images("train")]
 
     print("side px | tiles (tissue) | tissue MP | wall s | tissue MP/s | peak RSS GiB | 2,000 MP takes")
     for side in args.sides:

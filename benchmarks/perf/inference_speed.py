@@ -6,7 +6,7 @@ with the `eval` params of params.yaml, on the trained model (models/patchunet.pt
 settings alternate within each repeat, so machine noise hits both alike. Prints medians and
 their ratio.
 
-    .venv/bin/python benchmarks/inference_speed.py --images 3 --repeats 3
+    .venv/bin/python -m benchmarks.perf.inference_speed --images 3 --repeats 3
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks import ROOT, pipeline_images
 from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
-from patchunet.core.paths import MODEL_FILE, RAW_DIR
+from patchunet.core.paths import MODEL_FILE
 from patchunet.inference.sliding_window import segment_image
 from patchunet.io.images import read_rgb_image
 from patchunet.model.unet import load_model
 from patchunet.training.devices import pick_device
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -38,10 +37,7 @@ def main() -> None:
     device = pick_device()
     model = load_model(args.model).to(device)
     window = cfg.window_for(parse_section(PatchConfig, params, "patch").size, model.cfg.size_multiple)
-    paths = sorted((ROOT / RAW_DIR / "test/images").glob("*.tif"))[: args.images]
-    if not paths:
-        raise SystemExit(f"no test images under {ROOT / RAW_DIR}: run `dvc repro fetch` first")
-    images = [read_rgb_image(p) for p in paths]
+    images = [read_rgb_image(image) for _, image, _ in pipeline_images("test")[: args.images]]
     settings = {"no TTA": dataclasses.replace(cfg, tta=False), "8x TTA": dataclasses.replace(cfg, tta=True)}
     segment_image(model, images[0], cfg, window)  # warm-up: first-call allocations and thread start
 

@@ -1,9 +1,9 @@
 """Lines per module and the longest functions, for the package, the stage scripts and the dashboard.
 
-Run it on any checkout to compare layouts (issue 13 quotes it before and after the regrouping):
+Run it on any checkout to compare layouts, before and after a regrouping:
 
-    .venv/bin/python benchmarks/code_size.py            # this checkout
-    .venv/bin/python benchmarks/code_size.py ../other   # another checkout or worktree
+    .venv/bin/python -m benchmarks.tools.code_size            # this checkout
+    .venv/bin/python -m benchmarks.tools.code_size ../other   # another checkout or worktree
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import ast
 from pathlib import Path
+
+from benchmarks import ROOT
 
 FOLDERS = ("src/patchunet", "pipelines", "dashboard")
 
@@ -33,7 +35,7 @@ def function_lengths(path: Path) -> list[tuple[int, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", nargs="?", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("root", nargs="?", type=Path, default=ROOT)
     parser.add_argument("--top", type=int, default=10, help="how many of the longest functions to list")
     args = parser.parse_args()
     modules = sorted(p for folder in FOLDERS for p in (args.root / folder).rglob("*.py"))

@@ -1,17 +1,18 @@
 """Peak memory of `patchunet predict` on one large image (default 6000x6000 px, 36 Mpx).
 
-Builds the image by tiling a real MoNuSeg test image (6x6 tiles of 1000x1000) from MONUSEG_DIR
-or /work/shared/monuseg, then runs `/usr/bin/time -v patchunet predict` on it and prints the
+Builds the image by tiling the first test image of data/raw/monuseg (6x6 tiles of 1000x1000,
+`dvc repro fetch`), then runs `/usr/bin/time -v patchunet predict` on it and prints the
 "Maximum resident set size" next to the size of one float32 probability map (H x W x 4 bytes).
 The model is --model, else models/patchunet.pt when present, else a default-config PatchUNet
 with random weights. Inference memory does not depend on the weights, but post-processing
 does, and random weights find no nucleus at all; so a second measurement runs what `predict`
 does after inference (post-processing, nucleus table, overlay) on a realistic probability map:
-MoNuSeg's own instance maps, tiled the same way, as blurred 0/1 nuclei. `/usr/bin/time` is
+the first train image's label map (data/interim/train/labels, `dvc repro masks`), tiled the same
+way, as blurred 0/1 nuclei. `/usr/bin/time` is
 Debian's `time` package.
 
-    .venv/bin/python benchmarks/predict_memory.py --side 6000
-    .venv/bin/python benchmarks/predict_memory.py --side 6000 --baseline-src /tmp/before/src
+    .venv/bin/python -m benchmarks.perf.predict_memory --side 6000
+    .venv/bin/python -m benchmarks.perf.predict_memory --side 6000 --baseline-src /tmp/before/src
 
 `--baseline-src` also measures another checkout's package (e.g. a `git worktree` of an older
 commit) on the same image and model, side by side in one run.
@@ -29,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-TEST_IMAGES = "MoNuSegTestData"
-INSTANCE_MAPS = "MoNuSeg 2018 Training Data/Instance Maps"
+from benchmarks import ROOT, pipeline_images
+
 PEAK_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 WALL = re.compile(r"Elapsed \(wall clock\) time.*: (\S+)")
 
@@ -67,7 +67,7 @@ def timed(command: list[str], package_src: Path | None = None) -> tuple[float, s
     return int(PEAK_RSS.search(result.stderr).group(1)) / 1024, WALL.search(result.stderr).group(1), result.stdout
 
 
-def after_inference(monuseg: Path, side: int) -> None:
+def after_inference(side: int) -> None:
     """What `predict` does once it has the probabilities, on a realistic map; prints the nucleus count."""
     from scipy import ndimage
 
@@ -78,8 +78,8 @@ def after_inference(monuseg: Path, side: int) -> None:
     from patchunet.postprocess.instances import instances_from_maps
 
     cfg = parse_section(EvalConfig, load_params(ROOT / "params.yaml"), "eval")
-    image = tiled(read_rgb_image(sorted((monuseg / TEST_IMAGES).glob("*.tif"))[0]), side)
-    nuclei = read_label_image(sorted((monuseg / INSTANCE_MAPS).glob("*.png"))[0]) > 0
+    image = tiled(read_rgb_image(pipeline_images("test")[0][1]), side)
+    nuclei = read_label_image(pipeline_images("train")[0][2]) > 0
     probabilities = ndimage.gaussian_filter(tiled(nuclei, side).astype(np.float32), 1.5)
     labels = instances_from_maps(probabilities[None], "none", cfg)
     prediction_overlay(image, labels)
@@ -89,13 +89,12 @@ def after_inference(monuseg: Path, side: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=6000, help="image side in pixels")
-    parser.add_argument("--monuseg", type=Path, default=Path(os.environ.get("MONUSEG_DIR", "/work/shared/monuseg")))
     parser.add_argument("--model", type=Path, help="model file (default models/patchunet.pt, else random weights)")
     parser.add_argument("--baseline-src", type=Path, help="also measure the patchunet package in this src/ folder")
     parser.add_argument("--after-inference-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.after_inference_only:
-        after_inference(args.monuseg, args.side)
+        after_inference(args.side)
         return
 
     import tifffile
@@ -105,7 +104,7 @@ def main() -> None:
     map_mb = args.side * args.side * 4 / 2**20
     with tempfile.TemporaryDirectory() as folder:
         image = Path(folder) / f"tiled_{args.side}.tif"
-        tile = read_rgb_image(sorted((args.monuseg / TEST_IMAGES).glob("*.tif"))[0])
+        tile = read_rgb_image(pipeline_images("test")[0][1])
         tifffile.imwrite(image, tiled(tile, args.side), photometric="rgb")
         model = args.model or model_file(Path(folder))
         for name, package in (("baseline", args.baseline_src), ("this checkout", None)):
@@ -121,15 +120,7 @@ def measure(name: str, package: Path | None, image: Path, model: Path, out: Path
     summary = (out / "summary.csv").read_text().splitlines()[1]
     print(f"[{name}] patchunet predict, {args.side}x{args.side} px, model {model.name}: wall {wall}; summary {summary}")
     print(f"  Maximum resident set size: {peak:.0f} MB = {peak / map_mb:.1f} x one float32 map ({map_mb:.0f} MB)")
-    child = [
-        sys.executable,
-        __file__,
-        "--after-inference-only",
-        "--side",
-        str(args.side),
-        "--monuseg",
-        str(args.monuseg),
-    ]
+    child = [sys.executable, "-m", __spec__.name, "--after-inference-only", "--side", str(args.side)]
     peak, wall, stdout = timed(child, package)
     print(
         f"[{name}] after inference only (post-processing, table, overlay) on tiled MoNuSeg nuclei: wall {wall}, "

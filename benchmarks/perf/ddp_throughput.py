@@ -9,7 +9,7 @@ patch set when `dvc repro patches` has made it, else random patches of the defau
 `--batches` global batches, and reports the median. One process runs on every core; N processes
 on CPUs share them equally (`distributed.process_group`). Run from the repository root.
 
-    .venv/bin/python benchmarks/ddp_throughput.py --batches 20 --repeats 3
+    .venv/bin/python -m benchmarks.perf.ddp_throughput --batches 20 --repeats 3
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DistributedSampler, Subset
-from train_throughput import ROOT, patch_store
 
+from benchmarks import ROOT
+from benchmarks.perf.train_throughput import patch_store
 from patchunet.core.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, load_params, parse_section
 from patchunet.data.augment import build_augmentation
 from patchunet.data.dataset import PatchDataset
@@ -91,7 +92,8 @@ def measure(batches: int, repeats: int, out: Path) -> None:
 def run_with(nproc: int, batches: int, repeats: int, out: Path) -> dict:
     """This script's `measure` as `nproc` torchrun processes; their figures."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    command += [__file__, "--measure", "--batches", str(batches), "--repeats", str(repeats), "--out", str(out)]
+    command += ["-m", __spec__.name, "--measure", "--out", str(out)]  # a rank, as torchrun's module
+    command += ["--batches", str(batches), "--repeats", str(repeats)]
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads(out.read_text())
 

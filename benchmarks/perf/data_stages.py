@@ -2,9 +2,11 @@
 
 Each repetition copies the project's dvc.yaml, params.yaml, pipelines/ and src/ into a fresh
 temporary git + DVC repo and times every data stage (`dvc repro -s STAGE`, in order) and the
-whole chain. Prints the median and range of each, and the patch counts.
+whole chain. Prints the median and range of each, and the patch counts. The stages read MoNuSeg
+where the pipeline does: MONUSEG_DIR, else `data.source`; it must be on disk, since a download would
+time the network.
 
-    MONUSEG_DIR=../shared/monuseg python benchmarks/data_stages.py --repeats 3
+    .venv/bin/python -m benchmarks.perf.data_stages --repeats 3
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("fetch", "masks", "split", "patches")
+from benchmarks import ROOT
+from patchunet.core.config import DataConfig, load_params, parse_section
+from patchunet.core.paths import PATCH_SUMMARY
+from patchunet.data.sources import SOURCE_VARIABLE, chosen_source
+
+STAGES = ("source", "fetch", "masks", "split", "patches")
 
 
 def fresh_repo(base: Path) -> Path:
@@ -36,9 +42,14 @@ def fresh_repo(base: Path) -> Path:
     return repo
 
 
-def timed(command: list[str], cwd: Path) -> float:
-    # dvc.yaml runs `python pipelines/...`: make that this interpreter, venv or not
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def timed(command: list[str], cwd: Path, source: Path) -> float:
+    # dvc.yaml runs `python pipelines/...`: make that this interpreter, venv or not; the source as an
+    # absolute MONUSEG_DIR, since a relative data.source would not resolve in the temporary repo
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        SOURCE_VARIABLE: str(source.resolve()),
+    }
     start = time.perf_counter()
     subprocess.run(command, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -48,8 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not os.environ.get("MONUSEG_DIR"):
-        raise SystemExit("set MONUSEG_DIR to the MoNuSeg folder (for example ../shared/monuseg)")
+    source = chosen_source(None, parse_section(DataConfig, load_params(ROOT / "params.yaml"), "data"))
+    if source is None:
+        raise SystemExit(f"no MoNuSeg on disk: set {SOURCE_VARIABLE} or data.source (a download times the network)")
 
     per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
     chain: list[float] = []
@@ -57,11 +69,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as base:
             repo = fresh_repo(Path(base))
             for stage in STAGES:
-                per_stage[stage].append(timed([sys.executable, "-m", "dvc", "repro", "-s", stage], repo))
+                per_stage[stage].append(timed([sys.executable, "-m", "dvc", "repro", "-s", stage], repo, source))
         with tempfile.TemporaryDirectory() as base:
             repo = fresh_repo(Path(base))
-            chain.append(timed([sys.executable, "-m", "dvc", "repro", "patches"], repo))
-            counts = json.loads((repo / "metrics/patches.json").read_text())
+            chain.append(timed([sys.executable, "-m", "dvc", "repro", "patches"], repo, source))
+            counts = json.loads((repo / PATCH_SUMMARY).read_text())
 
     print(f"cpus available: {len(os.sched_getaffinity(0))}, repeats: {args.repeats}")
     for name, times in [*per_stage.items(), ("dvc repro patches (whole chain)", chain)]:

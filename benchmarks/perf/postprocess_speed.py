@@ -7,7 +7,7 @@ repeat so machine noise hits both alike. Prints the median seconds per image and
 whether the labels are identical (same pixels and numbering), and the per-image-mean val AJI of
 each. `--cache DIR` keeps the predicted maps there for later runs. The test set is never read.
 
-    .venv/bin/python benchmarks/postprocess_speed.py --repeats 5
+    .venv/bin/python -m benchmarks.perf.postprocess_speed --repeats 5
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from harness import ROOT, Settings, predict_images, val_images
 from scipy import ndimage
 from skimage.morphology import h_maxima, remove_small_holes, remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
+from benchmarks.harness import ROOT, Settings, predict_images, val_images
 from patchunet.core.paths import MODEL_FILE
 from patchunet.evaluation.metrics import score_segmentation
 from patchunet.io.images import read_label_image

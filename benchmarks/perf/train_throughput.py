@@ -9,7 +9,7 @@ noise hits them alike. Prints the median patches/s of an epoch of `--batches` ba
 loading (workers started, patches augmented), the same batches pre-loaded in memory (the step
 alone), and their ratio: well under 1 means loading starves the step.
 
-    .venv/bin/python benchmarks/train_throughput.py --batches 20 --repeats 3
+    .venv/bin/python -m benchmarks.perf.train_throughput --batches 20 --repeats 3
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import ROOT
 from patchunet.core.config import AugmentConfig, ModelConfig, PatchConfig, TrainConfig, load_params, parse_section
+from patchunet.core.paths import PATCH_DIR
 from patchunet.data.patches import PatchSet
 from patchunet.model.unet import PatchUNet, parameter_count
 from patchunet.training.builder import make_datasets, make_loaders
 from patchunet.training.devices import native_bf16, pick_device, training_precision
 from patchunet.training.loop import Step, train_one_epoch
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "fp32, NCHW": ("fp32", False),
     "bf16 autocast, NCHW": ("bf16", False),
@@ -54,7 +54,7 @@ class Run:
 
 def patch_store(size: int, count: int) -> tuple[PatchSet, str]:
     """The first `count` real train patches, else `count` random ones of side `size`."""
-    store = ROOT / "data/processed/patches/train"
+    store = ROOT / PATCH_DIR / "train"
     if (store / "images.npy").is_file():
         patches = PatchSet.load(store)
         return PatchSet(patches.images[:count], patches.labels[:count], patches.index[:count]), "real patch set"

@@ -5,7 +5,7 @@ Each run is a fresh study of `--trials` trials of one epoch at a fixed patch siz
 learning rate only, so that every trial does the same work; `patchunet tune --workers N` runs it,
 each worker pinned to its share of the CPUs. Run after `dvc repro split`:
 
-    .venv/bin/python benchmarks/tune_workers.py --trials 4
+    .venv/bin/python -m benchmarks.perf.tune_workers --trials 4
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from pathlib import Path
 import optuna
 import yaml
 
+from benchmarks import ROOT
 from patchunet import stack
 from patchunet.tuning.study import open_storage
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_study(team: stack.Stack, workers: int, trials: int, patch_size: int) -> tuple[float, list[float]]:

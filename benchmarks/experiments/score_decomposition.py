@@ -9,7 +9,7 @@
 If the second is near 1 and the third near the first, the foreground limits the model; if the
 third is well above the first, the splitting does. The test set is never read.
 
-    .venv/bin/python benchmarks/score_decomposition.py models/ablation/base8-s0.pt models/patchunet.pt
+    .venv/bin/python -m benchmarks.experiments.score_decomposition models/ablation/base8-s0.pt models/patchunet.pt
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from harness import ROOT, Settings, predict_images, val_images
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from benchmarks.harness import ROOT, Settings, predict_images, val_images
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.model.unet import load_model
 from patchunet.postprocess.instances import (

@@ -9,10 +9,10 @@ read after the other seeds have trained, it is refused when `dvc status` then sa
 evaluate is out of date. Each seed is an
 MLflow run of the experiment `patchunet-seeds`; the table goes to reports/seeds.csv.
 
-    .venv/bin/python benchmarks/seeds.py --seeds 1 2 --pipeline-seed
+    .venv/bin/python -m benchmarks.experiments.seeds --seeds 1 2 --pipeline-seed
     # or one process per core, sharing reports/seeds.csv:
-    taskset -c 0 .venv/bin/python benchmarks/seeds.py --seeds 1 --pipeline-seed --fresh &
-    taskset -c 1 .venv/bin/python benchmarks/seeds.py --seeds 2
+    taskset -c 0 .venv/bin/python -m benchmarks.experiments.seeds --seeds 1 --pipeline-seed --fresh &
+    taskset -c 1 .venv/bin/python -m benchmarks.experiments.seeds --seeds 2
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from harness import ROOT, Settings, predict_images, score_predictions, test_images, train_network
 
+from benchmarks.harness import ROOT, Settings, predict_images, score_predictions, test_images, train_network
 from patchunet import tracking
 from patchunet.core.config import MlflowConfig, ModelConfig, load_params, parse_section
 from patchunet.core.errors import PatchUNetError

@@ -1,19 +1,18 @@
 """How the stitched slide compares with `patchunet predict` on each image alone, on real pixels.
 
-Builds the mosaic of tests/inference/test_predict_slide.py (the first four MoNuSeg test images,
+Builds the mosaic of tests/inference/test_predict_slide.py (the first four test images of data/raw,
 2 x 2 with 200 px of glass around each, a pyramidal TIFF at 0.25 µm/px), runs `patchunet
 predict-slide` with 512 px tiles (seams across every image) and `patchunet predict` on the four
 images, and prints per image: AJI against the truth alone and from the slide, their difference,
 the AJI of the slide against predict, and how many of predict's nuclei cross a seam and how many
 of those the slide cut at it.
 
-    .venv/bin/python benchmarks/slide_stitching.py --model models/patchunet.pt
+    .venv/bin/python -m benchmarks.checks.slide_stitching --model models/patchunet.pt
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,13 +22,13 @@ import numpy as np
 import yaml
 from scipy import ndimage
 
+from benchmarks import ROOT, pipeline_images
+from patchunet.core.paths import MODEL_FILE
 from patchunet.evaluation.metrics import score_segmentation
-from patchunet.io.annotations import rasterize_polygons, read_polygons
 from patchunet.io.geojson import rasterize_geojson
 from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.io.slides import write_pyramidal_tiff
 
-ROOT = Path(__file__).resolve().parents[1]
 SIDE, GAP, TILE = 1000, 200, 512
 
 
@@ -54,12 +53,10 @@ def seam_cuts(alone: np.ndarray, from_slide: np.ndarray, x: int, y: int) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(ROOT / "models/patchunet.pt"))
-    parser.add_argument(
-        "--monuseg", type=Path, default=Path(os.environ.get("MONUSEG_DIR", ROOT.parent / "shared/monuseg"))
-    )
+    parser.add_argument("--model", default=str(ROOT / MODEL_FILE))
     args = parser.parse_args()
-    images = sorted((args.monuseg / "MoNuSegTestData").glob("*.tif"))[:4]
+    labelled = {image: labels for _, image, labels in pipeline_images("test")[:4]}
+    images = list(labelled)
     with tempfile.TemporaryDirectory(prefix="slide-stitching-") as scratch:
         work = Path(scratch)
         side = 2 * SIDE + 3 * GAP
@@ -81,7 +78,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "patchunet", *command, *common, "--out", str(out)], check=True)
         print("image | AJI alone | AJI from the slide | difference | slide vs alone AJI | cross a seam | cut")
         for path, (x, y) in places.items():
-            truth = rasterize_polygons(read_polygons(path.with_suffix(".xml"), (SIDE, SIDE)), (SIDE, SIDE))[0]
+            truth = read_label_image(labelled[path])
             alone = read_label_image(work / "predict" / f"{path.stem}_labels.tif")
             geojson = work / "predict-slide" / "mosaic_nuclei.geojson"
             from_slide = rasterize_geojson(geojson, (SIDE, SIDE), offset=(x, y))[0]

@@ -1,5 +1,5 @@
 """Which runtime to run the network on: backend x precision x threads (x window), seconds per
-1000x1000 image and val AJI, side by side in one run (issue 15).
+1000x1000 image and val AJI, side by side in one run.
 
 Each variant segments the 6 validation images (never the test set) with the trained model
 (models/patchunet.pt) and the `eval` params of params.yaml, changing only what its row names:
@@ -11,8 +11,8 @@ Variants take turns within each repeat, so machine noise hits them alike. Second
 over images and repeats: the network with its sliding windows, the post-processing, and both.
 AJI is the per-image mean over the val images; its change is against torch fp32 at 2 threads.
 
-    .venv/bin/python benchmarks/inference_backends.py --repeats 3
-    .venv/bin/python benchmarks/inference_backends.py --models models/patchunet.pt models/ablation/base16-s0.pt
+    .venv/bin/python -m benchmarks.perf.inference_backends --repeats 3
+    .venv/bin/python -m benchmarks.perf.inference_backends --models models/patchunet.pt models/ablation/base16-s0.pt
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import ROOT, Settings, val_images
 
+from benchmarks.harness import ROOT, Settings, val_images
 from patchunet.core.paths import MODEL_FILE, PATCH_DIR
 from patchunet.data.patches import PatchSet
 from patchunet.evaluation.metrics import score_segmentation, summarise_scores

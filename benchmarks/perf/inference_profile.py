@@ -1,5 +1,5 @@
 """Where the time of one whole 1000x1000 test image goes: network, blending, thresholding,
-distance transform, markers, watershed, relabelling (issue 15's starting point).
+distance transform, markers, watershed, relabelling.
 
 Profiles the library's own `segment_image` (no TTA, the `eval` params of params.yaml, on the
 runtime `eval.backend` names) on the trained model with cProfile, after a warm-up, over several
@@ -7,7 +7,7 @@ real test images, and prints each step's cumulative time per image. The steps ar
 functions that do them, so the table follows the code: what is left of `predict_maps` after the
 network's forward passes is the tiling, the blending and the copies.
 
-    .venv/bin/python benchmarks/inference_profile.py --images 3
+    .venv/bin/python -m benchmarks.perf.inference_profile --images 3
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ import argparse
 import cProfile
 import pstats
 import time
-from pathlib import Path
 
+from benchmarks import ROOT, pipeline_images
 from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
-from patchunet.core.paths import MODEL_FILE, RAW_DIR
+from patchunet.core.paths import MODEL_FILE
 from patchunet.inference.runtimes import runtime_network
 from patchunet.inference.sliding_window import segment_image
 from patchunet.io.images import read_rgb_image
 from patchunet.model.unet import load_model
 from patchunet.training.devices import pick_device
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = {  # step -> (file suffix, function name) whose cumulative time it is
     "network (forward passes)": ("patchunet/model/unet.py", "forward"),
     "network (exported, on eval.backend)": ("inference/runtimes.py", "__call__"),
@@ -49,9 +48,7 @@ def main() -> None:
     model = load_model(ROOT / MODEL_FILE)
     model = runtime_network(model.to(pick_device()) if cfg.backend == "torch" else model, cfg)
     window = cfg.window_for(parse_section(PatchConfig, params, "patch").size, model.cfg.size_multiple)
-    images = [read_rgb_image(p) for p in sorted((ROOT / RAW_DIR / "test/images").glob("*.tif"))[: args.images]]
-    if not images:
-        raise SystemExit(f"no test images under {ROOT / RAW_DIR}: run `dvc repro fetch` first")
+    images = [read_rgb_image(image) for _, image, _ in pipeline_images("test")[: args.images]]
     segment_image(model, images[0], cfg, window)  # warm-up
 
     profile = cProfile.Profile()

@@ -7,7 +7,7 @@ prints the median and range of the request's wall time; then the served model's 
 same image in this process (decode, segment, table, encode), for what HTTP and JSON add. Stops
 the server whatever happens.
 
-    .venv/bin/python benchmarks/serving_latency.py --requests 7
+    .venv/bin/python -m benchmarks.perf.serving_latency --requests 7
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ from pathlib import Path
 
 import requests
 
-from patchunet.core.paths import RAW_DIR
+from benchmarks import ROOT, pipeline_images
 from patchunet.stack import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -38,7 +36,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=7)
     args = parser.parse_args()
     uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
-    image = sorted((ROOT / RAW_DIR / "test/images").glob("*.tif"))[0]
+    image = pipeline_images("test")[0][1]
     body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image.read_bytes()).decode()]]}}
 
     port = free_port()

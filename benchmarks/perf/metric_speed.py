@@ -4,7 +4,7 @@ Finds the label map with the most nuclei among data/interim/{train,test}/labels 
 `dvc repro masks`), predicts it with the trained model and the `eval` params (not timed), then
 times `score_segmentation` and, alone, the AJI path. Prints medians over the repeats.
 
-    .venv/bin/python benchmarks/metric_speed.py --repeats 7
+    .venv/bin/python -m benchmarks.perf.metric_speed --repeats 7
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks import ROOT
 from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
 from patchunet.core.paths import MODEL_FILE, RAW_DIR, labels_dir
 from patchunet.evaluation.metrics import instance_counts, score_segmentation
@@ -21,8 +22,6 @@ from patchunet.inference.sliding_window import segment_image
 from patchunet.io.annotations import count_nuclei
 from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import load_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(function, repeats: int) -> list[float]:

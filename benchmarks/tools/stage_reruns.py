@@ -4,8 +4,8 @@ that file or a folder holding it).
 
 Run it on any checkout to compare layouts:
 
-    .venv/bin/python benchmarks/stage_reruns.py            # this checkout
-    .venv/bin/python benchmarks/stage_reruns.py ../before  # e.g. `git archive REV | tar -x -C ../before`
+    .venv/bin/python -m benchmarks.tools.stage_reruns            # this checkout
+    .venv/bin/python -m benchmarks.tools.stage_reruns ../before  # e.g. `git archive REV | tar -x -C ../before`
 
 A cell `k/n`: a change to k of the package's n files reruns that stage; `-`: none does.
 """
@@ -16,6 +16,8 @@ import argparse
 from pathlib import Path
 
 import yaml
+
+from benchmarks import ROOT
 
 DVC_FILES = ("dvc.yaml", "tune/dvc.yaml")
 PACKAGE = "src/patchunet"
@@ -48,7 +50,7 @@ def reruns(file: str, deps: list[str]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", nargs="?", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("root", nargs="?", type=Path, default=ROOT)
     args = parser.parse_args()
     stages = stage_deps(args.root)
     print("| package | " + " | ".join(stages) + " |")

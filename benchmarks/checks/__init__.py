@@ -1,0 +1,1 @@
+"""Correctness on real data: the project's results against a reference computed another way."""

@@ -1,0 +1,1 @@
+"""Timings: throughput, speed, latency and memory of training, inference, serving and the team stack."""
