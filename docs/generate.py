@@ -4,7 +4,7 @@ mkdocs.yml names this file under `hooks:`, and MkDocs calls `on_files`, which ad
 - reference/params.md: every params.yaml key, from the pydantic sections of `patchunet.core.config`
   (what it accepts), with its value and comment in params.yaml;
 - reference/cli.md: every `patchunet` command, from the argparse parser of `patchunet.cli`;
-- reference/stages.md: every DVC stage, from dvc.yaml and tune/dvc.yaml;
+- reference/stages.md: every DVC stage, from dvc.yaml, tune/dvc.yaml and benchmarks/experiments/dvc.yaml;
 - results.md: the committed metrics/ and reports/ files as tables, so no number is copied by hand.
 
 This is the only file of the docs that imports patchunet. To read one page without building the site:
@@ -31,7 +31,8 @@ from patchunet.cli import STAGES, build_parser
 from patchunet.core.config import SECTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
-DVC_FILES = ("dvc.yaml", "tune/dvc.yaml")
+EXPERIMENTS_DVC = "benchmarks/experiments/dvc.yaml"
+DVC_FILES = ("dvc.yaml", "tune/dvc.yaml", EXPERIMENTS_DVC)
 SCORES = {
     "dice": "Dice",
     "iou": "IoU",
@@ -178,7 +179,7 @@ def help_text(parser: Any) -> str:
 
 
 def dvc_stages(root: Path) -> dict[str, dict[str, Any]]:
-    """Every stage of dvc.yaml and tune/dvc.yaml, by name, with the file it is in."""
+    """Every stage of the DVC_FILES, by name, with the file it is in."""
     stages = {}
     for name in DVC_FILES:
         path = root / name
@@ -208,20 +209,23 @@ def stages_reference(root: Path) -> str:
         "# Pipeline stages\n",
         "`dvc repro` runs the stages of `dvc.yaml` in order; `patchunet STAGE` runs one. Each stage lists "
         "the params it reads and every source file it imports, so a change reruns exactly the stages "
-        "that depend on it (`tests/pipelines/test_dvc_deps.py` keeps the source lists exact). The "
-        "`tune` stage lives in `tune/dvc.yaml`, apart from the default chain: `dvc repro tune/dvc.yaml`.\n",
+        "that depend on it (`tests/pipelines/test_dvc_deps.py` keeps the source lists exact). Apart from "
+        "the default chain, the `tune` stage lives in `tune/dvc.yaml` (`dvc repro tune/dvc.yaml`), and the "
+        "experiments that chose the model in `benchmarks/experiments/dvc.yaml` "
+        "([Run the benchmarks](../how-to/benchmarks.md)).\n",
     ]
     for stage, spec in dvc_stages(root).items():
         deps = [str(dep) for dep in spec.get("deps", [])]
-        code = [dep for dep in deps if dep.startswith(("src/", "pipelines/"))]
+        code = [dep for dep in deps if dep.startswith(("src/", "pipelines/", "benchmarks/"))]
         data = [dep for dep in deps if dep not in code]
         lines.append(f"## `{stage}`\n")
-        lines.append(sentence(STAGES.get(stage, "")) + "\n")
-        lines.append(f"- in `{spec['file']}`; runs `{spec['cmd']}`")
+        lines.append(sentence(spec.get("desc") or STAGES.get(stage, "")) + "\n")
+        commands = [spec["cmd"]] if isinstance(spec["cmd"], str) else spec["cmd"]
+        lines.append(f"- in `{spec['file']}`; runs " + ", then ".join(f"`{command}`" for command in commands))
         lines.append(f"- reads params: {listed(spec.get('params', []))}")
         if data:
             lines.append(f"- reads data: {listed(data)}")
-        lines.append(f"- its code: {len(code)} files or folders under `src/` and `pipelines/`")
+        lines.append(f"- its code: {len(code)} files or folders under `src/`, `pipelines/` and `benchmarks/`")
         lines.append(f"- writes: {listed(outputs(spec.get('outs', [])))}")
         if spec.get("metrics"):
             lines.append(f"- metrics (`dvc metrics show`): {listed(outputs(spec['metrics']))}")
@@ -269,9 +273,10 @@ def missing(path: str, command: str) -> str:
 
 
 def benchmark(root: Path, script: str) -> str:
-    """The command of a benchmark script, wherever under benchmarks/ it lives."""
+    """The command of a benchmark script, wherever under benchmarks/ it lives: it runs as a module."""
     found = sorted(root.glob(f"benchmarks/**/{script}"))
-    return f".venv/bin/python {found[0].relative_to(root)}" if found else f"the benchmark {script}"
+    module = ".".join(found[0].relative_to(root).with_suffix("").parts) if found else None
+    return f".venv/bin/python -m {module}" if module else f"the benchmark {script}"
 
 
 def read_json(root: Path, path: str) -> dict[str, Any] | None:
@@ -338,7 +343,9 @@ def seeds(root: Path) -> str:
     about = (
         "One training run is not a result: the configuration of `params.yaml` trained with several seeds, "
         "per-image means on the test set, ± the standard deviation across seeds. From `reports/seeds.csv`, "
-        f"written by `{command}` after `dvc repro` (the `dvc repro` row is the pipeline's own model)."
+        f"written by `{command}` after `dvc repro` (the `dvc repro` row is the pipeline's own model), or by "
+        f"`dvc repro {EXPERIMENTS_DVC}:seeds`, which trains every seed; `dvc metrics show` lists the means and "
+        "standard deviations (`metrics/seeds.json`)."
     )
     return section(title, about, table(["seed", "trained by", "epochs", *(SCORES[k] for k in scores)], body))
 
@@ -396,8 +403,10 @@ def ablation(root: Path) -> str:
         "and its own post-processing on the val images, and only then is scored once on the test images. "
         "Rows are ranked by val AJI (mean ± sd over seeds); test AJI is shown, never used to choose. A row "
         f"is a set of `params.yaml` overrides or a peer network. From `reports/ablation.csv`, written by "
-        f"`{command}` (`--help` lists its rows; `--summary` prints a table like this one). A row with one "
-        "seed is not settled: a second seed can move a short row by more than the top rows differ."
+        f"`{command}` (`--help` lists its rows; `--summary` prints a table like this one), and tracked by the "
+        f"stage `ablation` of `{EXPERIMENTS_DVC}`; `dvc metrics show` lists each budget's best row "
+        "(`metrics/ablation.json`). A row with one seed is not settled: a second seed can move a short row by "
+        "more than the top rows differ."
     )
     header = ["minutes", "row", "val AJI", "seeds", "test AJI", "epochs", "parameters", "s/image"]
     return section(title, about, table(header, body))

@@ -1,6 +1,6 @@
 """Which DVC stages a one-line change in each package of src/patchunet reruns, read from the deps
-that dvc.yaml and tune/dvc.yaml declare (a change to a file reruns every stage with a dep that is
-that file or a folder holding it).
+that dvc.yaml, tune/dvc.yaml and benchmarks/experiments/dvc.yaml declare, those of them the checkout
+has (a change to a file reruns every stage with a dep that is that file or a folder holding it).
 
 Run it on any checkout to compare layouts:
 
@@ -19,7 +19,7 @@ import yaml
 
 from benchmarks import ROOT
 
-DVC_FILES = ("dvc.yaml", "tune/dvc.yaml")
+DVC_FILES = ("dvc.yaml", "tune/dvc.yaml", "benchmarks/experiments/dvc.yaml")
 PACKAGE = "src/patchunet"
 TOP_LEVEL = "patchunet/*.py"
 """The row of the modules directly in the package (cli.py, stack.py, ...)."""
@@ -28,7 +28,7 @@ TOP_LEVEL = "patchunet/*.py"
 def stage_deps(root: Path) -> dict[str, list[str]]:
     """{stage: its deps}, in the order the dvc files list the stages; deps are relative to `root`."""
     stages = {}
-    for dvc_file in DVC_FILES:
+    for dvc_file in filter(lambda name: (root / name).is_file(), DVC_FILES):
         for name, stage in yaml.safe_load((root / dvc_file).read_text())["stages"].items():
             stages[name] = [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
     return stages

@@ -1,7 +1,7 @@
-"""dvc.yaml's deps cannot drift from the code: every stage lists every patchunet module its script
-imports, directly or through other modules, including imports inside functions (a file dep, or a
-folder dep that holds it), and no other. Otherwise a change to that module would not rerun the
-stage, or a change to a module it never runs would."""
+"""dvc.yaml's deps cannot drift from the code: every stage lists every patchunet (and benchmarks)
+module its scripts import, directly or through other modules, including imports inside functions (a
+file dep, or a folder dep that holds it), and no other. Otherwise a change to that module would not
+rerun the stage, or a change to a module it never runs would."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_ROOT = REPO_ROOT / "src"
-DVC_FILES = ("dvc.yaml", "tune/dvc.yaml")  # both run their commands from the project root
+BENCHMARKS = REPO_ROOT / "benchmarks"
+SEARCH_ROOTS = {"patchunet": PACKAGE_ROOT, "benchmarks": REPO_ROOT}
+"""Where each top-level package's modules lie: benchmarks/ runs as modules from the project root."""
+DVC_FILES = ("dvc.yaml", "tune/dvc.yaml", "benchmarks/experiments/dvc.yaml")  # all run from the project root
 STAGES = {
     f"{dvc_file}:{name}": stage
     for dvc_file in DVC_FILES
@@ -29,8 +32,8 @@ RUN_BY_PATH = {
 
 
 def module_file(name: str) -> Path | None:
-    """The file of a dotted patchunet module name, or None when it names no module (a class, say)."""
-    base = PACKAGE_ROOT.joinpath(*name.split("."))
+    """The file of a dotted patchunet or benchmarks module name, or None when it names no module (a class, say)."""
+    base = SEARCH_ROOTS[name.split(".")[0]].joinpath(*name.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -38,13 +41,13 @@ def module_file(name: str) -> Path | None:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Dotted names of the patchunet modules a file imports anywhere in it (`from a import b` counts b
-    when b is a module, else a)."""
+    """Dotted names of the patchunet and benchmarks modules a file imports anywhere in it (`from a
+    import b` counts b when b is a module, else a)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names if alias.name.startswith("patchunet")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("patchunet"):
+            names |= {alias.name for alias in node.names if alias.name.split(".")[0] in SEARCH_ROOTS}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in SEARCH_ROOTS:
             names.add(node.module)
             names |= {f"{node.module}.{alias.name}" for alias in node.names}
     return {name for name in names if module_file(name) is not None}
@@ -56,15 +59,15 @@ def only_a_docstring(file: Path) -> bool:
     return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
 
 
-def transitive_files(script: Path) -> set[Path]:
-    """Every patchunet file the script runs: its imports, their imports, and their packages' __init__
-    (those that run code)."""
+def transitive_files(*scripts: Path) -> set[Path]:
+    """Every patchunet and benchmarks file the scripts run: their imports, their imports' imports, and
+    their packages' __init__ (those that run code)."""
     seen: set[Path] = set()
-    pending = imported_modules(script)
+    pending = set().union(*(imported_modules(script) for script in scripts))
     while pending:
         name = pending.pop()
         parts = name.split(".")
-        for depth in range(2, len(parts) + 1):  # the packages a module's import runs (not patchunet's own)
+        for depth in range(1, len(parts) + 1):  # the packages a module's import runs
             file = module_file(".".join(parts[:depth]))
             if file is not None and file not in seen:
                 seen.add(file)
@@ -75,12 +78,24 @@ def transitive_files(script: Path) -> set[Path]:
     return {file for file in seen if not only_a_docstring(file)}
 
 
-def stage_script(stage: dict) -> Path:
-    return REPO_ROOT / next(word for word in stage["cmd"].split() if word.endswith(".py"))
+def stage_scripts(stage: dict) -> list[Path]:
+    """The script of each of the stage's commands: `python script.py`, or `python -m package.module`."""
+    scripts = []
+    for command in [stage["cmd"]] if isinstance(stage["cmd"], str) else stage["cmd"]:
+        words = command.split()
+        if "-m" in words:
+            scripts.append(REPO_ROOT.joinpath(*words[words.index("-m") + 1].split(".")).with_suffix(".py"))
+        else:
+            scripts.append(REPO_ROOT / next(word for word in words if word.endswith(".py")))
+    return scripts
 
 
 def stage_deps(stage: dict) -> list[str]:
     return [dep if isinstance(dep, str) else next(iter(dep)) for dep in stage.get("deps", [])]
+
+
+def is_code(path: Path) -> bool:
+    return path.is_relative_to(PACKAGE_ROOT) or path.is_relative_to(BENCHMARKS)
 
 
 def covered(file: Path, deps: list[str]) -> bool:
@@ -91,18 +106,20 @@ def covered(file: Path, deps: list[str]) -> bool:
 def test_stage_deps_cover_every_module_its_script_imports(stage_name: str) -> None:
     stage = STAGES[stage_name]
     deps = stage_deps(stage)
-    script = stage_script(stage)
-    assert script.relative_to(REPO_ROOT).as_posix() in deps, f"{stage_name}: its own script is not a dep"
-    missing = sorted(f.relative_to(REPO_ROOT).as_posix() for f in transitive_files(script) if not covered(f, deps))
+    scripts = stage_scripts(stage)
+    for script in scripts:
+        assert script.relative_to(REPO_ROOT).as_posix() in deps, f"{stage_name}: its script {script} is not a dep"
+    missing = sorted(f.relative_to(REPO_ROOT).as_posix() for f in transitive_files(*scripts) if not covered(f, deps))
     assert not missing, f"dvc.yaml stage {stage_name} does not depend on modules it imports: {missing}"
 
 
 @pytest.mark.parametrize("stage_name", sorted(STAGES))
 def test_stage_deps_name_no_module_its_script_does_not_run(stage_name: str) -> None:
     stage = STAGES[stage_name]
-    package_deps = [REPO_ROOT / dep for dep in stage_deps(stage) if (REPO_ROOT / dep).is_relative_to(PACKAGE_ROOT)]
-    listed = {file for dep in package_deps for file in ([dep] if dep.suffix == ".py" else dep.rglob("*.py"))}
-    runs = transitive_files(stage_script(stage))
+    scripts = stage_scripts(stage)
+    code = [REPO_ROOT / dep for dep in stage_deps(stage) if is_code(REPO_ROOT / dep)]
+    listed = {file for dep in code for file in ([dep] if dep.suffix == ".py" else dep.rglob("*.py"))} - set(scripts)
+    runs = transitive_files(*scripts)
     extra = sorted(f.relative_to(REPO_ROOT).as_posix() for f in listed - runs if not only_a_docstring(f))
     assert not extra, f"dvc.yaml stage {stage_name} depends on modules its script never runs: {extra}"
 
