@@ -4,7 +4,7 @@ The mosaic tiles four real test images, with glass between them, into a 2600 x 2
 0.25 µm/px; 512 px tiles put seams across every image. The model is a tiny one the tests train on
 real patches: the tests assert what the tiling guarantees for any model (each nucleus is one its
 tile found, whole, less only pixels another nucleus holds), never a score a given model happens to
-reach; benchmarks/slide_stitching.py measures a trained model's scores against `patchunet predict`.
+reach; benchmarks/checks/slide_stitching.py measures a trained model's scores against `patchunet predict`.
 """
 
 from __future__ import annotations
