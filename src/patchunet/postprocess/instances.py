@@ -13,7 +13,7 @@ An instance head places the markers and the lines itself (marker-controlled wate
   where foreground minus gradient > `marker_threshold`, flooded over the smoothed foreground x
   (1 - gradient).
 Markers under `min_marker_area` pixels are dropped; a blob left without a marker is one nucleus.
-Every value was chosen on the validation images (benchmarks/postprocess_on_val.py).
+Every value was chosen on the validation images (benchmarks.experiments.postprocess_on_val).
 
 Speed and memory: the `none` head's splitting gives, to the bit, what the straightforward
 whole-image calls give (the tests compare them), in a fraction of their time and memory:
@@ -23,7 +23,7 @@ whole-image calls give (the tests compare them), in a fraction of their time and
   candidate peak at a time, in its blob's bounding box, for the few with several;
 - the watershed floods only the blobs holding several markers, each in its bounding box.
 The peak is about 10 float32-map sizes (the float64 distance map and its h-maxima seeds, int32
-blob labels); about 0.1 s for a 1000x1000 image on two cores (benchmarks/postprocess_speed.py).
+blob labels); about 0.1 s for a 1000x1000 image on two cores (benchmarks.perf.postprocess_speed).
 """
 
 from __future__ import annotations
