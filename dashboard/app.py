@@ -56,4 +56,4 @@ try:
     navigation.run()
 except PatchUNetError as exc:  # e.g. tracking's TrackingError: the server went away since the last check
     st.cache_data.clear()
-    unavailable(f"MLflow at {cfg.tracking_uri} could not be read: {str(exc).splitlines()[0]}")
+    unavailable(f"MLflow could not be read: {str(exc).splitlines()[0]}")  # the line names the store

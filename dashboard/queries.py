@@ -30,7 +30,7 @@ from patchunet.core.config import (
     load_params,
     parse_section,
 )
-from patchunet.core.errors import PatchUNetError
+from patchunet.core.errors import ConfigError, PatchUNetError
 from patchunet.tracking import names
 
 import review
@@ -48,7 +48,7 @@ class Settings:
     registered_model: str
     tune_experiment: str
     dashboard: DashboardConfig
-    eval: EvalConfig
+    eval: EvalConfig  # for a version that recorded no eval settings of its own
     patch_size: int  # for a version whose run did not log patch.size
 
     @property
@@ -163,26 +163,64 @@ def model_scale(cfg: Settings, version: int) -> float:
     return model(cfg.tracking_uri, cfg.registered_model, version).cfg.microns_per_pixel
 
 
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def registered_eval(uri: str, model_name: str, version: int) -> tuple[EvalConfig, int] | None:
+    """The eval settings and window that version `version` was registered, scored and is served with
+    (the config of the nuclei model `register` logged), or None for a version that recorded none."""
+    tracking.connect(uri)
+    config = tracking.model_config(f"models:/{model_name}/{version}")
+    if config is None or "eval" not in config:
+        return None
+    try:
+        return EvalConfig(**config["eval"]), int(config["window"])
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:  # settings of an older `eval` section
+        raise PatchUNetError(f"{model_name} v{version}: its registered eval settings cannot be used ({exc})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionEval:
+    """The eval settings and sliding window a version segments with live."""
+
+    cfg: EvalConfig
+    window: int
+    recorded: bool  # its own registered settings; False: params.yaml's, as it recorded none
+
+    @property
+    def source(self) -> str:
+        return "its registered eval settings" if self.recorded else "the eval params of params.yaml"
+
+
+def version_eval(cfg: Settings, table: pd.DataFrame, version: int) -> VersionEval:
+    """The settings version `version` was registered and scored with, so that it is shown under the
+    protocol of its scores; params.yaml's `eval`, with its patch size's window, only for a version
+    that recorded none."""
+    recorded = registered_eval(cfg.tracking_uri, cfg.registered_model, version)
+    if recorded is not None:
+        return VersionEval(*recorded, recorded=True)
+    size_multiple = model(cfg.tracking_uri, cfg.registered_model, version).cfg.size_multiple
+    return VersionEval(cfg.eval, cfg.eval.window_for(patch_size(cfg, table, version), size_multiple), recorded=False)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def segment(
     uri: str,
     model_name: str,
     version: int,
-    patch_size: int,
+    window: int,
     cfg: EvalConfig,
     image_mpp: float,
     image_sha1: str,
     _image: np.ndarray,
 ) -> tuple[np.ndarray, float]:
-    """Instance labels of `_image`, at `image_mpp` µm per pixel, by that version, as `patchunet predict`
-    makes them (resampled to the model's scale and the labels back), and the seconds taken.
+    """Instance labels of `_image`, at `image_mpp` µm per pixel, by that version with `cfg` and
+    `window`, as `patchunet predict` makes them (resampled to the model's scale and the labels
+    back), and the seconds taken.
 
     Keyed by the image's SHA-1: Streamlit hashes only a sample of a large array's pixels.
     """
     from patchunet.inference.nuclei import segment_nuclei
 
     runtime = network(uri, model_name, version, cfg, (cfg.backend, cfg.precision))
-    window = cfg.window_for(patch_size, runtime.cfg.size_multiple)
     started = time.perf_counter()
     labels = segment_nuclei(runtime, _image, cfg, window, image_mpp)[0]
     return labels, time.perf_counter() - started
@@ -194,12 +232,22 @@ def patch_size(cfg: Settings, table: pd.DataFrame, version: int) -> int:
     return cfg.patch_size if pd.isna(logged) else int(logged)
 
 
+@dataclasses.dataclass(frozen=True)
+class LiveSegmentation:
+    labels: np.ndarray  # (H, W) int32 instance labels
+    seconds: float
+    settings: VersionEval
+
+
 def segment_upload(
     cfg: Settings, table: pd.DataFrame, version: int, image: np.ndarray, image_mpp: float | None = None
-) -> tuple[np.ndarray, float]:
-    """`segment` with the version's window and the eval params of params.yaml; an `image_mpp` of
-    None is the model's own scale."""
+) -> LiveSegmentation:
+    """`segment` with the version's own eval settings and window (`version_eval`); an `image_mpp`
+    of None is the model's own scale."""
     digest = hashlib.sha1(image.tobytes()).hexdigest()
-    window_patch = patch_size(cfg, table, version)
+    settings = version_eval(cfg, table, version)
     mpp = model_scale(cfg, version) if image_mpp is None else image_mpp
-    return segment(cfg.tracking_uri, cfg.registered_model, version, window_patch, cfg.eval, mpp, digest, image)
+    labels, seconds = segment(
+        cfg.tracking_uri, cfg.registered_model, version, settings.window, settings.cfg, mpp, digest, image
+    )
+    return LiveSegmentation(labels, seconds, settings)

@@ -1,4 +1,5 @@
-"""Page pieces every dashboard page shares: the empty-registry state and the version pickers."""
+"""Page pieces every dashboard page shares: the empty-registry state, the version pickers, and the
+notice for a version segmented without eval settings of its own."""
 
 from __future__ import annotations
 
@@ -44,3 +45,13 @@ def champion_index(table: pd.DataFrame) -> int:
     """Row of the champion in `table`, else of the newest version."""
     holders = table.index[table["aliases"].str.split(", ").apply(lambda aliases: names.CHAMPION in aliases)]
     return int(holders[0]) if len(holders) else 0
+
+
+def warn_unless_recorded(settings: queries.VersionEval, version: int) -> None:
+    """A visible notice when version `version` recorded no eval settings of its own, so that its live
+    segmentation used params.yaml's, which need not be those its scores came from."""
+    if not settings.recorded:
+        st.warning(
+            f"Version {version} recorded no eval settings (registered before `register` logged them): "
+            "segmented with the eval params of params.yaml, which may not be those its scores came from."
+        )

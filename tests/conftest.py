@@ -497,3 +497,26 @@ def touching_pair() -> np.ndarray:
     labels[disk((30, 47), 12, shape=labels.shape)] = 2  # overwrites the overlap: they share a border
     labels[disk((10, 80), 4, shape=labels.shape)] = 5
     return labels
+
+
+def tiny_network():
+    """A PatchUNet of a few thousand weights, foreground only, seeded: logs and registers in seconds."""
+    import torch
+
+    from patchunet.core.config import ModelConfig
+    from patchunet.model.unet import PatchUNet
+
+    torch.manual_seed(0)
+    return PatchUNet(
+        ModelConfig(base_channels=8, depth=2, norm="batch", dropout=0.0, instance_head="none", microns_per_pixel=0.25)
+    ).eval()
+
+
+def connect_to_new_store(folder: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Work in `folder` with a new SQLite MLflow store there; returns its URI."""
+    from patchunet import tracking
+
+    monkeypatch.chdir(folder)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    tracking.connect(uri)
+    return uri

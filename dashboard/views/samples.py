@@ -70,12 +70,13 @@ for column, version in zip(st.columns(len(versions)), versions, strict=True):
         else:
             with st.spinner(f"Segmenting {image_id} with version {version}..."):
                 try:
-                    predicted, seconds = queries.segment_upload(cfg, table, version, image)
+                    live = queries.segment_upload(cfg, table, version, image)
                 except PatchUNetError as exc:
                     st.error(str(exc))
                     continue
-            scores = score_segmentation(truth, predicted).as_dict()
-            source = f"predicted live in {seconds:.1f} s with the eval params of params.yaml"
+            widgets.warn_unless_recorded(live.settings, version)
+            predicted, scores = live.labels, score_segmentation(truth, live.labels).as_dict()
+            source = f"predicted live in {live.seconds:.1f} s with {live.settings.source}"
         st.image(
             truth_and_prediction_overlay(image[rows, cols], truth[rows, cols], predicted[rows, cols], opacity),
             width="stretch",

@@ -116,17 +116,19 @@ if max(at_model_scale) > cfg.dashboard.max_image_side:
 
 with st.spinner(f"Segmenting {shown_name(upload.name)} with version {version}..."):
     try:
-        labels, seconds = queries.segment_upload(cfg, table, version, image, image_mpp)
+        live = queries.segment_upload(cfg, table, version, image, image_mpp)
     except PatchUNetError as exc:
         st.error(str(exc))
         st.stop()
+widgets.warn_unless_recorded(live.settings, version)
+labels = live.labels
 count = int(np.count_nonzero(np.unique(labels)))  # mapping back to a smaller image can drop an id
 resampled = "" if is_same_scale(image_mpp, model_mpp) else f", resampled to {at_model_scale[1]}x{at_model_scale[0]}"
 left, right = st.columns([1, 3])
 left.metric("Nuclei", count)
 left.caption(
     f"{image.shape[1]}x{image.shape[0]} px at {scale_label(image_mpp)}{resampled}, "
-    f"segmented in {seconds:.1f} s by version {version}"
+    f"segmented in {live.seconds:.1f} s by version {version} with {live.settings.source}"
 )
 left.download_button(
     "Download instance mask (TIFF)",

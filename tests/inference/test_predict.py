@@ -81,7 +81,7 @@ def test_bad_inputs_get_one_line_each(trained, tmp_path) -> None:
         (str(grey), "--model", model): f"error: {grey}: grayscale image (64, 64); expected RGB (H, W, 3)",
         (str(broken), "--model", model): f"error: {broken}: corrupt or truncated image",
         (str(tmp_path / "absent.tif"), "--model", model): f"error: {tmp_path / 'absent.tif'}: file not found",
-        (str(rgb), "--model", "models:/patchunet@nobody"): "error: models:/patchunet@nobody: no such model in",
+        (str(rgb), "--model", "models:/patchunet@nobody"): "error: models:/patchunet@nobody in MLflow at",
         (str(rgb), "--model", str(tmp_path / "none.pt")): f"error: {tmp_path / 'none.pt'}: model file not found",
     }
     for args, message in cases.items():

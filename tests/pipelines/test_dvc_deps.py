@@ -25,7 +25,7 @@ STAGES = {
 
 
 RUN_BY_PATH = {
-    PACKAGE_ROOT / "patchunet/tracking/client.py": [PACKAGE_ROOT / "patchunet/tracking/served_model.py"],
+    PACKAGE_ROOT / "patchunet/tracking/logged_models.py": [PACKAGE_ROOT / "patchunet/tracking/served_model.py"],
     PACKAGE_ROOT / "patchunet/serving/nuclei_model.py": [PACKAGE_ROOT / "patchunet/serving/served_nuclei.py"],
 }
 """Files a module hands to MLflow by path instead of importing them (the logged "model from code")."""

@@ -243,7 +243,7 @@ def test_register_refuses_a_run_the_store_does_not_hold(evaluated, tmp_path: Pat
     (other / "metrics/test.json").write_text((project / "metrics/test.json").read_text())
     result = run_pipeline(other, "register", uri)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"MLflow run {'0' * 32} not found" in result.stderr
+    assert f"error: run {'0' * 32} in MLflow at {uri}: " in result.stderr and "not found" in result.stderr
 
 
 def test_register_of_metrics_from_before_the_eval_protocol_says_to_evaluate_again(evaluated, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     settings["precision"] = "fp32"
     log = folder / "log.txt"
     script = f"""
-from test_client import tiny_network
+from conftest import tiny_network
 from patchunet import tracking
 from patchunet.serving.nuclei_model import log_nuclei_model
 

@@ -16,7 +16,7 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema
 
-from patchunet.tracking.client import WEIGHTS_FILE
+from patchunet.tracking.logged_models import WEIGHTS_FILE
 from patchunet.tracking.names import NUCLEI_MODEL_ARTIFACT, ONNX_ARTIFACT, WEIGHTS_ARTIFACT
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from patchunet.tracking import names
-from patchunet.tracking.client import log_artifact, log_metrics, run
+from patchunet.tracking.run_logging import log_artifact, log_metrics
+from patchunet.tracking.runs import run
 
 
 def log_evaluation(

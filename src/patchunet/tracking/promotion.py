@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 from patchunet.tracking import names
-from patchunet.tracking.client import set_alias, set_version_tags, version_by_alias
+from patchunet.tracking.aliases import set_alias, version_by_alias
 from patchunet.tracking.records import VersionSummary
+from patchunet.tracking.versions import set_version_tags
 
 
 @dataclasses.dataclass(frozen=True)
