@@ -1,0 +1,128 @@
+"""A slide's outputs, streamed tile by tile from the tile store: its nuclei as GeoJSON (QuPath
+detections) and as a CSV table, both in level-0 pixels, and an overview picture.
+
+Nuclei are numbered 1..N in tile order; memory holds one finished tile at a time, whatever the
+slide's size. Each file is written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from patchunet.inference.slide.plan import TilePlan
+
+GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX = "_nuclei.geojson", "_nuclei.csv", "_overview.png"
+OUTPUT_SUFFIXES = (GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX)
+NUCLEUS_COLUMNS = (
+    "nucleus",
+    "centroid_x",
+    "centroid_y",
+    "area_px",
+    "area_um2",
+    "perimeter_px",
+    "perimeter_um",
+    "eccentricity",
+    "mean_intensity",
+    "mean_probability",
+)
+"""Per nucleus, in level-0 pixels of the slide (whatever level was segmented)."""
+
+
+def write_slide_outputs(out: Path, stem: str, plan: TilePlan, finished: Iterable[dict]) -> tuple[int, dict[str, int]]:
+    """Write `stem`'s GeoJSON, CSV and overview into `out` from its `finished` tiles (as the tile
+    store saved them, in raster order); returns the number of nuclei and those the stitching dropped."""
+    from patchunet.core.files import csv_file
+    from patchunet.io.geojson import feature_collection_file
+    from patchunet.io.images import write_png
+
+    overview = tissue_overview(plan.thumbnail, plan.tissue)
+    dropped = {"duplicates": 0, "cut": 0}
+    count = 0
+    with (
+        feature_collection_file(out / f"{stem}{GEOJSON_SUFFIX}") as add_feature,
+        csv_file(out / f"{stem}{CSV_SUFFIX}", NUCLEUS_COLUMNS) as table,
+    ):
+        for done in finished:
+            for key in dropped:
+                dropped[key] += done["report"][key]
+            for feature in done["features"]:
+                count += 1
+                row = slide_row(count, feature.pop("row"), plan.downsample, plan.level_mpp)
+                feature = slide_feature(feature, row, plan.downsample)
+                add_feature(feature)
+                table.writerow(row)
+                draw_outline(overview, feature["geometry"], plan.thumbnail_scale)
+    write_png(out / f"{stem}{OVERVIEW_SUFFIX}", overview)
+    return count, dropped
+
+
+def slide_row(nucleus: int, row: dict, downsample: float, level_mpp: float) -> dict:
+    """A CSV row in level-0 pixels from a tile's row in pixels of the level segmented."""
+    return {
+        "nucleus": nucleus,
+        "centroid_x": round(row["centroid_x"] * downsample, 1),
+        "centroid_y": round(row["centroid_y"] * downsample, 1),
+        "area_px": round(row["area_px"] * downsample**2),
+        "area_um2": round(row["area_px"] * level_mpp**2, 3),
+        "perimeter_px": round(row["perimeter_px"] * downsample, 2),
+        "perimeter_um": round(row["perimeter_px"] * level_mpp, 3),
+        "eccentricity": row["eccentricity"],
+        "mean_intensity": row["mean_intensity"],
+        "mean_probability": row["mean_probability"],
+    }
+
+
+def slide_feature(feature: dict, row: dict, downsample: float) -> dict:
+    """A tile's feature as a QuPath detection of the slide: numbered as its `row`, whose numbers
+    are its measurements, and its outline in level-0 pixels."""
+    feature.pop("bbox")
+    nucleus = row["nucleus"]
+    properties = feature["properties"]
+    properties.update(nucleus=nucleus, name=f"Nucleus {nucleus}")
+    properties["measurements"] = {k: v for k, v in row.items() if k != "nucleus" and v != ""}
+    feature["geometry"] = _scaled(feature["geometry"], downsample)
+    return feature
+
+
+def tissue_overview(picture: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """A copy of the (h, w, 3) uint8 thumbnail with the (h, w) bool tissue outlined in green."""
+    import cv2
+    import numpy as np
+
+    from patchunet.io.drawing import GREEN
+
+    overview = picture.copy()
+    contours = cv2.findContours(tissue.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    cv2.drawContours(overview, contours, -1, GREEN, 1)
+    return overview
+
+
+def draw_outline(overview: np.ndarray, geometry: dict, scale: float) -> None:
+    """Outline a nucleus's level-0 `geometry` in yellow on the overview (`scale`: level-0 pixels
+    per overview pixel)."""
+    import cv2
+    import numpy as np
+
+    from patchunet.io.drawing import YELLOW
+
+    for polygon in _polygons(geometry):
+        ring = np.round(np.asarray(polygon[0]) / scale).astype(np.int32)
+        cv2.polylines(overview, [ring], True, YELLOW, 1)
+
+
+def _scaled(geometry: dict, factor: float) -> dict:
+    if factor == 1:
+        return geometry
+    polygons = [[[[x * factor, y * factor] for x, y in ring] for ring in rings] for rings in _polygons(geometry)]
+    if geometry["type"] == "Polygon":
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
+def _polygons(geometry: dict) -> list:
+    return [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
