@@ -10,7 +10,6 @@ import pytest
 
 from patchunet.core.errors import DataError
 from patchunet.evaluation.metrics import instance_counts
-from patchunet.inference.nuclei import nucleus_table
 from patchunet.io.drawing import YELLOW
 from patchunet.io.geojson import (
     GeoJSONReport,
@@ -21,6 +20,7 @@ from patchunet.io.geojson import (
     ring_crosses_itself,
     write_geojson,
 )
+from patchunet.postprocess.nuclei import nucleus_table
 
 SHAPE = (48, 64)
 DISC, RING, TWO_PARTS, AT_BORDER, LEFT, RIGHT, ONE_PIXEL, IN_THE_HOLE, CORNERS = range(1, 10)

@@ -2,8 +2,9 @@
 
 For each IMAGE it writes, into --out: <stem>_labels.tif (uint16 or uint32 nucleus ids,
 0 = background), <stem>_overlay.png (the image with each nucleus outlined) and <stem>_nuclei.csv
-(one row per nucleus: id, area, centroid, bounding box, mean probability); summary.csv has one
-row per image, and keeps the rows of images an earlier run wrote there.
+(one row per nucleus: id, centroid, bounding box, area, perimeter, eccentricity, mean intensity
+and probability, in the image's pixels); summary.csv has one row per image, and keeps the rows of
+images an earlier run wrote there.
 
 Resuming: without --overwrite, a rerun skips an image whose three files are there and whose row
 records the same model (a hash of its weights and config, whatever file or URI gave it), the same
@@ -101,10 +102,11 @@ def run(args: argparse.Namespace) -> None:
     from patchunet.core.errors import PatchUNetError
     from patchunet.core.files import csv_bytes, write_csv
     from patchunet.evaluation.overlay import prediction_overlay
-    from patchunet.inference.nuclei import NUCLEUS_COLUMNS, nucleus_table, segment_nuclei
+    from patchunet.inference.nuclei import segment_nuclei
     from patchunet.inference.runtimes import runtime_network
     from patchunet.io.images import label_tiff_bytes, png_bytes, read_rgb_image
     from patchunet.io.scale import recorded_mpp
+    from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS, nucleus_table
 
     params = load_params(args.params)
     cfg = parse_section(EvalConfig, params, "eval")
@@ -155,7 +157,7 @@ def run(args: argparse.Namespace) -> None:
     for path, image in tqdm(images.items(), desc="predict", unit="image"):
         mpp, source = scales[path]
         labels, probabilities = segment_nuclei(network, image, cfg, window, mpp)
-        nuclei = nucleus_table(labels, mpp, probabilities)
+        nuclei = nucleus_table(labels, mpp, probabilities, image)
         contents = {
             args.out / f"{path.stem}_labels.tif": label_tiff_bytes(labels),
             args.out / f"{path.stem}_overlay.png": png_bytes(prediction_overlay(image, labels)),

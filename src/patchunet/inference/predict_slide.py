@@ -1,11 +1,12 @@
 """`patchunet predict-slide`: segment whole slides, tile by tile, into files QuPath and pandas read.
 
 For each SLIDE it writes, into --out: <stem>_nuclei.geojson (a FeatureCollection of the nuclei as
-QuPath detections, polygons in level-0 pixels, with their measurements), <stem>_nuclei.csv (one row
-per nucleus: id, centroid, area in pixels and µm², perimeter, eccentricity, mean intensity, mean
-probability) and <stem>_overview.png (a thumbnail with the tissue outlined in green and the nuclei
-in yellow); slides.csv gets one row per slide (size, level, tiles, tissue, nuclei, time). Outputs
-already in --out are never replaced without --overwrite.
+QuPath detections, polygons in level-0 pixels, with their measurements), <stem>_nuclei.csv (the
+nucleus table `predict` writes, one row per nucleus: id, centroid, box, area, perimeter,
+eccentricity, mean intensity and probability, in level-0 pixels) and <stem>_overview.png (a
+thumbnail with the tissue outlined in green and the nuclei in yellow); slides.csv gets one row per
+slide (size, level, tiles, tissue, nuclei, time). Outputs already in --out are never replaced
+without --overwrite.
 
 How: tissue is found on a thumbnail, and only tiles holding some are segmented, at the slide level
 nearest the model's scale (from the slide's mpp, else --mpp; a slide with neither is refused).
@@ -133,12 +134,20 @@ def segment_slide(
     from patchunet.inference.slide.tile_store import TileStore
     from patchunet.inference.slide.tiles import TileContext, segment_missing_tiles
     from patchunet.inference.slide.writers import write_slide_outputs
+    from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS
 
     started = time.perf_counter()
     stem = slide.path.stem
     plan = plan_tiles(slide, mpp, network.cfg.microns_per_pixel, slide_cfg)
-    made_by = {**identity, "slide": str(slide.path.resolve()), "sha256": file_sha256(slide.path)}
-    store = TileStore(out / f"{stem}{TILES_SUFFIX}", {**made_by, "level": plan.level, "mpp": mpp})
+    made_by = {
+        **identity,
+        "slide": str(slide.path.resolve()),
+        "sha256": file_sha256(slide.path),
+        "level": plan.level,
+        "mpp": mpp,
+        "nucleus_columns": list(NUCLEUS_COLUMNS),  # tiles saved with another table are redone
+    }
+    store = TileStore(out / f"{stem}{TILES_SUFFIX}", made_by)
     finished = store.count(plan.tissue_tiles)
     if finished:
         tqdm.write(f"{slide.path}: resuming, {finished} of {len(plan.tissue_tiles)} tissue tiles already done")

@@ -62,7 +62,7 @@ def nuclei_feature_collection(
     `offset` is the tile's level-0 origin (x, y), added to every vertex. A nucleus of several parts
     (4-connected) becomes a MultiPolygon; background enclosed by a part becomes a hole. Exterior
     rings have positive signed area in (x, y), holes negative (RFC 7946's rule, y as the second axis).
-    `measurements` (e.g. `inference.nuclei.nucleus_table`'s rows keyed by their "nucleus") gives
+    `measurements` (e.g. `postprocess.nuclei.nucleus_table`'s rows keyed by their "nucleus") gives
     each nucleus its numbers; blanks and other non-numbers are left out, as QuPath takes only numbers.
     """
     padded = np.pad(labels, 1)  # every nucleus is traced with background around it

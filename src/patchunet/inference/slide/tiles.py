@@ -7,6 +7,8 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from patchunet.core.config import EvalConfig
     from patchunet.inference.runtimes import Network
     from patchunet.inference.slide.tile_store import TileStore
@@ -41,10 +43,10 @@ def segment_missing_tiles(context: TileContext, tiles: list[Tile], store: TileSt
 
 
 def segment_tile(context: TileContext, tile: Tile, earlier: list[dict]) -> dict:
-    """The nuclei `tile` keeps, as GeoJSON features and rows in level pixels, and its stitch report:
-    what the tile store saves. `earlier`: its earlier neighbours' finished tiles."""
-    from patchunet.inference.nuclei import nucleus_table, segment_nuclei, shape_features
-    from patchunet.io.geojson import nuclei_feature_collection
+    """What the tile store saves of `tile`: the nuclei it keeps, as GeoJSON features each with its
+    row of the nucleus table ("row") and box ("bbox"), in pixels of the level read, and its stitch
+    report. `earlier`: its earlier neighbours' finished tiles."""
+    from patchunet.inference.nuclei import segment_nuclei
     from patchunet.io.slides import read_region
     from patchunet.postprocess.stitching import claimed_pixels, keep_core_nuclei
 
@@ -55,11 +57,28 @@ def segment_tile(context: TileContext, tile: Tile, earlier: list[dict]) -> dict:
     core = (tile.x - x, tile.y - y, tile.width, tile.height)
     interior = (y > 0, y + height < context.height, x > 0, x + width < context.width)
     kept, report = keep_core_nuclei(labels, core, interior, claimed)
-    shapes = shape_features(kept, region)
-    rows = {row["nucleus"]: {**row, **shapes[row["nucleus"]]} for row in nucleus_table(kept, None, probabilities)}
-    features = nuclei_feature_collection(kept, offset=(x, y))["features"]
+    features = nucleus_features(kept, (x, y), context.level_mpp, probabilities, region)
+    return {"features": features, "report": dataclasses.asdict(report)}
+
+
+def nucleus_features(
+    labels: np.ndarray,
+    offset: tuple[int, int],
+    mpp: float,
+    probabilities: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+) -> list[dict]:
+    """The nuclei of (h, w) `labels` read at `offset` (x, y) of a level at `mpp` µm per pixel, as
+    GeoJSON features in the level's pixels, each with its row of the nucleus table ("row", over
+    the (h, w) `probabilities` and (h, w, 3) uint8 `image`) and its box ("bbox": min x, min y,
+    max x, max y)."""
+    from patchunet.io.geojson import nuclei_feature_collection
+    from patchunet.postprocess.nuclei import moved, nucleus_table
+
+    rows = {row["nucleus"]: moved(row, offset) for row in nucleus_table(labels, mpp, probabilities, image)}
+    features = nuclei_feature_collection(labels, offset=offset)["features"]
     for feature in features:
         row = rows[feature["properties"]["nucleus"]]
-        feature["bbox"] = [row["bbox_min_x"] + x, row["bbox_min_y"] + y, row["bbox_max_x"] + x, row["bbox_max_y"] + y]
-        feature["row"] = {**row, "centroid_x": row["centroid_x"] + x, "centroid_y": row["centroid_y"] + y}
-    return {"features": features, "report": dataclasses.asdict(report)}
+        feature["bbox"] = [row["bbox_min_x"], row["bbox_min_y"], row["bbox_max_x"], row["bbox_max_y"]]
+        feature["row"] = row
+    return features

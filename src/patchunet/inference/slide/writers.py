@@ -1,5 +1,6 @@
 """A slide's outputs, streamed tile by tile from the tile store: its nuclei as GeoJSON (QuPath
-detections) and as a CSV table, both in level-0 pixels, and an overview picture.
+detections, the nucleus table as their measurements) and as the nucleus table in CSV, both in
+level-0 pixels, and an overview picture.
 
 Nuclei are numbered 1..N in tile order; memory holds one finished tile at a time, whatever the
 slide's size. Each file is written atomically.
@@ -18,19 +19,6 @@ if TYPE_CHECKING:
 
 GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX = "_nuclei.geojson", "_nuclei.csv", "_overview.png"
 OUTPUT_SUFFIXES = (GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX)
-NUCLEUS_COLUMNS = (
-    "nucleus",
-    "centroid_x",
-    "centroid_y",
-    "area_px",
-    "area_um2",
-    "perimeter_px",
-    "perimeter_um",
-    "eccentricity",
-    "mean_intensity",
-    "mean_probability",
-)
-"""Per nucleus, in level-0 pixels of the slide (whatever level was segmented)."""
 
 
 def write_slide_outputs(out: Path, stem: str, plan: TilePlan, finished: Iterable[dict]) -> tuple[int, dict[str, int]]:
@@ -39,6 +27,7 @@ def write_slide_outputs(out: Path, stem: str, plan: TilePlan, finished: Iterable
     from patchunet.core.files import csv_file
     from patchunet.io.geojson import feature_collection_file
     from patchunet.io.images import write_png
+    from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS, in_finer_pixels
 
     overview = tissue_overview(plan.thumbnail, plan.tissue)
     dropped = {"duplicates": 0, "cut": 0}
@@ -52,29 +41,13 @@ def write_slide_outputs(out: Path, stem: str, plan: TilePlan, finished: Iterable
                 dropped[key] += done["report"][key]
             for feature in done["features"]:
                 count += 1
-                row = slide_row(count, feature.pop("row"), plan.downsample, plan.level_mpp)
+                row = {**in_finer_pixels(feature.pop("row"), plan.downsample), "nucleus": count}
                 feature = slide_feature(feature, row, plan.downsample)
                 add_feature(feature)
                 table.writerow(row)
                 draw_outline(overview, feature["geometry"], plan.thumbnail_scale)
     write_png(out / f"{stem}{OVERVIEW_SUFFIX}", overview)
     return count, dropped
-
-
-def slide_row(nucleus: int, row: dict, downsample: float, level_mpp: float) -> dict:
-    """A CSV row in level-0 pixels from a tile's row in pixels of the level segmented."""
-    return {
-        "nucleus": nucleus,
-        "centroid_x": round(row["centroid_x"] * downsample, 1),
-        "centroid_y": round(row["centroid_y"] * downsample, 1),
-        "area_px": round(row["area_px"] * downsample**2),
-        "area_um2": round(row["area_px"] * level_mpp**2, 3),
-        "perimeter_px": round(row["perimeter_px"] * downsample, 2),
-        "perimeter_um": round(row["perimeter_px"] * level_mpp, 3),
-        "eccentricity": row["eccentricity"],
-        "mean_intensity": row["mean_intensity"],
-        "mean_probability": row["mean_probability"],
-    }
 
 
 def slide_feature(feature: dict, row: dict, downsample: float) -> dict:
