@@ -99,3 +99,12 @@ def test_docs_cite_no_issue_numbers():
     pages = [REPO_ROOT / "CHANGELOG.md", *(REPO_ROOT / "docs").rglob("*.md")]
     cited = {page.name: ISSUE_NUMBER.findall(page.read_text()) for page in pages}
     assert not {name: found for name, found in cited.items() if found}
+
+
+def test_the_outputs_page_lists_every_column_of_the_nucleus_table_in_order() -> None:
+    from patchunet.postprocess.nuclei import NUCLEUS_TABLE
+
+    page = (REPO_ROOT / "docs" / "reference" / "outputs.md").read_text()
+    rows = [f"| `{c.name}` | {c.type} | {c.unit} | {c.description} |" for c in NUCLEUS_TABLE]
+    assert all(row in page for row in rows), [row for row in rows if row not in page]
+    assert [page.index(row) for row in rows] == sorted(page.index(row) for row in rows)

@@ -73,9 +73,9 @@ def after_inference(side: int) -> None:
 
     from patchunet.core.config import EvalConfig, load_params, parse_section
     from patchunet.evaluation.overlay import prediction_overlay
-    from patchunet.inference.nuclei import nucleus_table
     from patchunet.io.images import read_label_image, read_rgb_image
     from patchunet.postprocess.instances import instances_from_maps
+    from patchunet.postprocess.nuclei import nucleus_table
 
     cfg = parse_section(EvalConfig, load_params(ROOT / "params.yaml"), "eval")
     image = tiled(read_rgb_image(pipeline_images("test")[0][1]), side)

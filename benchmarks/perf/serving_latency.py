@@ -83,9 +83,10 @@ def main() -> None:
     # the same work in this process, as the served model does it (served_nuclei.py)
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, PatchConfig, load_params, parse_section
-    from patchunet.inference.nuclei import nucleus_table, segment_nuclei
+    from patchunet.inference.nuclei import segment_nuclei
     from patchunet.inference.runtimes import runtime_network
     from patchunet.io.images import read_rgb_image
+    from patchunet.postprocess.nuclei import nucleus_table
     from patchunet.serving.requests import encoded_labels
 
     params = load_params(ROOT / "params.yaml")

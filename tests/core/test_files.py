@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from patchunet.core.files import atomic_directory, atomic_file, current_umask
+from patchunet.core.files import atomic_directory, atomic_file, csv_bytes, csv_file, current_umask, write_csv
 from patchunet.io.images import write_label_tiff
 
 
@@ -90,3 +90,28 @@ def test_a_live_writers_staging_folder_is_kept(tmp_path: Path) -> None:
             assert busy.is_dir() and (other.is_dir())
         finally:
             live.kill()
+
+
+def test_every_csv_writer_writes_the_same_bytes(tmp_path: Path) -> None:
+    rows = [{"b": 1, "a": "x,y"}, {"b": 2.5, "a": ""}]
+    write_csv(tmp_path / "whole.csv", rows, ("a", "b"))
+    with csv_file(tmp_path / "streamed.csv", ("a", "b")) as writer:
+        for row in rows:
+            writer.writerow(row)
+    expected = b'a,b\r\n"x,y",1\r\n,2.5\r\n'
+    assert csv_bytes(rows, ("a", "b")) == expected
+    assert (tmp_path / "whole.csv").read_bytes() == (tmp_path / "streamed.csv").read_bytes() == expected
+
+
+def test_write_csv_takes_its_header_from_the_first_row_without_columns(tmp_path: Path) -> None:
+    write_csv(tmp_path / "t.csv", iter([{"n": 1, "m": 2}, {"n": 3, "m": 4}]))
+    assert (tmp_path / "t.csv").read_text() == "n,m\n1,2\n3,4\n"
+
+
+def test_a_streamed_csv_that_fails_leaves_the_old_file(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("old\n")
+    with pytest.raises(RuntimeError), csv_file(tmp_path / "t.csv", ("a",)) as writer:
+        writer.writerow({"a": 1})
+        raise RuntimeError("killed mid-table")
+    assert (tmp_path / "t.csv").read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]

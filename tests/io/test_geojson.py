@@ -10,16 +10,17 @@ import pytest
 
 from patchunet.core.errors import DataError
 from patchunet.evaluation.metrics import instance_counts
-from patchunet.inference.nuclei import nucleus_table
 from patchunet.io.drawing import YELLOW
 from patchunet.io.geojson import (
     GeoJSONReport,
+    feature_collection_file,
     nuclei_feature_collection,
     rasterize_geojson,
     read_geojson_polygons,
     ring_crosses_itself,
     write_geojson,
 )
+from patchunet.postprocess.nuclei import nucleus_table
 
 SHAPE = (48, 64)
 DISC, RING, TWO_PARTS, AT_BORDER, LEFT, RIGHT, ONE_PIXEL, IN_THE_HOLE, CORNERS = range(1, 10)
@@ -400,3 +401,19 @@ def test_ring_crosses_itself_finds_a_crossing_beyond_one_block_of_edges() -> Non
     crossed = circle.copy()
     crossed[[-2, -1]] = crossed[[-1, -2]]  # swap two vertices near the end: two late edges cross
     assert ring_crosses_itself(crossed)
+
+
+def test_a_streamed_feature_collection_reads_back_as_the_collection(tmp_path: Path) -> None:
+    collection = nuclei_feature_collection(synthetic_labels())
+    with feature_collection_file(tmp_path / "nuclei.geojson") as add:
+        for feature in collection["features"]:
+            add(feature)
+    assert json.loads((tmp_path / "nuclei.geojson").read_text()) == collection
+    assert np.array_equal(rasterize_geojson(tmp_path / "nuclei.geojson", SHAPE)[0], synthetic_labels())
+
+
+def test_a_streamed_feature_collection_that_fails_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), feature_collection_file(tmp_path / "nuclei.geojson") as add:
+        add(nuclei_feature_collection(synthetic_labels())["features"][0])
+        raise RuntimeError("killed mid-slide")
+    assert list(tmp_path.iterdir()) == []

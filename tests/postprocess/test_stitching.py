@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from patchunet.postprocess.stitching import keep_core_nuclei
+from patchunet.postprocess.stitching import claimed_pixels, keep_core_nuclei
 
 NO_CLAIMS = np.zeros((40, 40), np.int32)
 ALL_INTERIOR = (True, True, True, True)
@@ -48,3 +48,18 @@ def test_a_nucleus_an_earlier_neighbour_kept_is_not_kept_twice(shift: int, dropp
     assert not (kept & (claimed > 0)).any()  # no pixel in two nuclei
     if not dropped:
         assert report.trimmed_pixels > 0 and report.kept == 1
+
+
+def square(nucleus: int, x: int, y: int, side: int) -> dict:
+    """A GeoJSON feature of a square nucleus at (x, y), with its "bbox"."""
+    ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+    geometry = {"type": "Polygon", "coordinates": [ring]}
+    bbox = [x, y, x + side, y + side]
+    return {"type": "Feature", "geometry": geometry, "properties": {"nucleus": nucleus}, "bbox": bbox}
+
+
+def test_claimed_pixels_are_the_earlier_nuclei_over_the_read_box_only() -> None:
+    features = [square(1, 95, 10, 10), square(2, 300, 10, 10)]  # the first straddles the box's left edge
+    claimed = claimed_pixels(features, (100, 0, 50, 40))
+    assert claimed.shape == (40, 50)
+    assert (claimed[10:20, 0:5] > 0).all() and (claimed > 0).sum() == 50  # 5 of its 10 columns in the box

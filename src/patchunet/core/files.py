@@ -1,4 +1,4 @@
-"""Writing outputs atomically, and reading the JSON files stages pass on.
+"""Writing outputs atomically (JSON, CSV tables), and reading the JSON files stages pass on.
 
 Writers go through a temporary path and a rename, so a failure never leaves a half-written output
 behind; outputs get the permissions the umask gives, as with any other tool. A writer killed
@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from patchunet.core.errors import DataError
 
@@ -44,12 +45,35 @@ def write_json(path: Path, content: object) -> None:
         tmp.write_text(json.dumps(content, indent=2) + "\n")
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
     """Rows as a CSV table with a header (`columns`, else the first row's keys), written atomically."""
-    with atomic_file(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns or rows[0]))
-        writer.writeheader()
+    if columns is None:
+        rows = list(rows)
+        columns = list(rows[0])
+    with csv_file(path, columns) as writer:
         writer.writerows(rows)
+
+
+@contextlib.contextmanager
+def csv_file(path: Path, columns: Sequence[str]) -> Iterator[csv.DictWriter]:
+    """A CSV table written row by row, atomically, in UTF-8: yields a writer whose header is written;
+    the file replaces `path` only if the block succeeds. For tables too long to hold in memory."""
+    with atomic_file(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        yield _csv_writer(f, columns)
+
+
+def csv_bytes(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> bytes:
+    """Rows as a CSV table with a header, as UTF-8 bytes: for files hashed or written together."""
+    text = io.StringIO(newline="")
+    _csv_writer(text, columns).writerows(rows)
+    return text.getvalue().encode()
+
+
+def _csv_writer(f: TextIO, columns: Sequence[str]) -> csv.DictWriter:
+    """The project's one CSV dialect (csv's default: commas, CRLF line ends, minimal quoting), a header first."""
+    writer = csv.DictWriter(f, fieldnames=list(columns))
+    writer.writeheader()
+    return writer
 
 
 @contextlib.contextmanager

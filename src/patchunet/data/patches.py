@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from patchunet.core.errors import ConfigError, DataError
+from patchunet.core.files import write_csv
 from patchunet.postprocess.tiling import tile_grid, tile_starts
 
 INDEX_FIELDS = ("patch", "image_id", "copy", "y", "x")
@@ -85,10 +86,7 @@ class PatchSet:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "images.npy", self.images)
         np.save(folder / "labels.npy", self.labels)
-        with (folder / "index.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=INDEX_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.index)
+        write_csv(folder / "index.csv", self.index, INDEX_FIELDS)
 
     def joined(self, other: PatchSet) -> PatchSet:
         """This set's patches, then `other`'s (in memory), renumbered: a refit trains on both splits."""

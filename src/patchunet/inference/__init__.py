@@ -1,1 +1,1 @@
-"""Inference: runtimes, sliding windows, nuclei and their table, `patchunet predict` and `predict-slide`."""
+"""Inference: runtimes, sliding windows, nuclei, `patchunet predict` and `predict-slide` (its parts in slide/)."""

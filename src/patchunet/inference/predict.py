@@ -2,8 +2,9 @@
 
 For each IMAGE it writes, into --out: <stem>_labels.tif (uint16 or uint32 nucleus ids,
 0 = background), <stem>_overlay.png (the image with each nucleus outlined) and <stem>_nuclei.csv
-(one row per nucleus: id, area, centroid, bounding box, mean probability); summary.csv has one
-row per image, and keeps the rows of images an earlier run wrote there.
+(one row per nucleus: id, centroid, bounding box, area, perimeter, eccentricity, mean intensity
+and probability, in the image's pixels); summary.csv has one row per image, and keeps the rows of
+images an earlier run wrote there.
 
 Resuming: without --overwrite, a rerun skips an image whose three files are there and whose row
 records the same model (a hash of its weights and config, whatever file or URI gave it), the same
@@ -31,7 +32,6 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import re
@@ -100,11 +100,13 @@ def run(args: argparse.Namespace) -> None:
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, load_params, parse_section
     from patchunet.core.errors import PatchUNetError
+    from patchunet.core.files import csv_bytes, write_csv
     from patchunet.evaluation.overlay import prediction_overlay
-    from patchunet.inference.nuclei import NUCLEUS_COLUMNS, nucleus_table, segment_nuclei
+    from patchunet.inference.nuclei import segment_nuclei
     from patchunet.inference.runtimes import runtime_network
     from patchunet.io.images import label_tiff_bytes, png_bytes, read_rgb_image
     from patchunet.io.scale import recorded_mpp
+    from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS, nucleus_table
 
     params = load_params(args.params)
     cfg = parse_section(EvalConfig, params, "eval")
@@ -155,11 +157,11 @@ def run(args: argparse.Namespace) -> None:
     for path, image in tqdm(images.items(), desc="predict", unit="image"):
         mpp, source = scales[path]
         labels, probabilities = segment_nuclei(network, image, cfg, window, mpp)
-        nuclei = nucleus_table(labels, mpp, probabilities)
+        nuclei = nucleus_table(labels, mpp, probabilities, image)
         contents = {
             args.out / f"{path.stem}_labels.tif": label_tiff_bytes(labels),
             args.out / f"{path.stem}_overlay.png": png_bytes(prediction_overlay(image, labels)),
-            args.out / f"{path.stem}_nuclei.csv": csv_bytes(NUCLEUS_COLUMNS, nuclei),
+            args.out / f"{path.stem}_nuclei.csv": csv_bytes(nuclei, NUCLEUS_COLUMNS),
         }
         hashes = {file.name: hashlib.sha256(content).hexdigest() for file, content in contents.items()}
         # the hashes before the renames, so a rerun after a kill before the row knows these files as its own
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> None:
         # after the image's files, so a row always stands for three complete files; each image's row is
         # written at once, so a run killed later keeps them, and replaces an earlier run's row only now
         summary = [*(earlier for earlier in summary if Path(earlier["image"]).stem != path.stem), row]
-        write_rows(args.out / SUMMARY_FILE, SUMMARY_COLUMNS, summary)
+        write_csv(args.out / SUMMARY_FILE, summary, SUMMARY_COLUMNS)
         for name in hashes:
             del pending[name]
         write_pending(args.out / PENDING_FILE, pending)
@@ -408,19 +410,3 @@ def load_model_reference(reference: str, tracking_uri: str):
         tracking.connect(tracking_uri)
         return tracking.load_logged_model(reference)
     return load_model(Path(reference))
-
-
-def write_rows(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    from patchunet.core.files import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(csv_bytes(columns, rows))
-
-
-def csv_bytes(columns: tuple[str, ...], rows: list[dict]) -> bytes:
-    """Rows as a CSV table with a header, as UTF-8 bytes."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue().encode()

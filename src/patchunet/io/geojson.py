@@ -16,11 +16,12 @@ over pixel count 0.91 on a MoNuSeg test image).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def nuclei_feature_collection(
     `offset` is the tile's level-0 origin (x, y), added to every vertex. A nucleus of several parts
     (4-connected) becomes a MultiPolygon; background enclosed by a part becomes a hole. Exterior
     rings have positive signed area in (x, y), holes negative (RFC 7946's rule, y as the second axis).
-    `measurements` (e.g. `inference.nuclei.nucleus_table`'s rows keyed by their "nucleus") gives
+    `measurements` (e.g. `postprocess.nuclei.nucleus_table`'s rows keyed by their "nucleus") gives
     each nucleus its numbers; blanks and other non-numbers are left out, as QuPath takes only numbers.
     """
     padded = np.pad(labels, 1)  # every nucleus is traced with background around it
@@ -145,6 +146,24 @@ def write_geojson(path: Path, collection: dict | list) -> None:
     JSON has none."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(collection, allow_nan=False, separators=(",", ":")) + "\n")
+
+
+@contextlib.contextmanager
+def feature_collection_file(path: Path) -> Iterator[Callable[[dict], None]]:
+    """A FeatureCollection written feature by feature, compact, atomically: yields a function that
+    appends one feature; the file replaces `path` only if the block succeeds. For collections too
+    large to hold in memory (a slide's nuclei)."""
+    with atomic_file(path) as tmp, tmp.open("w") as f:
+        f.write('{"type":"FeatureCollection","features":[')
+        separator = ""
+
+        def add(feature: dict) -> None:
+            nonlocal separator
+            f.write(separator + json.dumps(feature, allow_nan=False, separators=(",", ":")))
+            separator = ","
+
+        yield add
+        f.write("]}\n")
 
 
 @dataclasses.dataclass(frozen=True)

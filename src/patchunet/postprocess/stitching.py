@@ -89,3 +89,19 @@ def _is_duplicate(area: int, overlapped: np.ndarray, claimed_areas: np.ndarray) 
     others, counts = np.unique(overlapped, return_counts=True)
     shares = np.maximum(counts / area, counts / claimed_areas[others])
     return bool((shares >= DUPLICATE_OVERLAP).any())
+
+
+def claimed_pixels(features: list[dict], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The nuclei earlier neighbours kept, as (height, width) labels over `box` (x, y, width,
+    height) for `keep_core_nuclei`'s `claimed`: `features` are GeoJSON features whose "bbox" is
+    [min x, min y, max x, max y] in the box's pixels; those outside the box are skipped unread."""
+    from patchunet.io.geojson import rasterize_geojson
+
+    x, y, width, height = box
+    nearby = [feature for feature in features if _bbox_meets(feature["bbox"], box)]
+    return rasterize_geojson(nearby, (height, width), offset=(x, y))[0]
+
+
+def _bbox_meets(bbox: list[float], box: tuple[int, int, int, int]) -> bool:
+    x, y, width, height = box
+    return bbox[0] < x + width and bbox[2] > x and bbox[1] < y + height and bbox[3] > y

@@ -9,7 +9,7 @@ give what `patchunet predict` writes: the same labels, and the same table of nuc
 Input: a DataFrame whose `image` column holds, per row, an RGB uint8 array or PNG/TIFF bytes (or
 their base64, as JSON carries them); the param `mpp` gives the images' µm per pixel (default:
 the model's). Output: one dict per image: `labels` (an array, or base64 TIFF for bytes, see
-serving/requests.py), `nuclei` (one record per nucleus, inference/nuclei.py) and
+serving/requests.py), `nuclei` (one record per nucleus, the nucleus table of postprocess/nuclei.py) and
 `microns_per_pixel`. A bad image or param, or a request over the `serve` limits of its
 registration (images per request, pixels on a side at the model's scale), is refused before any
 work, in one line naming it.
@@ -26,10 +26,11 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from patchunet.core.config import EvalConfig, ServeConfig
 from patchunet.core.errors import PatchUNetError
-from patchunet.inference.nuclei import nucleus_table, segment_nuclei
+from patchunet.inference.nuclei import segment_nuclei
 from patchunet.inference.runtimes import runtime_network
 from patchunet.io.scale import check_scale
 from patchunet.model.unet import load_model
+from patchunet.postprocess.nuclei import nucleus_table
 from patchunet.serving.requests import MPP_PARAM, encoded_labels, request_image, request_mpp, request_values
 from patchunet.tracking.names import ONNX_ARTIFACT, WEIGHTS_ARTIFACT
 
@@ -62,7 +63,7 @@ class ServedNuclei(PythonModel):
             answers.append(
                 {
                     "labels": labels if isinstance(value, np.ndarray) else encoded_labels(labels),
-                    "nuclei": nucleus_table(labels, mpp, probabilities),
+                    "nuclei": nucleus_table(labels, mpp, probabilities, image),
                     "microns_per_pixel": mpp,
                 }
             )
