@@ -57,12 +57,13 @@ tracking.register_model(model_uri, "nuclei", tags={{}})
 print("MODEL", model_uri)
 """
     with open(log, "w") as out:  # a process of its own, so that everything MLflow prints is caught
+        inherited = os.environ.get("PYTHONPATH", "")  # conftest's helpers beside any path already set
         done = subprocess.run(
             [sys.executable, "-c", script],
             cwd=folder,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO_ROOT / "tests")])},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), inherited])},
             timeout=600,
         )
     printed = log.read_text()
