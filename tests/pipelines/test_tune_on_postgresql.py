@@ -97,11 +97,3 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_and_the_study_ends_exac
     experiment = client.get_experiment_by_name("patchunet-tune")
     parents = client.search_runs([experiment.experiment_id], f"tags.`mlflow.runName` = '{study_name}'", max_results=10)
     assert len(parents) == 1  # one parent run, though two commands set the study up
-
-
-def test_tune_prints_a_storage_url_without_its_password() -> None:
-    from patchunet.stages import tune as stage
-
-    shown = stage.shown_storage("postgresql+psycopg2://patchunet:s3cret@127.0.0.1:5432/optuna")
-    assert shown == "postgresql+psycopg2://patchunet:***@127.0.0.1:5432/optuna"
-    assert stage.shown_storage("journal:reports/tune/journal.log") == "journal:reports/tune/journal.log"
