@@ -354,6 +354,11 @@ def write_synthetic_test_set(project: Path) -> None:
 
 def make_evaluation_project(project: Path) -> tuple[Path, str]:
     """A trained tiny model (version 1 in a SQLite store beside it) and three synthetic test tiles."""
+    return train_in(make_untrained_evaluation_project(project))
+
+
+def make_untrained_evaluation_project(project: Path) -> Path:
+    """`make_evaluation_project` before its training: the patches, params and three synthetic test tiles."""
     make_train_project(project)
     (project / "data/raw/monuseg/test/images").mkdir(parents=True)
     write_synthetic_test_set(project)
@@ -361,7 +366,7 @@ def make_evaluation_project(project: Path) -> tuple[Path, str]:
     # a foreground-only model finds the synthetic nuclei after 2 tiny epochs, an instance head's loss slows
     # that start; the heads run through evaluate in test_dvc_pipeline (a real repro at the default head)
     update_params(project, model={"instance_head": "none"})
-    return train_in(project)
+    return project
 
 
 def evaluate_and_register(project: Path, uri: str) -> None:

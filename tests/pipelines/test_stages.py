@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import (
     REPO_ROOT,
-    make_evaluation_project,
-    make_train_project,
     make_tune_project,
+    make_untrained_evaluation_project,
     mlflow_client,
     run_in_process,
     update_params,
@@ -76,29 +75,17 @@ def test_patches_script_writes_the_patch_sets(small_project: Path, synthetic_sou
     assert_ran(run_script("patches", small_project), "patches: wrote data/processed/patches/{train,val}")
 
 
-def test_train_script_trains_and_logs_the_model(tmp_path: Path) -> None:
-    project = make_train_project(tmp_path / "project")
-    result = run_script("train", project, uri=f"sqlite:///{project / 'mlflow.db'}")
-    assert_ran(result, "train: best epoch")
-    assert "epoch   2/2" in result.stdout and (project / "models/patchunet.pt").is_file()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return make_evaluation_project(tmp_path_factory.mktemp("scripts") / "project")
-
-
-def test_evaluate_script_scores_the_test_set(trained) -> None:
-    project, uri = trained
+def test_train_evaluate_and_register_scripts_run_in_turn(tmp_path: Path) -> None:
+    project = make_untrained_evaluation_project(tmp_path / "project")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    trained = run_script("train", project, uri=uri)
+    assert_ran(trained, "train: best epoch")
+    assert "epoch   2/2" in trained.stdout
     assert_ran(run_script("evaluate", project, uri=uri), "evaluate: per-image mean dice")
-    assert (project / "metrics/test.json").is_file()
-
-
-def test_register_script_registers_the_evaluated_model(trained) -> None:
-    project, uri = trained
-    if not (project / "metrics/test.json").is_file():
-        run_in_process("evaluate", project, uri)
     assert_ran(run_script("register", project, uri=uri), "register: patchunet v1 is challenger")
+    assert {"models/patchunet.pt", "metrics/test.json", "models/registry.json"} <= {
+        path.relative_to(project).as_posix() for path in project.rglob("*")
+    }
 
 
 def test_tune_script_shares_a_journal_file_between_two_worker_processes(tmp_path: Path) -> None:
