@@ -1,6 +1,7 @@
 """What the ablation, seeds and score-decomposition scripts share: train one network on the
-pipeline's patch sets (or, for other patch or augment settings, sets cut in memory the same way),
-predict whole images, choose post-processing on val, score on test.
+pipeline's patch sets (or, for other patch or augment settings, sets cut in memory by the patches
+stage's reader), predict whole images to choose post-processing on val; the scripts score the test
+images with the evaluate stage's own loop (patchunet.stages.evaluate).
 
 Run from the repository root after `dvc repro patches` (the scripts import it as `benchmarks.harness`).
 """
@@ -8,7 +9,6 @@ Run from the repository root after `dvc repro patches` (the scripts import it as
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,15 +30,12 @@ from patchunet.core.config import (
     parse_section,
 )
 from patchunet.core.paths import PATCH_DIR, RAW_DIR, SPLIT_FILE, labels_dir
-from patchunet.data.image_copies import labelled_copies
-from patchunet.data.monuseg import pair_files, raw_dirs
 from patchunet.data.patches import PatchSet
 from patchunet.data.split import read_split
-from patchunet.evaluation.metrics import score_segmentation, summarise_scores
 from patchunet.inference.sliding_window import image_maps
-from patchunet.io.images import read_label_image, read_rgb_image
 from patchunet.model.unet import PatchUNet
-from patchunet.postprocess.instances import instances_from_maps
+from patchunet.stages.evaluate import held_out_images, read_eval_image
+from patchunet.stages.patches import labelled_images
 from patchunet.training.builder import build_training, make_datasets, make_loaders
 from patchunet.training.checkpoints import BEST_CHECKPOINT, load_checkpoint
 from patchunet.training.devices import pick_device
@@ -107,7 +104,7 @@ def fewer_images(patches: PatchSet, count: int) -> PatchSet:
 def _patch_sets(settings: Settings) -> tuple[PatchSet, PatchSet]:
     """The pipeline's patch sets (data/processed/patches) where the patch and augment sections are
     params.yaml's and the saved sets have that patch size; else cut in memory from the split's
-    images exactly as the patches stage cuts them (pipelines/patches.py)."""
+    images by the patches stage's own reader (patchunet.stages.patches)."""
     pipeline = Settings.load()
     if settings.patch == pipeline.patch and settings.augment == pipeline.augment:
         stores = PatchSet.load(ROOT / PATCH_DIR / "train"), PatchSet.load(ROOT / PATCH_DIR / "val")
@@ -117,11 +114,10 @@ def _patch_sets(settings: Settings) -> tuple[PatchSet, PatchSet]:
     if key not in _built:
         _built.clear()
         split = read_split(ROOT / SPLIT_FILE)
-        images, labels = ROOT / RAW_DIR / "train/images", ROOT / labels_dir("train")
         size, stride = settings.patch.size, settings.patch.stride
         print(f"harness: cutting {size} px patches every {stride} px in memory", flush=True)
         _built[key] = tuple(  # type: ignore[assignment]
-            PatchSet.from_images(labelled_copies(split[side], images, labels, size, augment), size, stride)
+            PatchSet.from_images(labelled_images(ROOT, split[side], size, augment, side), size, stride)
             for side, augment in (("train", settings.augment), ("val", None))
         )
     return _built[key]
@@ -208,9 +204,8 @@ def val_images() -> list[tuple[str, Path, Path]]:
 
 
 def test_images() -> list[tuple[str, Path, Path]]:
-    """(id, image, labels) of the official test images."""
-    records = pair_files(raw_dirs(ROOT / RAW_DIR), "test")
-    return [(r.image_id, r.image, ROOT / labels_dir("test") / f"{r.image_id}.tif") for r in records]
+    """(id, image, labels) of the official test images, as the evaluate stage lists them."""
+    return held_out_images(ROOT)
 
 
 def predict_images(
@@ -222,23 +217,11 @@ def predict_images(
     network.eval().to(pick_device())
     predictions = []
     for image_id, image_path, label_path in tqdm(images, desc=desc, unit="image", leave=False):
-        image = read_rgb_image(image_path)
+        image, truth = read_eval_image(image_path, label_path)  # as the evaluate stage reads them
         started = time.perf_counter()
         maps = image_maps(network, image, cfg, window)
-        predictions.append(Prediction(image_id, maps, read_label_image(label_path), time.perf_counter() - started))
+        predictions.append(Prediction(image_id, maps, truth, time.perf_counter() - started))
     return predictions
-
-
-def score_predictions(predictions: list[Prediction], head: InstanceHead, cfg: EvalConfig) -> tuple[dict, float]:
-    """Per-image-mean scores with post-processing `cfg`, and the median seconds per image
-    (network plus post-processing)."""
-    scores, seconds = [], []
-    for prediction in predictions:
-        started = time.perf_counter()
-        labels = instances_from_maps(prediction.maps, head, cfg)
-        seconds.append(prediction.seconds + time.perf_counter() - started)
-        scores.append(score_segmentation(prediction.truth, labels))
-    return summarise_scores(scores)["per_image_mean"], statistics.median(seconds)
 
 
 def parameter_count(network: torch.nn.Module) -> int:

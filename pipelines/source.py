@@ -1,10 +1,7 @@
-"""DVC stage `source`: data/source.json, what identifies the MoNuSeg source that `fetch` reads.
+"""DVC stage `source`: data/source.json, the files (path, size, SHA-256) of the source `fetch` reads.
 
-The source (--source, else MONUSEG_DIR, else data.source, else the official download) lies outside
-the repo, where DVC cannot see it. This stage runs at every `dvc repro` (always_changed) and lists
-the source's files with their sizes and SHA-256, not its path; `fetch` depends on the list. So fetch
-reruns exactly when the data changes (another source, an edited file), and not when the same files
-are reached through another path.
+Runs at every `dvc repro` (always_changed), so that fetch reruns exactly when the source's data
+changes: patchunet.stages.source.
 """
 
 from __future__ import annotations
@@ -12,11 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from patchunet.core.config import DataConfig, load_params, parse_section
+from patchunet.core.config import load_params
 from patchunet.core.console import run_stage
-from patchunet.core.files import write_json
-from patchunet.core.paths import SOURCE_MANIFEST
-from patchunet.data.sources import chosen_source, source_manifest
+from patchunet.stages import source
 
 
 def main() -> None:
@@ -25,20 +20,9 @@ def main() -> None:
     parser.add_argument(
         "--source", help="unzipped MoNuSeg folder, a folder holding the official zips, or your own images' folder"
     )
-    parser.add_argument("--out", type=Path, default=SOURCE_MANIFEST)
+    parser.add_argument("--out", type=Path, help="where to write the list (default data/source.json)")
     args = parser.parse_args()
-    cfg = parse_section(DataConfig, load_params(args.params), "data")
-    source = chosen_source(args.source, cfg)
-
-    manifest = source_manifest(source, cfg)
-    write_json(args.out, manifest)
-    if source is None:
-        print("source: none given; fetch downloads the official zips")
-    else:
-        files = manifest["files"]
-        megabytes = sum(f["size"] for f in files) / 1e6
-        print(f"source: {source}: {len(files)} files, {megabytes:.0f} MB")
-    print(f"source: wrote {args.out}")
+    source.run(load_params(args.params), Path(), source=args.source, out=args.out)
 
 
 if __name__ == "__main__":

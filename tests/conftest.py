@@ -280,6 +280,33 @@ def run_pipeline(project: Path, stage: str, tracking_uri: str, *args: str) -> su
     )
 
 
+def run_in_process(stage: str, project: Path, tracking_uri: str = "", **options: object):
+    """patchunet.stages.<stage>.run on `project` and its params.yaml, in this process; returns its summary.
+
+    As when the stage script runs in `project`: MLflow's store is `tracking_uri` (when given) and
+    its artifacts go to project/mlartifacts, the store's root (DVC_ROOT, as under a queued experiment).
+    """
+    import importlib
+
+    from patchunet.core.config import load_params
+
+    stage_module = importlib.import_module(f"patchunet.stages.{stage}")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DVC_ROOT", str(project))
+        if tracking_uri:
+            env.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        return stage_module.run(load_params(project / "params.yaml"), project, **options)
+
+
+DATA_STAGES = ("fetch", "masks", "split", "patches")
+
+
+def run_data_stages(project: Path, source: Path) -> None:
+    """fetch (from `source`), masks, split and patches on `project`, in this process."""
+    for stage in DATA_STAGES:
+        run_in_process(stage, project, **({"source": str(source)} if stage == "fetch" else {}))
+
+
 def run_cli(project: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
     """`patchunet ARGS` in `project` with its params.yaml, against `tracking_uri`."""
     return subprocess.run(
@@ -301,8 +328,7 @@ def mlflow_client(tracking_uri: str):
 def train_in(project: Path) -> tuple[Path, str]:
     """Run the train stage in `project` with a SQLite store beside it; returns (project, uri)."""
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    result = run_pipeline(project, "train", uri)
-    assert result.returncode == 0, result.stderr
+    run_in_process("train", project, uri)
     return project, uri
 
 
@@ -328,6 +354,11 @@ def write_synthetic_test_set(project: Path) -> None:
 
 def make_evaluation_project(project: Path) -> tuple[Path, str]:
     """A trained tiny model (version 1 in a SQLite store beside it) and three synthetic test tiles."""
+    return train_in(make_untrained_evaluation_project(project))
+
+
+def make_untrained_evaluation_project(project: Path) -> Path:
+    """`make_evaluation_project` before its training: the patches, params and three synthetic test tiles."""
     make_train_project(project)
     (project / "data/raw/monuseg/test/images").mkdir(parents=True)
     write_synthetic_test_set(project)
@@ -335,13 +366,12 @@ def make_evaluation_project(project: Path) -> tuple[Path, str]:
     # a foreground-only model finds the synthetic nuclei after 2 tiny epochs, an instance head's loss slows
     # that start; the heads run through evaluate in test_dvc_pipeline (a real repro at the default head)
     update_params(project, model={"instance_head": "none"})
-    return train_in(project)
+    return project
 
 
 def evaluate_and_register(project: Path, uri: str) -> None:
     for stage in ("evaluate", "register"):
-        result = run_pipeline(project, stage, uri)
-        assert result.returncode == 0, result.stderr
+        run_in_process(stage, project, uri)
 
 
 @pytest.fixture(scope="session")

@@ -79,7 +79,6 @@ from benchmarks.harness import (
     Settings,
     parameter_count,
     predict_images,
-    score_predictions,
     test_images,
     train_network,
     train_patchunet,
@@ -88,9 +87,11 @@ from benchmarks.harness import (
 from patchunet import tracking
 from patchunet.core.config import InstanceHead, MlflowConfig, load_params, parse_section
 from patchunet.core.locking import exclusive_lock
+from patchunet.evaluation.metrics import summarise_scores
 from patchunet.evaluation.postprocess_search import search_postprocessing
 from patchunet.model.heads import output_channels
 from patchunet.model.unet import save_model
+from patchunet.stages.evaluate import evaluate_images
 
 EXPERIMENT = "patchunet-ablation"
 TABLE = ROOT / "reports/ablation.csv"
@@ -279,9 +280,9 @@ def run_row(
         chosen = search_postprocessing(
             [(p.maps, p.truth) for p in predict_images(network, val, settings, f"{label} val")], head, settings.eval
         )[0]
-        test_scores, seconds_per_image = score_predictions(
-            predict_images(network, test, settings, f"{label} test"), head, chosen.cfg
-        )
+        tested = evaluate_images(network, test, chosen.cfg, settings.window)  # the evaluate stage's loop
+        test_scores = summarise_scores([image.scores for image in tested])["per_image_mean"]
+        seconds_per_image = statistics.median(image.seconds for image in tested)
         result = {
             "row": name,
             "overrides": json.dumps(overrides),

@@ -28,13 +28,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import ROOT, Settings, predict_images, score_predictions, test_images, train_network
+from benchmarks.harness import ROOT, Settings, test_images, train_network
 from patchunet import tracking
 from patchunet.core.config import MlflowConfig, ModelConfig, load_params, parse_section
 from patchunet.core.errors import PatchUNetError
 from patchunet.core.locking import exclusive_lock
 from patchunet.core.paths import TEST_METRICS, TRAIN_METRICS
+from patchunet.evaluation.metrics import summarise_scores
 from patchunet.model.unet import PatchUNet
+from patchunet.stages.evaluate import evaluate_images, evaluated_network
 
 EXPERIMENT = "patchunet-seeds"
 TABLE = ROOT / "reports/seeds.csv"
@@ -90,8 +92,9 @@ def main() -> None:
         with tracking.run(EXPERIMENT, run_name=f"seed-{seed}"), tempfile.TemporaryDirectory() as checkpoints:
             tracking.log_params({"seed": seed, "model": dataclasses.asdict(model_cfg)})
             fit, _ = train_network(network, head, seeded, Path(checkpoints), f"seed {seed}")
-            scores, _ = score_predictions(predict_images(network, test, seeded, f"seed {seed} test"), head,
-                                          seeded.eval)  # fmt: skip
+            network = evaluated_network(network.cpu(), seeded.eval)  # the evaluate stage's runtime and loop
+            results = evaluate_images(network, test, seeded.eval, seeded.window)
+            scores = summarise_scores([result.scores for result in results])["per_image_mean"]
             tracking.log_metrics({tracking.names.score_metric(k): scores[k] for k in SCORES})
         rows.append(
             {"seed": seed, "source": "this script", "epochs": len(fit.history), **{k: scores[k] for k in SCORES}}

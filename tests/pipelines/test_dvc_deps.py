@@ -128,3 +128,14 @@ def test_the_import_walk_follows_imports_inside_functions(tmp_path: Path) -> Non
     script = tmp_path / "stage.py"
     script.write_text("def main():\n    from patchunet.evaluation.metrics import PixelCounts\n")
     assert PACKAGE_ROOT / "patchunet/evaluation/metrics.py" in transitive_files(script)
+
+
+PIPELINE_STAGES = sorted(name for name in STAGES if not name.startswith("benchmarks/"))
+"""The stages of `dvc repro` and tuning; the experiments' stages are benchmark scripts."""
+
+
+@pytest.mark.parametrize("stage_name", PIPELINE_STAGES)
+def test_each_stage_script_runs_its_library_stage(stage_name: str) -> None:
+    """pipelines/<stage>.py is a thin wrapper: the walk follows it into patchunet.stages.<stage>."""
+    stage = stage_name.split(":")[1]
+    assert PACKAGE_ROOT / f"patchunet/stages/{stage}.py" in transitive_files(*stage_scripts(STAGES[stage_name]))

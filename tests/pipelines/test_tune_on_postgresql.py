@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -98,12 +97,3 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_and_the_study_ends_exac
     experiment = client.get_experiment_by_name("patchunet-tune")
     parents = client.search_runs([experiment.experiment_id], f"tags.`mlflow.runName` = '{study_name}'", max_results=10)
     assert len(parents) == 1  # one parent run, though two commands set the study up
-
-
-def test_tune_prints_a_storage_url_without_its_password() -> None:
-    spec = importlib.util.spec_from_file_location("tune_stage", REPO_ROOT / "pipelines" / "tune.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
-    shown = stage.shown_storage("postgresql+psycopg2://patchunet:s3cret@127.0.0.1:5432/optuna")
-    assert shown == "postgresql+psycopg2://patchunet:***@127.0.0.1:5432/optuna"
-    assert stage.shown_storage("journal:reports/tune/journal.log") == "journal:reports/tune/journal.log"

@@ -32,7 +32,10 @@ def close_progress_bars() -> None:
     exit, after it, and its line is written again (or cleared) below the message."""
     tqdm = sys.modules.get("tqdm")
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
-        bar.close()
+        if hasattr(bar, "pos"):  # else stopped inside its own __init__ (a SIGTERM then): it drew nothing
+            bar.close()
+        else:
+            type(bar)._instances.discard(bar)
 
 
 def log_to_stdout(prefix: str = "") -> None:

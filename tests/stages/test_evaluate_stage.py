@@ -1,4 +1,4 @@
-"""The `evaluate` and `register` stages end to end, against a real SQLite MLflow store.
+"""The `evaluate` and `register` stages in process, end to end, against a real SQLite MLflow store.
 
 A tiny model is trained by the real train stage on synthetic discs; the test set is two synthetic
 tiles written in the project's raw layout, with XML annotations and label maps.
@@ -17,32 +17,32 @@ from conftest import (
     make_evaluation_project,
     mlflow_client,
     run_cli,
-    run_pipeline,
+    run_in_process,
 )
 
 from patchunet import tracking
+from patchunet.core.errors import PatchUNetError
 from patchunet.io.images import read_label_image
+from patchunet.stages.evaluate import EvaluateSummary
 
 SCORES = ("dice", "iou", "aji", "aji_plus", "pq", "dq", "sq", "f1")
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """A trained project after one run of evaluate; returns (project, uri, evaluate's stdout)."""
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, EvaluateSummary]:
+    """A trained project after one run of evaluate; returns (project, uri, evaluate's summary)."""
     project, uri = make_evaluation_project(tmp_path_factory.mktemp("evaluated") / "project")
-    result = run_pipeline(project, "evaluate", uri)
-    assert result.returncode == 0, result.stderr
-    return project, uri, result.stdout
+    return project, uri, run_in_process("evaluate", project, uri)
 
 
 def test_evaluate_writes_both_aggregates_named_for_what_they_are(evaluated) -> None:
-    project, _, stdout = evaluated
+    project, _, summary = evaluated
     metrics = json.loads((project / "metrics/test.json").read_text())
     assert metrics["images"] == len(TEST_IDS) and metrics["window"] == 32 and metrics["tta"] is False
     for aggregate in ("per_image_mean", "dataset"):
         assert set(SCORES) <= set(metrics[aggregate])
         assert all(0.0 <= metrics[aggregate][name] <= 1.0 for name in SCORES)
-    assert "per-image mean dice" in stdout
+    assert summary.metrics == metrics and [row["image_id"] for row in summary.rows] == TEST_IDS
 
 
 def test_per_image_csv_has_one_row_per_test_image_and_means_match(evaluated) -> None:
@@ -112,8 +112,7 @@ def registered(evaluated) -> tuple[Path, str, list]:
     project, uri, _ = evaluated
     tracking.connect(uri)
     before = tracking.list_versions("patchunet")
-    result = run_pipeline(project, "register", uri)
-    assert result.returncode == 0, result.stderr
+    run_in_process("register", project, uri)
     return project, uri, before
 
 
@@ -156,12 +155,10 @@ def test_registered_version_loads_back_and_predicts_like_the_saved_model(registe
 
 
 def test_evaluate_without_a_trained_model_says_so_in_one_line(stage_project: Path) -> None:
-    result = run_pipeline(stage_project, "evaluate", f"sqlite:///{stage_project / 'mlflow.db'}")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert (
-        result.stderr.strip()
-        == "error: models/run.json: file not found: run the stage that writes it first (dvc repro)"
-    )
+    with pytest.raises(PatchUNetError) as refused:
+        run_in_process("evaluate", stage_project, f"sqlite:///{stage_project / 'mlflow.db'}")
+    run_file = stage_project / "models/run.json"
+    assert str(refused.value) == f"{run_file}: file not found: run the stage that writes it first (dvc repro)"
 
 
 def new_candidate(project: Path, aji: float) -> None:
@@ -184,14 +181,14 @@ def set_test_aji(project: Path, aji: float) -> None:
 
 def test_register_moves_champion_only_on_a_better_aji(tmp_path: Path) -> None:
     project, uri = make_evaluation_project(tmp_path / "project")
-    assert run_pipeline(project, "evaluate", uri).returncode == 0
+    run_in_process("evaluate", project, uri)
     client = mlflow_client(uri)
     tracking.connect(uri)
 
     def register() -> dict:
-        result = run_pipeline(project, "register", uri)
-        assert result.returncode == 0, result.stderr
-        return json.loads((project / "models/registry.json").read_text())
+        record = run_in_process("register", project, uri)
+        assert json.loads((project / "models/registry.json").read_text()) == record
+        return record
 
     def holder(alias: str) -> int:
         return int(client.get_model_version_by_alias("patchunet", alias).version)
@@ -221,12 +218,11 @@ def test_register_moves_champion_only_on_a_better_aji(tmp_path: Path) -> None:
 def test_register_reuses_the_version_a_store_of_the_old_order_made_at_training(tmp_path: Path) -> None:
     """Before register came after evaluate, training registered the version; register tags that one."""
     project, uri = make_evaluation_project(tmp_path / "project")
-    assert run_pipeline(project, "evaluate", uri).returncode == 0
+    run_in_process("evaluate", project, uri)
     record = json.loads((project / "models/run.json").read_text())
     tracking.connect(uri)
     made_at_training = tracking.register_model(record["model_uri"], "patchunet", {"lr": 0.01})
-    result = run_pipeline(project, "register", uri)
-    assert result.returncode == 0, result.stderr
+    run_in_process("register", project, uri)
     (version,) = tracking.list_versions("patchunet")
     assert version.version == made_at_training.version and "aji" in version.scores
     assert version.aliases == ("challenger", "champion")
@@ -241,9 +237,8 @@ def test_register_refuses_a_run_the_store_does_not_hold(evaluated, tmp_path: Pat
     (other / "params.yaml").write_text((project / "params.yaml").read_text())
     (other / "models/run.json").write_text(json.dumps({**record, "run_id": "0" * 32}))
     (other / "metrics/test.json").write_text((project / "metrics/test.json").read_text())
-    result = run_pipeline(other, "register", uri)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert f"error: run {'0' * 32} in MLflow at {uri}: " in result.stderr and "not found" in result.stderr
+    with pytest.raises(PatchUNetError, match=f"run {'0' * 32} in MLflow at .*not found"):
+        run_in_process("register", other, uri)
 
 
 def test_register_of_metrics_from_before_the_eval_protocol_says_to_evaluate_again(evaluated, tmp_path: Path) -> None:
@@ -254,9 +249,8 @@ def test_register_of_metrics_from_before_the_eval_protocol_says_to_evaluate_agai
     (other / "params.yaml").write_text((project / "params.yaml").read_text())
     (other / "models/run.json").write_text((project / "models/run.json").read_text())
     (other / "metrics/test.json").write_text(json.dumps({"per_image_mean": {"aji": 0.5}, "seconds_per_image": 1.0}))
-    result = run_pipeline(other, "register", uri)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "metrics/test.json: has no 'eval_protocol'" in result.stderr
+    with pytest.raises(PatchUNetError, match=r"metrics/test.json: has no 'eval_protocol'"):
+        run_in_process("register", other, uri)
 
 
 def test_the_registered_version_returns_the_nuclei_that_predict_writes(registered, tmp_path: Path) -> None:

@@ -1,22 +1,25 @@
-"""Optuna tuning on tiny synthetic images: real SQLite and Journal storage, real MLflow stores."""
+"""The tune stage in process, on tiny synthetic images: real SQLite storage, real MLflow stores."""
 
 from __future__ import annotations
 
 import csv
-import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import make_tune_project, mlflow_client, params_changed, run_pipeline, update_params
+from conftest import make_tune_project, mlflow_client, params_changed, run_in_process, update_params
 
+from patchunet.core.errors import PatchUNetError
+from patchunet.stages.tune import TuneSummary, shown_storage
 from patchunet.tuning.study import open_storage
-from patchunet.tuning.workers import WORKER_ATTR
 
 
-def tune(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_pipeline(project, "tune", f"sqlite:///{project / 'mlflow.db'}", *args)
+def tune(project: Path, **options: object) -> TuneSummary:
+    """The stage on `project`, from inside it: `tune.storage` is a URL relative to the working folder."""
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(project)
+        return run_in_process("tune", project, f"sqlite:///{project / 'mlflow.db'}", **options)
 
 
 def child_runs(project: Path) -> tuple[list, list]:
@@ -37,8 +40,8 @@ def stored_study(project: Path, storage: str = "sqlite:///optuna.db") -> optuna.
 def studied(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-trial study in SQLite storage, run by the stage script (no pruning: see the pruning test)."""
     project = make_tune_project(tmp_path_factory.mktemp("tune") / "project", pruner="none")
-    result = tune(project)
-    assert result.returncode == 0, result.stderr
+    summary = tune(project)
+    assert summary.states == ["COMPLETE"] * 3
     return project
 
 
@@ -85,11 +88,10 @@ def test_one_parent_run_with_a_child_run_per_trial(studied: Path) -> None:
     assert parent.data.metrics["trials/complete"] == 3
 
 
-def test_rerunning_with_more_trials_adds_only_the_missing_ones(studied: Path) -> None:
+def test_rerunning_with_more_trials_adds_only_the_missing_ones(studied: Path, capsys: pytest.CaptureFixture) -> None:
     update_params(studied, tune={"n_trials": 5})
-    result = tune(studied)
-    assert result.returncode == 0, result.stderr
-    assert "holds 3 of 5 trials" in result.stdout
+    tune(studied)
+    assert "holds 3 of 5 trials" in capsys.readouterr().out
     study = stored_study(studied)
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     children, parents = child_runs(studied)
@@ -97,35 +99,28 @@ def test_rerunning_with_more_trials_adds_only_the_missing_ones(studied: Path) ->
 
 
 def test_a_study_is_not_continued_under_other_settings(studied: Path) -> None:
-    with params_changed(studied, train={"batch_size": 2}):
-        result = tune(studied)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "study patchunet-lr-patch was run with other" in result.stderr
-
-
-def test_two_workers_share_a_journal_file(tmp_path: Path) -> None:
-    project = make_tune_project(tmp_path / "project", storage="journal:optuna.journal", n_trials=4)
-    result = tune(project, "--workers", "2")
-    assert result.returncode == 0, result.stderr
-    assert "database is locked" not in result.stderr + result.stdout
-    study = stored_study(project, "journal:optuna.journal")
-    numbers = [t.number for t in study.trials]
-    assert sorted(numbers) == [0, 1, 2, 3]
-    assert len({t.user_attrs[WORKER_ATTR] for t in study.trials}) == 2  # the second process really ran trials
-    assert len(child_runs(project)[0]) == 4
+    with params_changed(studied, train={"batch_size": 2}), pytest.raises(PatchUNetError) as refused:
+        tune(studied)
+    assert "study patchunet-lr-patch was run with other" in str(refused.value)
 
 
 def test_sqlite_storage_refuses_several_workers(tmp_path: Path) -> None:
     project = make_tune_project(tmp_path / "project")
-    result = tune(project, "--workers", "2")
-    assert result.returncode == 1
-    assert "params.yaml tune.storage: sqlite:///optuna.db cannot serve 2 worker processes" in result.stderr
+    with pytest.raises(PatchUNetError) as refused:
+        tune(project, workers=2)
+    assert "params.yaml tune.storage: sqlite:///optuna.db cannot serve 2 worker processes" in str(refused.value)
 
 
 def test_bad_search_space_stops_the_stage_in_one_line(tmp_path: Path) -> None:
     project = make_tune_project(tmp_path / "project")
     space = {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "patch.size": {"choices": [16, 128]}}
     update_params(project, tune={"space": space})
-    result = tune(project)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "error: params.yaml tune.space.patch.size: 128 is larger than the images (64 px)"
+    with pytest.raises(PatchUNetError) as refused:
+        tune(project)
+    assert str(refused.value) == "params.yaml tune.space.patch.size: 128 is larger than the images (64 px)"
+
+
+def test_a_storage_url_is_shown_without_its_password() -> None:
+    shown = shown_storage("postgresql+psycopg2://patchunet:s3cret@127.0.0.1:5432/optuna")
+    assert shown == "postgresql+psycopg2://patchunet:***@127.0.0.1:5432/optuna"
+    assert shown_storage("journal:reports/tune/journal.log") == "journal:reports/tune/journal.log"

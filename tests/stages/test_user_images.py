@@ -1,12 +1,9 @@
-"""Your own images (the generic layout) through the real stage scripts, fetch to register."""
+"""Your own images (the generic layout) through the stages in process, fetch to register."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import imagecodecs
@@ -14,35 +11,32 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import (
-    REPO_ROOT,
     USER_TEST_IDS,
     geojson_polygon,
     mlflow_client,
     nuclei_tile,
+    run_in_process,
     update_params,
     write_qupath_geojson,
     write_user_source,
 )
 
+from patchunet.core.errors import PatchUNetError
 from patchunet.io.images import read_label_image
 
 STAGES = ("fetch", "masks", "split", "patches", "train", "evaluate", "register")
 
 
-def run_stage(project: Path, stage: str, source: Path | None = None, uri: str = "") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MONUSEG_DIR"}
-    env.update({"MLFLOW_TRACKING_URI": uri} if uri else {})
-    env.update({"MONUSEG_DIR": str(source)} if source else {})
-    script = REPO_ROOT / "pipelines" / f"{stage}.py"
-    return subprocess.run(
-        [sys.executable, str(script)], cwd=project, env=env, capture_output=True, text=True, timeout=600
-    )
+def run_stage(project: Path, stage: str, source: Path | None = None, uri: str = ""):
+    """The stage in process on `project`; fetch from `source`."""
+    return run_in_process(stage, project, uri, **({"source": str(source)} if source else {}))
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
+def refusal(project: Path, stage: str, source: Path | None = None) -> str:
+    """The message of the error the stage stops with."""
+    with pytest.raises(PatchUNetError) as refused:
+        run_stage(project, stage, source)
+    return str(refused.value)
 
 
 @pytest.fixture
@@ -64,13 +58,12 @@ def source(tmp_path: Path) -> Path:
     return write_user_source(tmp_path / "mine")
 
 
-def test_your_own_images_run_from_fetch_to_register(project: Path, source: Path) -> None:
+def test_your_own_images_run_from_fetch_to_register(project: Path, source: Path, capsys: pytest.CaptureFixture) -> None:
     uri = f"sqlite:///{project / 'mlflow.db'}"
     outputs = {}
     for stage in STAGES:
-        result = run_stage(project, stage, source if stage == "fetch" else None, uri)
-        assert result.returncode == 0, f"{stage}: {result.stderr}"
-        outputs[stage] = result.stdout
+        run_stage(project, stage, source if stage == "fetch" else None, uri)
+        outputs[stage] = capsys.readouterr().out
     dataset = json.loads((project / "data/raw/monuseg/dataset.json").read_text())
     assert dataset["layout"] == "generic" and dataset["microns_per_pixel"] == 0.25
     assert dataset["images"]["test"] == USER_TEST_IDS
@@ -92,7 +85,7 @@ def test_your_own_images_run_from_fetch_to_register(project: Path, source: Path)
 
 def test_masks_give_each_annotation_kind_the_labels_it_was_written_from(project: Path, source: Path) -> None:
     for stage in ("fetch", "masks"):
-        assert run_stage(project, stage, source if stage == "fetch" else None).returncode == 0
+        run_stage(project, stage, source if stage == "fetch" else None)
     for n, image_id in enumerate(sorted(p.stem for p in (source / "images").iterdir())):
         split = "test" if image_id in USER_TEST_IDS else "train"
         labels = read_label_image(project / f"data/interim/{split}/labels/{image_id}.tif")
@@ -101,14 +94,13 @@ def test_masks_give_each_annotation_kind_the_labels_it_was_written_from(project:
 
 def test_dataset_json_records_data_microns_per_pixel(project: Path, source: Path) -> None:
     update_params(project, data={"microns_per_pixel": 0.5})
-    result = run_stage(project, "fetch", source)
-    assert result.returncode == 0, result.stderr
+    run_stage(project, "fetch", source)
     assert json.loads((project / "data/raw/monuseg/dataset.json").read_text())["microns_per_pixel"] == 0.5
 
 
 def test_model_microns_per_pixel_is_refused_with_where_it_moved(project: Path) -> None:
     update_params(project, model={"microns_per_pixel": 0.25})
-    line = one_line_error(run_stage(project, "train"))
+    line = refusal(project, "train")
     assert "model.microns_per_pixel: has moved to data.microns_per_pixel" in line
 
 
@@ -164,7 +156,7 @@ def negative_label_ids(source: Path) -> None:
 )
 def test_fetch_refuses_bad_input_in_one_line_and_writes_nothing(project: Path, source: Path, breakage, message) -> None:
     breakage(source)
-    assert message in one_line_error(run_stage(project, "fetch", source))
+    assert message in refusal(project, "fetch", source)
     assert not (project / "data").exists()
 
 
@@ -187,24 +179,24 @@ def test_masks_refuses_bad_annotations_in_one_line_and_writes_nothing(
     project: Path, source: Path, breakage, message
 ) -> None:
     breakage(source)
-    assert run_stage(project, "fetch", source).returncode == 0
-    assert message in one_line_error(run_stage(project, "masks"))
+    run_stage(project, "fetch", source)
+    assert message in refusal(project, "masks")
     assert not (project / "data/interim").exists()
 
 
 def test_a_geojson_polygon_crossing_itself_is_skipped_and_counted_in_the_masks_report(
-    project: Path, source: Path
+    project: Path, source: Path, capsys: pytest.CaptureFixture
 ) -> None:
     path = source / "annotations/slide-b-02.geojson"
     collection = json.loads(path.read_text())
     collection["features"].append(geojson_polygon([(2, 2), (12, 12), (12, 2), (2, 12)]))  # a figure eight
     path.write_text(json.dumps(collection))
-    assert run_stage(project, "fetch", source).returncode == 0
-    result = run_stage(project, "masks")
-    assert result.returncode == 0, result.stderr
+    run_stage(project, "fetch", source)
+    capsys.readouterr()
+    run_stage(project, "masks")
     row = json.loads((project / "data/interim/masks_report.json").read_text())["slide-b-02"]
     assert (row["geojson_self_intersecting"], row["nuclei"]) == (1, len(collection["features"]) - 1)
-    assert "masks: slide-b-02: skipped 1 GeoJSON polygon(s) whose outline crosses itself" in result.stdout
+    assert "masks: slide-b-02: skipped 1 GeoJSON polygon(s) whose outline crosses itself" in capsys.readouterr().out
 
 
 REAL_XML, REAL_GEOJSON, REAL_LABELS = "TCGA-21-5784-01Z-00-DX1", "TCGA-A7-A13E-01Z-00-DX1", "TCGA-18-5592-01Z-00-DX1"
@@ -242,8 +234,7 @@ def test_real_images_as_your_own_get_the_labels_of_the_monuseg_route(
 ) -> None:
     expected = write_real_images_as_your_own(real_monuseg, tmp_path / "mine")
     for stage in ("fetch", "masks"):
-        result = run_stage(project, stage, tmp_path / "mine" if stage == "fetch" else None)
-        assert result.returncode == 0, result.stderr
+        run_stage(project, stage, tmp_path / "mine" if stage == "fetch" else None)
     for image_id, labels in expected.items():
         split = "test" if image_id == REAL_LABELS else "train"
         made = read_label_image(project / f"data/interim/{split}/labels/{image_id}.tif")
