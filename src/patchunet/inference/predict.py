@@ -38,8 +38,12 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from patchunet.core.files import file_sha256
+
+if TYPE_CHECKING:  # numpy loads with the work, not for --help
+    import numpy as np
 
 DEFAULT_MODEL = "models:/patchunet@champion"
 SUMMARY_COLUMNS_BEFORE_SCALE = ("image", "nuclei", "mean_area_px", "median_area_px", "foreground_fraction")
@@ -94,34 +98,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     given_mpp, option = scale_option(args.mpp, args.magnification)  # before the heavy imports: a typo answers at once
 
-    import numpy as np
     from tqdm import tqdm
 
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, load_params, parse_section
-    from patchunet.core.errors import PatchUNetError
-    from patchunet.core.files import csv_bytes, write_csv
-    from patchunet.evaluation.overlay import prediction_overlay
     from patchunet.inference.nuclei import segment_nuclei
     from patchunet.inference.runtimes import runtime_network
-    from patchunet.io.images import label_tiff_bytes, png_bytes, read_rgb_image
+    from patchunet.io.images import read_rgb_image
     from patchunet.io.scale import recorded_mpp
-    from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS, nucleus_table
 
     params = load_params(args.params)
     cfg = parse_section(EvalConfig, params, "eval")
     patch_size = parse_section(PatchConfig, params, "patch").size
-    stems = [path.stem for path in args.images]
-    duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
-    if duplicates:
-        raise PatchUNetError(f"two images named {duplicates[0]}: their outputs would overwrite each other")
-    summary = read_summary(args.out / SUMMARY_FILE)
-    pending = read_pending(args.out / PENDING_FILE)
-    rows = {Path(row["image"]).stem: row for row in summary}
-    unfinished = set() if args.overwrite else unfinished_stems(args.out, stems, rows, pending)
-    # skipped, once the model is loaded, if made by this run's model, settings and input; else refused
-    done = set() if args.overwrite else {stem for stem in stems if outputs_of(args.out, stem)} - unfinished
-    refuse_existing_outputs(args.out, [stem for stem in stems if stem in done and not resumable(args.out, stem, rows)])
+    summary, pending, done, unfinished = plan_outputs(args)
     todo = [path for path in args.images if path.stem not in done]
     images = {path: read_rgb_image(path) for path in todo}  # every input checked before any output
     recorded = {path: recorded_mpp(path) for path in todo}
@@ -133,17 +122,11 @@ def run(args: argparse.Namespace) -> None:
     )
     identity = {"model_id": model_identity(model), "settings_id": settings_identity(cfg, patch_size, given_mpp)}
     identities = {path: {**identity, **inputs[path]} for path in args.images}
+    rows = {Path(row["image"]).stem: row for row in summary}
     for path in args.images:
         if path.stem in done:
             refuse_other_identity(args.out, path.stem, rows[path.stem], identities[path])
-    if done:
-        print(
-            f"{len(done)} of {len(stems)} images already done in {args.out}: skipped (--overwrite redoes them)",
-            file=sys.stderr,
-        )
-    for path in todo:
-        if path.stem in unfinished:
-            print(f"{path}: a killed run left its outputs in {args.out} unfinished: redoing it", file=sys.stderr)
+    announce_skipped(args.out, todo, done, unfinished, len(args.images))
     if not todo:
         return
     window = cfg.window_for(patch_size, model.cfg.size_multiple)
@@ -157,36 +140,90 @@ def run(args: argparse.Namespace) -> None:
     for path, image in tqdm(images.items(), desc="predict", unit="image"):
         mpp, source = scales[path]
         labels, probabilities = segment_nuclei(network, image, cfg, window, mpp)
-        nuclei = nucleus_table(labels, mpp, probabilities, image)
-        contents = {
-            args.out / f"{path.stem}_labels.tif": label_tiff_bytes(labels),
-            args.out / f"{path.stem}_overlay.png": png_bytes(prediction_overlay(image, labels)),
-            args.out / f"{path.stem}_nuclei.csv": csv_bytes(nuclei, NUCLEUS_COLUMNS),
-        }
-        hashes = {file.name: hashlib.sha256(content).hexdigest() for file, content in contents.items()}
-        # the hashes before the renames, so a rerun after a kill before the row knows these files as its own
-        pending.update(hashes)
-        write_pending(args.out / PENDING_FILE, pending)
-        write_together(contents)
-        areas = np.array([row["area_px"] for row in nuclei])
-        row = {
-            "image": str(path),
-            "nuclei": len(nuclei),
-            "mean_area_px": round(float(areas.mean()), 1) if len(areas) else 0,
-            "median_area_px": float(np.median(areas)) if len(areas) else 0,
-            "foreground_fraction": round(float((labels > 0).mean()), 4),
-            "microns_per_pixel": mpp,
-            "scale_from": source,
-            **identities[path],
-        }
-        # after the image's files, so a row always stands for three complete files; each image's row is
-        # written at once, so a run killed later keeps them, and replaces an earlier run's row only now
-        summary = [*(earlier for earlier in summary if Path(earlier["image"]).stem != path.stem), row]
-        write_csv(args.out / SUMMARY_FILE, summary, SUMMARY_COLUMNS)
-        for name in hashes:
-            del pending[name]
-        write_pending(args.out / PENDING_FILE, pending)
-        tqdm.write(f"{path}: {len(nuclei)} nuclei -> {args.out / (path.stem + '_labels.tif')}")
+        recorded_as = {"microns_per_pixel": mpp, "scale_from": source, **identities[path]}
+        summary = write_image_outputs(args.out, path, image, labels, probabilities, recorded_as, summary, pending)
+
+
+def plan_outputs(args: argparse.Namespace) -> tuple[list[dict], dict[str, str], set[str], set[str]]:
+    """The output folder's summary rows and pending hashes, the images already done there (skipped once
+    the model confirms they are its own) and those a killed run left unfinished (redone); refuses
+    two inputs of one name, and outputs that are not resumable, before any work."""
+    from patchunet.core.errors import PatchUNetError
+
+    stems = [path.stem for path in args.images]
+    duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if duplicates:
+        raise PatchUNetError(f"two images named {duplicates[0]}: their outputs would overwrite each other")
+    summary = read_summary(args.out / SUMMARY_FILE)
+    pending = read_pending(args.out / PENDING_FILE)
+    rows = {Path(row["image"]).stem: row for row in summary}
+    unfinished = set() if args.overwrite else unfinished_stems(args.out, stems, rows, pending)
+    # skipped, once the model is loaded, if made by this run's model, settings and input; else refused
+    done = set() if args.overwrite else {stem for stem in stems if outputs_of(args.out, stem)} - unfinished
+    refuse_existing_outputs(args.out, [stem for stem in stems if stem in done and not resumable(args.out, stem, rows)])
+    return summary, pending, done, unfinished
+
+
+def announce_skipped(out: Path, todo: list[Path], done: set[str], unfinished: set[str], total: int) -> None:
+    if done:
+        skipped = f"{len(done)} of {total} images already done in {out}: skipped (--overwrite redoes them)"
+        print(skipped, file=sys.stderr)
+    for path in todo:
+        if path.stem in unfinished:
+            print(f"{path}: a killed run left its outputs in {out} unfinished: redoing it", file=sys.stderr)
+
+
+def write_image_outputs(
+    out: Path,
+    path: Path,
+    image: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    recorded_as: dict,
+    summary: list[dict],
+    pending: dict[str, str],
+) -> list[dict]:
+    """Writes the image's labels, overlay and nucleus table together, then its summary row (with
+    `recorded_as`: its scale and identity); returns the summary with that row. A run killed between
+    the two leaves the files' hashes in the pending file, so a rerun knows them as its own."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from patchunet.core.files import csv_bytes, write_csv
+    from patchunet.evaluation.overlay import prediction_overlay
+    from patchunet.io.images import label_tiff_bytes, png_bytes
+    from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS, nucleus_table
+
+    mpp = recorded_as["microns_per_pixel"]
+    nuclei = nucleus_table(labels, mpp, probabilities, image)
+    contents = {
+        out / f"{path.stem}_labels.tif": label_tiff_bytes(labels),
+        out / f"{path.stem}_overlay.png": png_bytes(prediction_overlay(image, labels)),
+        out / f"{path.stem}_nuclei.csv": csv_bytes(nuclei, NUCLEUS_COLUMNS),
+    }
+    hashes = {file.name: hashlib.sha256(content).hexdigest() for file, content in contents.items()}
+    # the hashes before the renames, so a rerun after a kill before the row knows these files as its own
+    pending.update(hashes)
+    write_pending(out / PENDING_FILE, pending)
+    write_together(contents)
+    areas = np.array([row["area_px"] for row in nuclei])
+    row = {
+        "image": str(path),
+        "nuclei": len(nuclei),
+        "mean_area_px": round(float(areas.mean()), 1) if len(areas) else 0,
+        "median_area_px": float(np.median(areas)) if len(areas) else 0,
+        "foreground_fraction": round(float((labels > 0).mean()), 4),
+        **recorded_as,
+    }
+    # after the image's files, so a row always stands for three complete files; each image's row is
+    # written at once, so a run killed later keeps them, and replaces an earlier run's row only now
+    summary = [*(earlier for earlier in summary if Path(earlier["image"]).stem != path.stem), row]
+    write_csv(out / SUMMARY_FILE, summary, SUMMARY_COLUMNS)
+    for name in hashes:
+        del pending[name]
+    write_pending(out / PENDING_FILE, pending)
+    tqdm.write(f"{path}: {len(nuclei)} nuclei -> {out / (path.stem + '_labels.tif')}")
+    return summary
 
 
 def outputs_of(folder: Path, stem: str) -> list[Path]:
