@@ -5,11 +5,12 @@ clones each commit into its own folder, runs `dvc repro` there with a short trai
 no wall-clock budget, so that nothing depends on the machine's speed) and `patchunet predict` on
 two test images, then compares, side by side:
 
-- every DVC output's hash in dvc.lock (data, masks, split, patches, reports/samples, ...);
-- plots/train.csv (the per-epoch history);
+- every DVC output (data, masks, split, patches, reports/samples, ...) by its dvc.lock hash, and
+  those in JSON or CSV (the history in plots/train.csv, the test scores) by value, but for the
+  fields any two runs differ in (MLflow run ids, timings, the clone's folder in paths);
 - the weights of models/patchunet.pt, tensor by tensor;
-- metrics/test.json and reports/test_per_image.csv (the test scores);
-- the predicted label images and nucleus tables of `patchunet predict`.
+- the predicted label images, overlays and nucleus tables of `patchunet predict`; a table column
+  only one side has is named, the others compared value by value.
 
     MONUSEG_DIR=../shared/monuseg .venv/bin/python -m benchmarks.checks.same_behaviour --before REV
 
@@ -64,6 +65,10 @@ def run_side(rev: str, work: Path) -> Path:
     return folder
 
 
+VARIES = {"run_id", "model_uri", "seconds", "seconds_per_image", "image", "resolved_image", "registered_at"}
+"""Fields that differ between any two runs: MLflow ids, timings, and the clone's own folder in paths."""
+
+
 def lock_hashes(folder: Path) -> dict[str, str]:
     """Every stage output's hash recorded in dvc.lock, by path."""
     lock = yaml.safe_load((folder / "dvc.lock").read_text())["stages"]
@@ -71,43 +76,70 @@ def lock_hashes(folder: Path) -> dict[str, str]:
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+
+
+def without_varying(value: object) -> object:
+    """A JSON value with the fields in VARIES dropped, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_varying(v) for k, v in value.items() if k not in VARIES}
+    if isinstance(value, list):
+        return [without_varying(v) for v in value]
+    return value
+
+
+def same_json(a: Path, b: Path) -> str:
+    left, right = (without_varying(json.loads(p.read_text())) for p in (a, b))
+    return "yes" if left == right else "NO"
+
+
+def same_csv(a: Path, b: Path) -> str:
+    """Row by row on the columns both have, but those in VARIES; names the columns only one has."""
+    left, right = (list(csv.DictReader(p.open())) for p in (a, b))
+    common = [c for c in left[0] if c in right[0] and c not in VARIES] if left and right else []
+    same = len(left) == len(right) and all(ra[c] == rb[c] for ra, rb in zip(left, right, strict=False) for c in common)
+    added, gone = (sorted(set(y[0] if y else ()) - set(x[0] if x else ())) for x, y in ((left, right), (right, left)))
+    notes = [f"after adds {', '.join(added)}"] * bool(added) + [f"after drops {', '.join(gone)}"] * bool(gone)
+    return ("yes" if same else "NO") + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def weights_equal(a: Path, b: Path) -> bool:
-    left, right = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    left, right = (d.get("state_dict", d.get("model", d)) for d in (left, right))
+    left, right = (torch.load(p, map_location="cpu", weights_only=True)["state_dict"] for p in (a, b))
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
 
+def same_file(a: Path, b: Path) -> str:
+    if not b.is_file():
+        return "NO (missing after)"
+    if a.suffix == ".json":
+        return same_json(a, b)
+    if a.suffix == ".csv":
+        return same_csv(a, b)
+    return "yes" if file_digest(a) == file_digest(b) else "NO"
+
+
 def compare(before: Path, after: Path) -> int:
-    rows: list[tuple[str, str, str, bool]] = []
+    """Prints one row per output; 1 if any differs beyond ids, timings and paths."""
+    rows: list[tuple[str, str]] = []
     hashes = lock_hashes(before), lock_hashes(after)
     for path in sorted(set(hashes[0]) | set(hashes[1])):
-        if path.startswith("models/") and path.endswith(".pt"):
-            continue  # checkpoints carry the epoch's wall-clock; their weights are compared below
-        a, b = hashes[0].get(path, "-"), hashes[1].get(path, "-")
-        rows.append((f"dvc.lock {path}", a[:10], b[:10], a == b))
-    for name in ("plots/train.csv", "metrics/test.json", "reports/test_per_image.csv"):
-        a, b = file_digest(before / name), file_digest(after / name)
-        rows.append((name, a[:10], b[:10], a == b))
+        if (before / path).is_file() and path.endswith((".json", ".csv")):
+            rows.append((path, same_file(before / path, after / path)))  # may hold run ids and timings
+        elif not path.endswith(".pt"):  # checkpoints carry wall-clock; their weights are compared below
+            rows.append((f"{path} (dvc.lock hash)", "yes" if hashes[0].get(path) == hashes[1].get(path) else "NO"))
     same = weights_equal(before / "models/patchunet.pt", after / "models/patchunet.pt")
-    rows.append(("models/patchunet.pt weights", "", "", same))
+    rows.append(("models/patchunet.pt (every weight tensor)", "yes" if same else "NO"))
     for path in sorted((before / "predicted").rglob("*")):
         if path.is_file():
-            other = after / path.relative_to(before)
-            a, b = file_digest(path), (file_digest(other) if other.is_file() else "missing")
-            rows.append((str(path.relative_to(before)), a[:10], b[:10], a == b))
-    width = max(len(r[0]) for r in rows)
-    print(f"{'output':<{width}}  {'before':<10}  {'after':<10}  same")
-    for name, a, b, ok in rows:
-        print(f"{name:<{width}}  {a:<10}  {b:<10}  {'yes' if ok else 'NO'}")
-    with (after / "metrics/test.json").open() as f:
-        print("test scores (both sides):", json.dumps(json.load(f)))
-    with (after / "plots/train.csv").open() as f:
-        print("epochs:", sum(1 for _ in csv.DictReader(f)))
-    differ = sum(not r[3] for r in rows)
-    print(f"{len(rows) - differ} of {len(rows)} outputs identical")
+            rows.append((str(path.relative_to(before)), same_file(path, after / path.relative_to(before))))
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{'output':<{width}}  same (but for {', '.join(sorted(VARIES))})")
+    for name, verdict in rows:
+        print(f"{name:<{width}}  {verdict}")
+    scores = json.loads((after / "metrics/test.json").read_text())["per_image_mean"]
+    print("test per-image means:", ", ".join(f"{k} {scores[k]:.4f}" for k in ("aji", "pq", "dice")))
+    differ = sum(verdict.startswith("NO") for _, verdict in rows)
+    print(f"{len(rows) - differ} of {len(rows)} outputs the same")
     return 1 if differ else 0
 
 
