@@ -35,6 +35,7 @@ def close_progress_bars() -> None:
         if hasattr(bar, "pos"):  # else stopped inside its own __init__ (a SIGTERM then): it drew nothing
             bar.close()
         else:
+            bar.disable = True  # so its close at garbage collection returns at once, not on the missing pos
             type(bar)._instances.discard(bar)
 
 
