@@ -1,21 +1,29 @@
-"""Post-processing time of the `none` head per 1000x1000 val image: today's blob-by-blob
-splitting against the per-blob h-maxima and watershed it replaced, on the same maps.
+"""Post-processing time of the `none` head per 1000x1000 image, on the default model's maps of the
+6 val images and on noisy synthetic maps (seeded smoothed noise: big blobs with many distance peaks
+each, as a weakly trained model or a slide unlike the training data gives). Three versions run on
+the same maps, alternating within each repeat so machine noise hits them alike:
+- `straightforward`: the per-region h-maxima and whole-image watershed of before the blob-by-blob
+  decisions (below), the reference;
+- `peak by peak`: today's module deciding every lower peak of a blob one at a time, each labelling
+  the blob's box (how it did before; its cost grows with blob area times peaks);
+- `now`: today's module.
+Prints the median seconds per image of each and the ratios, whether the labels are identical to the
+reference's (same pixels and numbering), and the per-image-mean val AJI. The val maps are predicted
+once with the trained model (models/patchunet.pt) and the `eval` params of params.yaml; `--cache DIR`
+keeps them there for later runs. The test set is never read.
 
-Predicts the 6 validation images once with the trained model (models/patchunet.pt) and the
-`eval` params of params.yaml, then runs both post-processings on each map, alternating within each
-repeat so machine noise hits both alike. Prints the median seconds per image and their ratio,
-whether the labels are identical (same pixels and numbering), and the per-image-mean val AJI of
-each. `--cache DIR` keeps the predicted maps there for later runs. The test set is never read.
-
-    .venv/bin/python -m benchmarks.perf.postprocess_speed --repeats 5
+    .venv/bin/python -m benchmarks.perf.postprocess_speed --repeats 3 --noisy 3
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from scipy import ndimage
@@ -113,31 +121,75 @@ def differing_nuclei(old: np.ndarray, new: np.ndarray) -> int:
     return len(np.unique(in_old[in_old > 0])) - int(same.sum())
 
 
+def noisy_maps(count: int, side: int = 1000) -> list[np.ndarray]:
+    """`count` seeded (side, side) float32 probability maps of smoothed noise, about 60% above 0.6 in
+    ragged blobs the size of the image."""
+    maps = []
+    for seed in range(count):
+        noise = ndimage.gaussian_filter(np.random.default_rng(seed).random((side, side), np.float32), 3.0)
+        maps.append(np.clip((noise - noise.mean()) / (4 * noise.std()) + 0.65, 0, 1))
+    return maps
+
+
+def peak_by_peak(probabilities: np.ndarray, **params: float) -> np.ndarray:
+    """Today's post-processing with every lower peak of a blob decided one at a time."""
+    with mock.patch.object(instances, "LOWER_PEAKS_ONE_BY_ONE", sys.maxsize):
+        return instances.instances_from_probabilities(probabilities, **params)
+
+
+METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "straightforward": instances_from_probabilities,
+    "peak by peak": peak_by_peak,
+    "now": instances.instances_from_probabilities,
+}
+
+
+def timed(maps: list[np.ndarray], params: dict[str, float], repeats: int, name: str):
+    """Median seconds per map of each method, and each method's labels (from the first repeat)."""
+    seconds: dict[str, list[float]] = {method: [] for method in METHODS}
+    labels: dict[str, list[np.ndarray]] = {method: [] for method in METHODS}
+    for repeat in range(repeats):
+        for probabilities in maps:
+            for method in list(METHODS)[:: 1 if repeat % 2 == 0 else -1]:
+                started = time.perf_counter()
+                result = METHODS[method](probabilities, **params)
+                seconds[method].append(time.perf_counter() - started)
+                if repeat == 0:
+                    labels[method].append(result)
+        print(f"{name} maps, repeat {repeat + 1}/{repeats} done", file=sys.stderr)
+    return {method: statistics.median(values) for method, values in seconds.items()}, labels
+
+
+def val_maps(args: argparse.Namespace, settings: Settings) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """(ids, foreground maps, true labels) of the val images, predicted or read from `args.cache`."""
+    from patchunet.model.unet import load_model
+
+    images = val_images()
+    ids = [image_id for image_id, _, _ in images]
+    cached = [args.cache / f"{image_id}.npy" for image_id in ids] if args.cache else []
+    if cached and all(path.exists() for path in cached):
+        return ids, [np.load(path)[0] for path in cached], [read_label_image(labels) for _, _, labels in images]
+    model = load_model(args.model)
+    if model.cfg.instance_head != "none":
+        raise SystemExit(f"{args.model}: instance head {model.cfg.instance_head!r}, not 'none'")
+    predictions = predict_images(model, images, settings, "val")
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        for path, prediction in zip(cached, predictions, strict=True):
+            np.save(path, prediction.maps)
+    return ids, [p.maps[0] for p in predictions], [p.truth for p in predictions]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / MODEL_FILE)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--noisy", type=int, default=3, help="noisy synthetic maps (0: none)")
     parser.add_argument("--cache", type=Path, help="folder for the predicted val maps (read if there)")
     args = parser.parse_args()
-    from patchunet.model.unet import load_model
 
     settings = Settings.load()
     cfg = settings.eval
-    images = val_images()
-    cached = [args.cache / f"{image_id}.npy" for image_id, _, _ in images] if args.cache else []
-    if cached and all(path.exists() for path in cached):
-        maps = [np.load(path)[0] for path in cached]
-        truths = [read_label_image(labels) for _, _, labels in images]
-    else:
-        model = load_model(args.model)
-        if model.cfg.instance_head != "none":
-            raise SystemExit(f"{args.model}: instance head {model.cfg.instance_head!r}, not 'none'")
-        predictions = predict_images(model, images, settings, "val")
-        maps, truths = [p.maps[0] for p in predictions], [p.truth for p in predictions]
-        if args.cache:
-            args.cache.mkdir(parents=True, exist_ok=True)
-            for path, prediction in zip(cached, predictions, strict=True):
-                np.save(path, prediction.maps)
     params = {
         "threshold": cfg.threshold,
         "min_nucleus_area": cfg.min_nucleus_area,
@@ -145,33 +197,34 @@ def main() -> None:
         "distance_sigma": cfg.distance_sigma,
         "watershed_h": cfg.watershed_h,
     }
-    methods = {"before": instances_from_probabilities, "now": instances.instances_from_probabilities}
-
-    seconds: dict[str, list[float]] = {name: [] for name in methods}
-    labels: dict[str, list[np.ndarray]] = {name: [] for name in methods}
-    for repeat in range(args.repeats):
-        for probabilities in maps:
-            for name in list(methods)[:: 1 if repeat % 2 == 0 else -1]:
-                started = time.perf_counter()
-                result = methods[name](probabilities, **params)
-                seconds[name].append(time.perf_counter() - started)
-                if repeat == 0:
-                    labels[name].append(result)
-        print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{n} {s[-1]:.3f} s" for n, s in seconds.items()))
-
-    side = f"{maps[0].shape[1]}x{maps[0].shape[0]}"
-    print(f"{len(maps)} val images of {side} px x {args.repeats} repeats; {params}")
-    medians = {name: statistics.median(values) for name, values in seconds.items()}
-    for name, median in medians.items():
-        print(f"{name}: median {median:.3f} s per image (min {min(seconds[name]):.3f}, max {max(seconds[name]):.3f})")
-    print(f"before / now: {medians['before'] / medians['now']:.1f}x")
-    for (image_id, _, _), old, new in zip(images, labels["before"], labels["now"], strict=True):
-        same = old.dtype == new.dtype and np.array_equal(old, new)
-        print(
-            f"{image_id}: {old.max()} nuclei, labels "
-            + ("identical" if same else f"differ in {int((old != new).sum())} px, {differing_nuclei(old, new)} nuclei")
+    ids, maps, truths = val_maps(args, settings)
+    sets = {"default model, val": maps, "noisy synthetic": noisy_maps(args.noisy)}
+    print(f"{args.repeats} repeats; {params}")
+    print(
+        "| maps | images | straightforward s | peak by peak s | now s | peak by peak / now | straightforward / now"
+        " | labels |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    val_labels = {}
+    for name, images in sets.items():
+        if not images:
+            continue
+        medians, labels = timed(images, params, args.repeats, name)
+        same = sum(
+            all(r.dtype == ref.dtype and np.array_equal(r, ref) for r in results)
+            for ref, *results in zip(labels["straightforward"], labels["peak by peak"], labels["now"], strict=True)
         )
-    for name, results in labels.items():
+        side = f"{images[0].shape[1]}x{images[0].shape[0]}"
+        print(
+            f"| {name} | {len(images)} of {side} | {medians['straightforward']:.3f} | {medians['peak by peak']:.3f}"
+            f" | {medians['now']:.3f} | {medians['peak by peak'] / medians['now']:.1f}x"
+            f" | {medians['straightforward'] / medians['now']:.1f}x | {same}/{len(images)} identical |"
+        )
+        val_labels = val_labels or labels
+    for image_id, old, new in zip(ids, val_labels["straightforward"], val_labels["now"], strict=True):
+        if not (old.dtype == new.dtype and np.array_equal(old, new)):
+            print(f"{image_id}: labels differ in {int((old != new).sum())} px, {differing_nuclei(old, new)} nuclei")
+    for name, results in val_labels.items():
         aji = statistics.mean(score_segmentation(t, r).as_dict()["aji"] for t, r in zip(truths, results, strict=True))
         print(f"{name}: val AJI (per-image mean) {aji:.4f}")
 

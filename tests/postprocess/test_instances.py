@@ -83,6 +83,15 @@ def crowded_nuclei(side: int = 600, seed: int = 0) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float32), 1.5)
 
 
+def noisy_map(side: int = 200, seed: int = 0, level: float = 0.6) -> np.ndarray:
+    """Smoothed noise around `level`, as a weakly trained model gives: big ragged blobs whose
+    distance maps hold many peaks each."""
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).random((side, side), np.float32), 3.0)
+    return np.clip((noise - noise.mean()) / (4 * noise.std()) + level, 0, 1)
+
+
 def test_distance_and_blobwise_h_maxima_equal_the_whole_image_calls() -> None:
     from scipy import ndimage
     from skimage.morphology import h_maxima
@@ -109,6 +118,25 @@ def test_blobwise_h_maxima_equal_h_maxima_for_any_h_and_smoothing(seed: int) -> 
     for sigma, h in [(0.0, 0.5), (0.0, 1.0), (0.7, 0.3), (1.0, 0.5), (2.0, 1.0), (1.0, 3.0)]:
         smoothed = ndimage.gaussian_filter(distance, sigma) if sigma else distance
         np.testing.assert_array_equal(h_maxima_by_blob(smoothed, h, Blobs.of(foreground)), h_maxima(smoothed, h))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_blobwise_h_maxima_equal_h_maxima_on_noisy_maps_with_many_peaks_per_blob(seed: int) -> None:
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+
+    from patchunet.postprocess.instances import LOWER_PEAKS_ONE_BY_ONE, Blobs, h_maxima_by_blob
+
+    foreground = noisy_map(seed=seed) > 0.5
+    blobs = Blobs.of(foreground)
+    distance = ndimage.distance_transform_edt(foreground)
+    for sigma, h in [(0.0, 0.5), (1.0, 0.5), (1.0, 0.2), (2.0, 1.0)]:
+        smoothed = ndimage.gaussian_filter(distance, sigma) if sigma else distance
+        expected = h_maxima(smoothed, h)
+        peaks, _ = ndimage.label(expected, structure=np.ones((3, 3)))
+        peaks_per_blob = np.bincount(blobs.labels[peaks > 0][np.unique(peaks[peaks > 0], return_index=True)[1]])
+        assert peaks_per_blob.max() > LOWER_PEAKS_ONE_BY_ONE + 1  # a blob whose peaks are decided together
+        np.testing.assert_array_equal(h_maxima_by_blob(smoothed, h, blobs), expected, err_msg=f"sigma {sigma}, h {h}")
 
 
 def straightforward_instances(
@@ -167,6 +195,8 @@ LAYOUTS = {
     "a bar meeting a square at a corner": bar_meeting_a_square_at_a_corner(),
     "single discs": discs((80, 80), (15, 15, 6), (60, 60, 8), (15, 60, 5)),
     "crowded nuclei": crowded_nuclei(side=160, seed=4),
+    "noisy map, one big blob": noisy_map(seed=5, level=0.65),
+    "noisy map, many blobs": noisy_map(seed=6, level=0.5),
 }
 
 

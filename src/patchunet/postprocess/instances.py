@@ -19,11 +19,17 @@ Speed and memory: the `none` head's splitting gives, to the bit, what the straig
 whole-image calls give (the tests compare them), in a fraction of their time and memory:
 - the distance transform is OpenCV's exact one, brought back to SciPy's float64 values;
 - the h-maxima (a whole-image grey reconstruction holds about 25 float32-map sizes, and took most
-  of the time) are decided per blob: all blobs at once where a blob has one peak, and one
-  candidate peak at a time, in its blob's bounding box, for the few with several;
+  of the time) are decided per blob: all blobs at once where a blob has one peak; one candidate
+  peak at a time, in its blob's bounding box, for blobs with a few; and with one reconstruction
+  per region, in its bounding box, for the peaks of blobs with many (one at a time, the cost would
+  grow with blob area times peaks: noisy maps, from an early model or a slide unlike the training
+  data, have blobs the size of the image with thousands of peaks);
 - the watershed floods only the blobs holding several markers, each in its bounding box.
-The peak is about 10 float32-map sizes (the float64 distance map and its h-maxima seeds, int32
-blob labels); about 0.1 s for a 1000x1000 image on two cores (benchmarks.perf.postprocess_speed).
+So the time stays near-linear in the pixels whatever the maps look like. With the default model's
+maps the peak is about 10 float32-map sizes (the float64 distance map and its h-maxima seeds,
+int32 blob labels), and a 1000x1000 image takes about 0.1 s on two cores; noisy maps, whose
+regions span the image, cost a whole-image reconstruction: about 1 s and 35 float32-map sizes, as
+the straightforward calls (benchmarks.perf.postprocess_speed measures both kinds of maps).
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ HOVER_SOBEL_SIZE = 21
 
 EIGHT_NEIGHBOURS = np.ones((3, 3), np.uint8)
 """8-connectivity, as `h_maxima` sees plateaus: a structure for `ndimage.label`, a kernel for `cv2.dilate`."""
+
+LOWER_PEAKS_ONE_BY_ONE = 8
+"""A blob's lower peaks are checked one at a time, each labelling the blob's box, up to this many;
+beyond, one reconstruction of their region decides them all (peaks x box area against one sort)."""
 
 EXACT_DISTANCE_LIMIT = 1024
 """Pixels: OpenCV's float32 distances below this square back to their exact integer squares (with a margin)."""
@@ -208,8 +218,10 @@ def h_maxima_by_blob(image: np.ndarray, h: float, blobs: Blobs) -> np.ndarray:
     - a pixel with a neighbour whose seed is above t is out: all but a few candidates per blob;
     - if t is at least the blob's rim (its highest outside neighbour), C stays in the blob, and C's
       highest pixel is a candidate: t at least the seed of the blob's highest candidate keeps p in;
-    - the other candidates (the lower peaks of blobs with several) are settled in their blob's box;
-    - any left (a peak outside the foreground, or within h of its rim) by h_maxima on its region.
+    - the other candidates (the lower peaks of blobs with several) are settled in their blob's box,
+      one at a time, in blobs with up to LOWER_PEAKS_ONE_BY_ONE of them;
+    - any left (the lower peaks of blobs with more, a peak outside the foreground, or within h of its
+      rim) by h_maxima on its region, all of a region's at once.
     """
     maxima = np.zeros(image.shape, np.uint8)
     if h > np.ptp(image):  # h_maxima's own shortcut, on the whole image
@@ -230,10 +242,13 @@ def h_maxima_by_blob(image: np.ndarray, h: float, blobs: Blobs) -> np.ndarray:
     decided = (owner > 0) & ~below_top
     maxima[ys[decided & clear], xs[decided & clear]] = 1
     undecided = (owner == 0) | (decided & ~clear)
-    for i in np.flatnonzero((owner > 0) & below_top):
+    lower = (owner > 0) & below_top
+    few = lower & (np.bincount(owner[lower], minlength=len(top))[owner] <= LOWER_PEAKS_ONE_BY_ONE)
+    for i in np.flatnonzero(few):
         higher = higher_seed_in_blob(image, h, blobs, ys[i], xs[i])
         maxima[ys[i], xs[i]] = not higher and clear[i]
         undecided[i] = not higher and not clear[i]
+    undecided |= lower & ~few
     if undecided.any():
         h_maxima_by_region(image, h, ys[undecided], xs[undecided], maxima)
     return maxima
@@ -282,22 +297,28 @@ def higher_seed_in_blob(image: np.ndarray, h: float, blobs: Blobs, y: int, x: in
 
 
 def h_maxima_by_region(image: np.ndarray, h: float, ys: np.ndarray, xs: np.ndarray, maxima: np.ndarray) -> None:
-    """Write into `maxima` the h-maxima of the 8-connected regions of positive `image` holding the
-    pixels (ys, xs), each computed in the region's bounding box.
+    """Write into `maxima` whether each pixel (ys, xs) of non-negative `image` is an h-maximum,
+    computed in the bounding box of its region: its 8-connected component of {image > low}, low
+    being 2h below the lowest of the pixels (rounding cannot bring it above any pixel's t), 0 at least.
 
-    A region's reconstruction only sees the rest of the image through pixels of value 0, so the
-    rest can raise it to at most min(highest seed, 0): a copy of the map's maximum, set apart from
-    the region by zeros in each box, stands in for it exactly.
+    A pixel's verdict depends only on its component of {image > t} (t: the highest value with
+    `image[p] - t >= h`), which lies in its region; any path from outside passes a pixel of at most
+    low <= t, so it cannot raise the reconstruction above t. The rest of the image can thus be zeros,
+    set apart from the region by zeros in each box, with a copy of the map's maximum: through its
+    zeros, the image raises the reconstruction to at most min(highest seed, 0), as the copy does.
     """
     peak = image.max()
-    regions, _ = ndimage.label(image > 0, structure=EIGHT_NEIGHBOURS)
+    low = max(image[ys, xs].min() - 2 * h, 0)
+    regions, _ = ndimage.label(image > low, structure=EIGHT_NEIGHBOURS)
     boxes = ndimage.find_objects(regions)
-    for region in np.unique(regions[ys, xs]):
+    owner = regions[ys, xs]
+    for region in np.unique(owner):
         box = boxes[region - 1]
         inside = regions[box] == region
         crop = np.pad(np.where(inside, image[box], 0), 2)
         crop[0, 0] = peak
-        maxima[box][inside] = h_maxima(crop, h)[2:-2, 2:-2][inside]
+        points = owner == region
+        maxima[ys[points], xs[points]] = h_maxima(crop, h)[ys[points] - box[0].start + 2, xs[points] - box[1].start + 2]
 
 
 def watershed_by_blob(distance: np.ndarray, markers: np.ndarray, count: int, blobs: Blobs) -> np.ndarray:
