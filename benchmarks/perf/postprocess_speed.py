@@ -121,6 +121,9 @@ def differing_nuclei(old: np.ndarray, new: np.ndarray) -> int:
     return len(np.unique(in_old[in_old > 0])) - int(same.sum())
 
 
+VAL_MAPS = "default model, val"
+
+
 def noisy_maps(count: int, side: int = 1000) -> list[np.ndarray]:
     """`count` seeded (side, side) float32 probability maps of smoothed noise, about 60% above 0.6 in
     ragged blobs the size of the image."""
@@ -144,7 +147,9 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def timed(maps: list[np.ndarray], params: dict[str, float], repeats: int, name: str):
+def timed(
+    maps: list[np.ndarray], params: dict[str, float], repeats: int, name: str
+) -> tuple[dict[str, float], dict[str, list[np.ndarray]]]:
     """Median seconds per map of each method, and each method's labels (from the first repeat)."""
     seconds: dict[str, list[float]] = {method: [] for method in METHODS}
     labels: dict[str, list[np.ndarray]] = {method: [] for method in METHODS}
@@ -198,14 +203,14 @@ def main() -> None:
         "watershed_h": cfg.watershed_h,
     }
     ids, maps, truths = val_maps(args, settings)
-    sets = {"default model, val": maps, "noisy synthetic": noisy_maps(args.noisy)}
+    sets = {VAL_MAPS: maps, "noisy synthetic": noisy_maps(args.noisy)}
     print(f"{args.repeats} repeats; {params}")
     print(
         "| maps | images | straightforward s | peak by peak s | now s | peak by peak / now | straightforward / now"
         " | labels |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    val_labels = {}
+    val_labels: dict[str, list[np.ndarray]] = {}
     for name, images in sets.items():
         if not images:
             continue
@@ -220,7 +225,8 @@ def main() -> None:
             f" | {medians['now']:.3f} | {medians['peak by peak'] / medians['now']:.1f}x"
             f" | {medians['straightforward'] / medians['now']:.1f}x | {same}/{len(images)} identical |"
         )
-        val_labels = val_labels or labels
+        if name == VAL_MAPS:
+            val_labels = labels
     for image_id, old, new in zip(ids, val_labels["straightforward"], val_labels["now"], strict=True):
         if not (old.dtype == new.dtype and np.array_equal(old, new)):
             print(f"{image_id}: labels differ in {int((old != new).sum())} px, {differing_nuclei(old, new)} nuclei")
