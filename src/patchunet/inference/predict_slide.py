@@ -3,8 +3,9 @@
 For each SLIDE it writes, into --out: <stem>_nuclei.geojson (a FeatureCollection of the nuclei as
 QuPath detections, polygons in level-0 pixels, with their measurements), <stem>_nuclei.csv (the
 nucleus table `predict` writes, one row per nucleus: id, centroid, box, area, perimeter,
-eccentricity, mean intensity and probability, in level-0 pixels) and <stem>_overview.png (a
-thumbnail with the tissue outlined in green and the nuclei in yellow); slides.csv gets one row per
+eccentricity, mean intensity and probability, in level-0 pixels), <stem>_overview.png (a
+thumbnail with the tissue outlined in green and the nuclei in yellow) and <stem>_labels.ome.tif (the
+nuclei's ids over the pixels of the level read, a pyramidal OME-TIFF); slides.csv gets one row per
 slide (size, level, tiles, tissue, nuclei, time). Outputs already in --out are never replaced
 without --overwrite.
 
@@ -23,6 +24,7 @@ import argparse
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from patchunet.inference.runtimes import Network
     from patchunet.inference.slide.plan import TilePlan
     from patchunet.io.slides import Slide
+    from patchunet.postprocess.tiling import Tile
 
 SUMMARY_FILE = "slides.csv"
 SUMMARY_COLUMNS = (
@@ -130,10 +133,11 @@ def segment_slide(
     from tqdm import tqdm
 
     from patchunet.core.files import file_sha256
+    from patchunet.inference.slide.label_image import write_label_image
     from patchunet.inference.slide.plan import plan_tiles
     from patchunet.inference.slide.tile_store import TileStore
     from patchunet.inference.slide.tiles import TileContext, segment_missing_tiles
-    from patchunet.inference.slide.writers import write_slide_outputs
+    from patchunet.inference.slide.writers import LABELS_SUFFIX, write_slide_outputs
     from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS
 
     started = time.perf_counter()
@@ -155,6 +159,12 @@ def segment_slide(
         slide, plan.level, plan.level_mpp, plan.width, plan.height, network, cfg, window, slide_cfg.tile_margin
     )
     segment_missing_tiles(context, plan.tissue_tiles, store, stem)
+
+    def finished_tiles() -> Iterator[tuple[Tile, dict]]:
+        return zip(plan.tissue_tiles, store.finished(plan.tissue_tiles), strict=True)
+
+    # before the GeoJSON and CSV, whose writer changes the features it reads
+    write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, finished_tiles)
     nuclei, dropped = write_slide_outputs(out, stem, plan, store.finished(plan.tissue_tiles))
     store.remove()
     seconds = time.perf_counter() - started
