@@ -206,7 +206,7 @@ def rasterize_geojson(
     labels = np.zeros(shape, dtype=np.promote_types(np.min_scalar_type(len(valid)), np.uint16))
     overlap_pixels = 0
     for nucleus_id, polygons in enumerate(valid, start=1):
-        pixels = feature_pixels(polygons, shape, offset)
+        pixels = np.unique(np.concatenate([_polygon_pixels(rings, shape, offset) for rings in polygons]))
         overlap_pixels += int(np.count_nonzero(labels.flat[pixels]))
         labels.flat[pixels] = nucleus_id
     report = GeoJSONReport(
@@ -282,13 +282,7 @@ def _segments_cross(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) 
     return (o1 * o2 < 0) & (o3 * o4 < 0)
 
 
-def feature_pixels(polygons: FeatureShape, shape: tuple[int, int], offset: tuple[float, float] = (0, 0)) -> np.ndarray:
-    """Flat indices into an (H, W) `shape` of the pixels whose centre lies in one of a feature's
-    `polygons` (and outside its holes), sorted; `offset` (x, y) is subtracted from every vertex."""
-    return np.unique(np.concatenate([_polygon_pixels(rings, shape, offset) for rings in polygons]))
-
-
-def _polygon_pixels(rings: PolygonRings, shape: tuple[int, int], offset: tuple[float, float]) -> np.ndarray:
+def _polygon_pixels(rings: PolygonRings, shape: tuple[int, int], offset: tuple[int, int]) -> np.ndarray:
     """Flat indices of the pixels whose centre is inside the exterior ring and outside every hole."""
 
     def inside(ring: Ring) -> np.ndarray:

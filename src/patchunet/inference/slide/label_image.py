@@ -97,9 +97,21 @@ def sampled_outline(nucleus: int, bbox: list[int], geometry: dict, step: int) ->
 
 def filled_tile(outlines: list[Outline], top: int, left: int, size: int) -> np.ndarray:
     """The (size, size) uint32 tile at (`left`, `top`) of a level, each of `outlines` filled with its id."""
-    from patchunet.io.geojson import feature_pixels
-
     labels = np.zeros((size, size), LABEL_DTYPE)
     for outline in outlines:
-        labels.flat[feature_pixels(outline.polygons, labels.shape, (left, top))] = outline.nucleus
+        for exterior, *holes in outline.polygons:
+            pixels = _ring_pixels(exterior, top, left, size)
+            for hole in holes:
+                pixels = np.setdiff1d(pixels, _ring_pixels(hole, top, left, size), assume_unique=True)
+            labels.flat[pixels] = outline.nucleus
     return labels
+
+
+def _ring_pixels(ring: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """Flat indices into the (size, size) tile at (`left`, `top`) of the pixels whose centre lies
+    inside `ring`, (K, 2) (x, y) vertices in pixel-corner coordinates: io/geojson.py's rule, QuPath's."""
+    from skimage.draw import polygon
+
+    # the pixel centre (c + 0.5, r + 0.5) is skimage's point (r, c): shift the vertices by half a pixel
+    rows, cols = polygon(ring[:, 1] - top - 0.5, ring[:, 0] - left - 0.5, shape=(size, size))
+    return np.ravel_multi_index((rows, cols), (size, size))
