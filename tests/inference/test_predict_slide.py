@@ -363,6 +363,23 @@ def test_a_slide_at_80x_is_read_from_the_level_at_the_models_scale_in_level_0_pi
     assert 'PhysicalSizeX="0.25"' in xml_80x
 
 
+def test_no_label_image_writes_the_other_outputs_and_keeps_an_existing_label_image(
+    model, real_monuseg: Path, tmp_path: Path
+) -> None:
+    project, model_file = model
+    image = read_rgb_image(sorted((real_monuseg / TEST_DIR).glob("*.tif"))[0])
+    write_pyramidal_tiff(tmp_path / "x40.tif", image, 0.25)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x40_labels.ome.tif").write_text("mine\n")
+    result = predict_slide(
+        project, str(tmp_path / "x40.tif"), "--model", model_file, "--out", str(out), "--no-label-image"
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "x40_nuclei.geojson").is_file() and (out / "x40_nuclei.csv").is_file()
+    assert (out / "x40_labels.ome.tif").read_text() == "mine\n"
+
+
 def tiled(path: Path, pixels: np.ndarray, **options) -> None:
     """A plain tiled TIFF at 0.25 µm/px, of any pixel type."""
     options = {"resolution": (4e4, 4e4), "resolutionunit": 3, **options}

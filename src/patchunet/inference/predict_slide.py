@@ -4,10 +4,10 @@ For each SLIDE it writes, into --out: <stem>_nuclei.geojson (a FeatureCollection
 QuPath detections, polygons in level-0 pixels, with their measurements), <stem>_nuclei.csv (the
 nucleus table `predict` writes, one row per nucleus: id, centroid, box, area, perimeter,
 eccentricity, mean intensity and probability, in level-0 pixels), <stem>_overview.png (a
-thumbnail with the tissue outlined in green and the nuclei in yellow) and <stem>_labels.ome.tif (the
-nuclei's ids over the pixels of the level read, a pyramidal OME-TIFF); slides.csv gets one row per
-slide (size, level, tiles, tissue, nuclei, time). Outputs already in --out are never replaced
-without --overwrite.
+thumbnail with the tissue outlined in green and the nuclei in yellow) and <stem>_labels.ome.tif
+(the nuclei's ids over the pixels of the level read, a pyramidal OME-TIFF; not with
+--no-label-image); slides.csv gets one row per slide (size, level, tiles, tissue, nuclei, time).
+Outputs already in --out are never replaced without --overwrite.
 
 How: tissue is found on a thumbnail, and only tiles holding some are segmented, at the slide level
 nearest the model's scale (from the slide's mpp, else --mpp; a slide with neither is refused).
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from patchunet.inference.slide.writers import OUTPUT_SUFFIXES
+from patchunet.inference.slide.writers import LABELS_SUFFIX, OUTPUT_SUFFIXES
 
 if TYPE_CHECKING:
     from patchunet.core.config import EvalConfig, SlideConfig
@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the eval and slide sections")
     parser.add_argument("--mpp", metavar="MPP", help="µm per level-0 pixel, for slides that record none")
     parser.add_argument("--overwrite", action="store_true", help="replace this run's outputs already in --out")
+    parser.add_argument(
+        "--no-label-image", action="store_true", help="do not write <stem>_labels.ome.tif, the nuclei's label image"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -102,7 +105,9 @@ def run(args: argparse.Namespace) -> None:
             slide_scale(slide, given_mpp)
     check_writable_folder(args.out)
     if not args.overwrite:
-        refuse_existing_outputs(args.out, stems, OUTPUT_SUFFIXES)
+        skipped = {LABELS_SUFFIX} if args.no_label_image else set()
+        suffixes = tuple(suffix for suffix in OUTPUT_SUFFIXES if suffix not in skipped)
+        refuse_existing_outputs(args.out, stems, suffixes)
     summary_path = args.out / SUMMARY_FILE
     summary = [row for row in read_summary(summary_path, (SUMMARY_COLUMNS,)) if Path(row["slide"]).stem not in stems]
     uri = tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
@@ -113,7 +118,9 @@ def run(args: argparse.Namespace) -> None:
     for path in args.slides:
         with open_slide(path) as slide:
             mpp, source = slide_scale(slide, given_mpp)
-            row = segment_slide(slide, mpp, network, cfg, window, slide_cfg, args.out, identity)
+            row = segment_slide(
+                slide, mpp, network, cfg, window, slide_cfg, args.out, identity, label_image=not args.no_label_image
+            )
         summary.append({**row, "scale_from": source})
         write_csv(summary_path, summary, SUMMARY_COLUMNS)  # after each slide: a later failure keeps it
 
@@ -127,9 +134,11 @@ def segment_slide(
     slide_cfg: SlideConfig,
     out: Path,
     identity: dict,
+    *,
+    label_image: bool = True,
 ) -> dict:
-    """Segment one slide's tissue tiles (resuming from finished ones), write its outputs, and return
-    its summary row."""
+    """Segment one slide's tissue tiles (resuming from finished ones), write its outputs (the label
+    image only with `label_image`), and return its summary row."""
     from tqdm import tqdm
 
     from patchunet.core.files import file_sha256
@@ -137,7 +146,7 @@ def segment_slide(
     from patchunet.inference.slide.plan import plan_tiles
     from patchunet.inference.slide.tile_store import TileStore
     from patchunet.inference.slide.tiles import TileContext, segment_missing_tiles
-    from patchunet.inference.slide.writers import LABELS_SUFFIX, write_slide_outputs
+    from patchunet.inference.slide.writers import write_slide_outputs
     from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS
 
     started = time.perf_counter()
@@ -163,8 +172,8 @@ def segment_slide(
     def finished_tiles() -> Iterator[tuple[Tile, dict]]:
         return zip(plan.tissue_tiles, store.finished(plan.tissue_tiles), strict=True)
 
-    # before the GeoJSON and CSV, whose writer changes the features it reads
-    write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, finished_tiles)
+    if label_image:  # before the GeoJSON and CSV, whose writer changes the features it reads
+        write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, finished_tiles)
     nuclei, dropped = write_slide_outputs(out, stem, plan, store.finished(plan.tissue_tiles))
     store.remove()
     seconds = time.perf_counter() - started
