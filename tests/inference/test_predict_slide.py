@@ -188,6 +188,28 @@ def test_the_outputs_are_qupath_detections_a_feature_table_an_overview_and_a_sum
     assert not (out / "mosaic_tiles").exists()  # the resume folder goes once the outputs are written
 
 
+def label_levels(path: Path) -> tuple[list[np.ndarray], str]:
+    """The levels of a label image, and its OME-XML."""
+    with tifffile.TiffFile(path) as tif:
+        return [level.asarray() for level in tif.series[0].levels], tif.ome_metadata
+
+
+def test_the_label_image_holds_the_geojsons_ids_at_the_level_read_with_its_scale(stitched: Path) -> None:
+    """The GeoJSON's outlines run along pixel edges, so filled they give back exactly the label
+    image's pixels: no tolerance. Its ids are the nucleus table's."""
+    out = stitched / "slide"
+    side = 2 * SIDE + 3 * GAP
+    pyramid, xml = label_levels(out / "mosaic_labels.ome.tif")
+    assert [level.shape for level in pyramid] == [(2600, 2600), (1300, 1300), (650, 650), (325, 325)]
+    assert pyramid[0].dtype == np.uint32
+    assert np.array_equal(pyramid[0], rasterize_geojson(out / "mosaic_nuclei.geojson", (side, side))[0])
+    with (out / "mosaic_nuclei.csv").open() as f:
+        ids = {int(row["nucleus"]) for row in csv.DictReader(f)}
+    assert set(np.unique(pyramid[0]).tolist()) == {0, *ids}
+    assert np.array_equal(pyramid[2], pyramid[0][::4, ::4])
+    assert 'PhysicalSizeX="0.25" PhysicalSizeXUnit="µm" PhysicalSizeY="0.25"' in xml
+
+
 def tile_bytes(slide: Path, level: int, x: int, y: int) -> tuple[int, int]:
     """(offset, length) in the file of the TIFF tile holding (x, y) of `level`."""
     with tifffile.TiffFile(slide) as tif:
@@ -335,6 +357,27 @@ def test_a_slide_at_80x_is_read_from_the_level_at_the_models_scale_in_level_0_pi
     with (tmp_path / "x80_nuclei.csv").open() as f:
         first_80x = next(csv.DictReader(f))
     assert float(first_80x["area_um2"]) == pytest.approx(int(first_80x["area_px"]) * 0.125**2, rel=1e-3)
+    # The label image is at the level read, with its scale: the 80x slide's is the 40x slide's.
+    (labels_80x, *_), xml_80x = label_levels(tmp_path / "x80_labels.ome.tif")
+    assert np.array_equal(labels_80x, label_levels(tmp_path / "x40_labels.ome.tif")[0][0])
+    assert 'PhysicalSizeX="0.25"' in xml_80x
+
+
+def test_no_label_image_writes_the_other_outputs_and_keeps_an_existing_label_image(
+    model, real_monuseg: Path, tmp_path: Path
+) -> None:
+    project, model_file = model
+    image = read_rgb_image(sorted((real_monuseg / TEST_DIR).glob("*.tif"))[0])
+    write_pyramidal_tiff(tmp_path / "x40.tif", image, 0.25)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x40_labels.ome.tif").write_text("mine\n")
+    result = predict_slide(
+        project, str(tmp_path / "x40.tif"), "--model", model_file, "--out", str(out), "--no-label-image"
+    )
+    assert result.returncode == 0, result.stderr
+    assert (out / "x40_nuclei.geojson").is_file() and (out / "x40_nuclei.csv").is_file()
+    assert (out / "x40_labels.ome.tif").read_text() == "mine\n"
 
 
 def tiled(path: Path, pixels: np.ndarray, **options) -> None:
@@ -435,12 +478,13 @@ def test_an_unreadable_level_gets_one_line_naming_it_and_writes_nothing(model, m
     assert not list((tmp_path / "out").glob("mosaic_nuclei*"))
 
 
-def test_existing_outputs_are_kept_without_overwrite(model, mosaic, stitched: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["mosaic_nuclei.csv", "mosaic_labels.ome.tif"])
+def test_existing_outputs_are_kept_without_overwrite(model, mosaic, stitched: Path, tmp_path: Path, name: str) -> None:
     project, model_file = model
     out = tmp_path / "out"
     out.mkdir()
-    (out / "mosaic_nuclei.csv").write_text("mine\n")
+    (out / name).write_text("mine\n")
     result = predict_slide(project, str(mosaic[0]), "--model", model_file, "--out", str(out))
     assert result.returncode == 1
-    assert "mosaic_nuclei.csv: already exists: pass --overwrite to replace it" in result.stderr
-    assert (out / "mosaic_nuclei.csv").read_text() == "mine\n"
+    assert f"{name}: already exists: pass --overwrite to replace it" in result.stderr
+    assert (out / name).read_text() == "mine\n"

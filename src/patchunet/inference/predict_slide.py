@@ -3,10 +3,11 @@
 For each SLIDE it writes, into --out: <stem>_nuclei.geojson (a FeatureCollection of the nuclei as
 QuPath detections, polygons in level-0 pixels, with their measurements), <stem>_nuclei.csv (the
 nucleus table `predict` writes, one row per nucleus: id, centroid, box, area, perimeter,
-eccentricity, mean intensity and probability, in level-0 pixels) and <stem>_overview.png (a
-thumbnail with the tissue outlined in green and the nuclei in yellow); slides.csv gets one row per
-slide (size, level, tiles, tissue, nuclei, time). Outputs already in --out are never replaced
-without --overwrite.
+eccentricity, mean intensity and probability, in level-0 pixels), <stem>_overview.png (a
+thumbnail with the tissue outlined in green and the nuclei in yellow) and <stem>_labels.ome.tif
+(the nuclei's ids over the pixels of the level read, a pyramidal OME-TIFF; not with
+--no-label-image); slides.csv gets one row per slide (size, level, tiles, tissue, nuclei, time).
+Outputs already in --out are never replaced without --overwrite.
 
 How: tissue is found on a thumbnail, and only tiles holding some are segmented, at the slide level
 nearest the model's scale (from the slide's mpp, else --mpp; a slide with neither is refused).
@@ -23,16 +24,18 @@ import argparse
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from patchunet.inference.slide.writers import OUTPUT_SUFFIXES
+from patchunet.inference.slide.writers import LABELS_SUFFIX, OUTPUT_SUFFIXES
 
 if TYPE_CHECKING:
     from patchunet.core.config import EvalConfig, SlideConfig
     from patchunet.inference.runtimes import Network
     from patchunet.inference.slide.plan import TilePlan
     from patchunet.io.slides import Slide
+    from patchunet.postprocess.tiling import Tile
 
 SUMMARY_FILE = "slides.csv"
 SUMMARY_COLUMNS = (
@@ -65,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the eval and slide sections")
     parser.add_argument("--mpp", metavar="MPP", help="µm per level-0 pixel, for slides that record none")
     parser.add_argument("--overwrite", action="store_true", help="replace this run's outputs already in --out")
+    parser.add_argument(
+        "--no-label-image", action="store_true", help="do not write <stem>_labels.ome.tif, the nuclei's label image"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -99,7 +105,9 @@ def run(args: argparse.Namespace) -> None:
             slide_scale(slide, given_mpp)
     check_writable_folder(args.out)
     if not args.overwrite:
-        refuse_existing_outputs(args.out, stems, OUTPUT_SUFFIXES)
+        skipped = {LABELS_SUFFIX} if args.no_label_image else set()
+        suffixes = tuple(suffix for suffix in OUTPUT_SUFFIXES if suffix not in skipped)
+        refuse_existing_outputs(args.out, stems, suffixes)
     summary_path = args.out / SUMMARY_FILE
     summary = [row for row in read_summary(summary_path, (SUMMARY_COLUMNS,)) if Path(row["slide"]).stem not in stems]
     uri = tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
@@ -110,7 +118,9 @@ def run(args: argparse.Namespace) -> None:
     for path in args.slides:
         with open_slide(path) as slide:
             mpp, source = slide_scale(slide, given_mpp)
-            row = segment_slide(slide, mpp, network, cfg, window, slide_cfg, args.out, identity)
+            row = segment_slide(
+                slide, mpp, network, cfg, window, slide_cfg, args.out, identity, label_image=not args.no_label_image
+            )
         summary.append({**row, "scale_from": source})
         write_csv(summary_path, summary, SUMMARY_COLUMNS)  # after each slide: a later failure keeps it
 
@@ -124,12 +134,15 @@ def segment_slide(
     slide_cfg: SlideConfig,
     out: Path,
     identity: dict,
+    *,
+    label_image: bool = True,
 ) -> dict:
-    """Segment one slide's tissue tiles (resuming from finished ones), write its outputs, and return
-    its summary row."""
+    """Segment one slide's tissue tiles (resuming from finished ones), write its outputs (the label
+    image only with `label_image`), and return its summary row."""
     from tqdm import tqdm
 
     from patchunet.core.files import file_sha256
+    from patchunet.inference.slide.label_image import write_label_image
     from patchunet.inference.slide.plan import plan_tiles
     from patchunet.inference.slide.tile_store import TileStore
     from patchunet.inference.slide.tiles import TileContext, segment_missing_tiles
@@ -155,6 +168,12 @@ def segment_slide(
         slide, plan.level, plan.level_mpp, plan.width, plan.height, network, cfg, window, slide_cfg.tile_margin
     )
     segment_missing_tiles(context, plan.tissue_tiles, store, stem)
+
+    def finished_tiles() -> Iterator[tuple[Tile, dict]]:
+        return zip(plan.tissue_tiles, store.finished(plan.tissue_tiles), strict=True)
+
+    if label_image:  # before the GeoJSON and CSV, whose writer changes the features it reads
+        write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, finished_tiles)
     nuclei, dropped = write_slide_outputs(out, stem, plan, store.finished(plan.tissue_tiles))
     store.remove()
     seconds = time.perf_counter() - started

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from patchunet.inference.slide.plan import TilePlan
 
 GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX = "_nuclei.geojson", "_nuclei.csv", "_overview.png"
-OUTPUT_SUFFIXES = (GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX)
+LABELS_SUFFIX = "_labels.ome.tif"
+"""The label image (inference/slide/label_image.py)."""
+OUTPUT_SUFFIXES = (GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX, LABELS_SUFFIX)
 
 
 def write_slide_outputs(out: Path, stem: str, plan: TilePlan, finished: Iterable[dict]) -> tuple[int, dict[str, int]]:

@@ -1,0 +1,111 @@
+"""A slide's label image from its finished tiles: the GeoJSON's ids over the level read, pyramidal."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage
+from skimage.draw import disk
+
+from patchunet.inference.slide.label_image import write_label_image
+from patchunet.inference.slide.plan import TilePlan
+from patchunet.inference.slide.tiles import nucleus_features
+from patchunet.inference.slide.writers import write_slide_outputs
+from patchunet.io.geojson import rasterize_geojson
+from patchunet.postprocess.tiling import Tile, tile_grid
+
+HEIGHT, WIDTH, TILE, MARGIN = 1300, 1700, 400, 40
+LEVEL_MPP = 0.5
+
+
+def scattered_nuclei() -> np.ndarray:
+    """(HEIGHT, WIDTH) int32 labels: disks of radius up to 12 px, some with a hole, none touching."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((HEIGHT, WIDTH), np.int32)
+    for _ in range(900):
+        y, x, radius = rng.integers(15, HEIGHT - 15), rng.integers(15, WIDTH - 15), rng.integers(2, 13)
+        rows, cols = disk((y, x), radius + 2, shape=labels.shape)
+        if labels[rows, cols].any():
+            continue
+        rows, cols = disk((y, x), radius, shape=labels.shape)
+        labels[rows, cols] = labels.max() + 1
+        if radius > 8:
+            labels[y - 2 : y + 2, x - 2 : x + 2] = 0
+    return labels
+
+
+def plan(tiles: list[Tile]) -> TilePlan:
+    tissue = np.ones((HEIGHT // 4, WIDTH // 4), bool)
+    thumbnail = np.zeros((*tissue.shape, 3), np.uint8)
+    return TilePlan(0, 1.0, LEVEL_MPP, WIDTH, HEIGHT, tiles, tiles, thumbnail, 4.0, tissue)
+
+
+def finished_tiles(labels: np.ndarray, tiles: list[Tile]) -> list[tuple[Tile, dict]]:
+    """Each tile with the nuclei whose centroid its core holds, as the tile store saves them."""
+    centroids = ndimage.center_of_mass(labels > 0, labels, np.arange(1, labels.max() + 1))
+    owner = {}
+    for nucleus, (y, x) in enumerate(centroids, start=1):
+        owner[nucleus] = (int(y) // TILE, int(x) // TILE)
+    done = []
+    for tile in tiles:
+        x, y, width, height = tile.read_box(MARGIN, WIDTH, HEIGHT)
+        crop = labels[y : y + height, x : x + width].copy()
+        crop[~np.isin(crop, [n for n, key in owner.items() if key == (tile.row, tile.col)])] = 0
+        report = {"kept": 0, "duplicates": 0, "cut": 0, "trimmed_pixels": 0}
+        done.append((tile, {"features": nucleus_features(crop, (x, y), LEVEL_MPP), "report": report}))
+    return done
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """(folder, the labels): a slide's label image and GeoJSON, from tiles of scattered nuclei."""
+    out = tmp_path_factory.mktemp("labels")
+    labels = scattered_nuclei()
+    tiles = tile_grid((HEIGHT, WIDTH), TILE, TILE, clip=True)
+    done = finished_tiles(labels, tiles)
+    write_label_image(out / "s_labels.ome.tif", plan(tiles), MARGIN, lambda: iter(done))
+    write_slide_outputs(out, "s", plan(tiles), (tile_done for _, tile_done in done))
+    return out, labels
+
+
+def levels(path: Path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tif:
+        return [level.asarray() for level in tif.series[0].levels]
+
+
+def test_level_0_holds_the_geojsons_ids_on_exactly_their_pixels(written) -> None:
+    """The outlines run along pixel edges, so filled they give back the pixels: exact equality."""
+    out, labels = written
+    level_0 = levels(out / "s_labels.ome.tif")[0]
+    assert level_0.dtype == np.uint32
+    assert np.array_equal(level_0, rasterize_geojson(out / "s_nuclei.geojson", (HEIGHT, WIDTH))[0])
+    assert np.array_equal(level_0 > 0, labels > 0) and len(np.unique(level_0)) == len(np.unique(labels))
+
+
+def test_the_levels_halve_by_nearest_neighbour_down_to_one_tile(written) -> None:
+    out, _ = written
+    pyramid = levels(out / "s_labels.ome.tif")
+    assert [level.shape for level in pyramid] == [(1300, 1700), (650, 850), (325, 425)]
+    for index, level in enumerate(pyramid[1:], start=1):
+        assert np.array_equal(level, pyramid[0][:: 2**index, :: 2**index])
+
+
+def test_the_ome_xml_gives_the_level_reads_microns_per_pixel(written) -> None:
+    out, _ = written
+    with tifffile.TiffFile(out / "s_labels.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].axes == "YX"
+        xml = tif.ome_metadata
+        page = tif.series[0].levels[1].pages[0]
+        assert page.is_tiled and page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+    assert re.search(r'PhysicalSizeX="0.5" PhysicalSizeXUnit="µm" PhysicalSizeY="0.5"', xml)
+
+
+def test_a_slide_without_nuclei_gives_an_empty_label_image(tmp_path: Path) -> None:
+    tiles = tile_grid((HEIGHT, WIDTH), TILE, TILE, clip=True)
+    done = finished_tiles(np.zeros((HEIGHT, WIDTH), np.int32), tiles)
+    write_label_image(tmp_path / "s_labels.ome.tif", plan(tiles), MARGIN, lambda: iter(done))
+    assert all(not level.any() for level in levels(tmp_path / "s_labels.ome.tif"))
