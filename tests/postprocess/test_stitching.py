@@ -50,6 +50,62 @@ def test_a_nucleus_an_earlier_neighbour_kept_is_not_kept_twice(shift: int, dropp
         assert report.trimmed_pixels > 0 and report.kept == 1
 
 
+def one_nucleus_at_a_time(labels, core, interior_edges, claimed):
+    """The rule written nucleus by nucleus, as it reads: the reference for `keep_core_nuclei`."""
+    from scipy import ndimage
+    from skimage.segmentation import relabel_sequential
+
+    x, y, width, height = core
+    kept, duplicates, cut, trimmed = np.zeros_like(labels), 0, 0, 0
+    ids = np.arange(1, int(labels.max()) + 1)
+    with np.errstate(invalid="ignore"):  # ids without pixels: no centroid
+        centroids = ndimage.center_of_mass(np.ones(labels.shape), labels, ids) if len(ids) else []
+    claimed_areas = np.bincount(claimed.ravel())
+    for nucleus, box, (cy, cx) in zip(ids, ndimage.find_objects(labels), centroids, strict=False):
+        if box is None or not (y <= cy < y + height and x <= cx < x + width):
+            continue
+        rows, cols = box
+        top, bottom, left, right = interior_edges
+        if (
+            (top and rows.start == 0)
+            or (bottom and rows.stop == labels.shape[0])
+            or (left and cols.start == 0)
+            or (right and cols.stop == labels.shape[1])
+        ):
+            cut += 1
+            continue
+        mask = labels[box] == nucleus
+        overlapped = claimed[box][mask]
+        overlapped = overlapped[overlapped > 0]
+        if overlapped.size:
+            others, counts = np.unique(overlapped, return_counts=True)
+            if (np.maximum(counts / mask.sum(), counts / claimed_areas[others]) >= 0.5).any():
+                duplicates += 1
+                continue
+        trimmed += overlapped.size
+        kept[box][mask & (claimed[box] == 0)] = nucleus
+    kept = relabel_sequential(kept)[0]
+    return kept, (int(kept.max()), duplicates, cut, trimmed)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_whole_tile_at_once_keeps_what_the_rule_nucleus_by_nucleus_keeps(seed: int) -> None:
+    """Random crowded discs (touching, overlapping earlier claims, on the box's edges, ids with
+    gaps) against the per-nucleus reference: the same labels and the same counts."""
+    rng = np.random.default_rng(seed)
+    labels, claimed = np.zeros((80, 90), np.int32), np.zeros((80, 90), np.int32)
+    for nucleus in rng.choice(np.arange(1, 200), 40, replace=False):
+        disc(labels, int(nucleus), *rng.integers(-3, [83, 93]), int(rng.integers(1, 7)))
+    for nucleus in range(1, 40):
+        disc(claimed, nucleus, *rng.integers(0, [80, 90]), int(rng.integers(2, 7)))
+    core, edges = (10, 12, 50, 40), tuple(bool(edge) for edge in rng.integers(0, 2, 4))
+    kept, report = keep_core_nuclei(labels, core, edges, claimed)
+    expected, counts = one_nucleus_at_a_time(labels, core, edges, claimed)
+    assert np.array_equal(kept, expected)
+    assert (report.kept, report.duplicates, report.cut, report.trimmed_pixels) == counts
+    assert report.duplicates + report.trimmed_pixels > 0  # the claims do overlap
+
+
 def square(nucleus: int, x: int, y: int, side: int) -> dict:
     """A GeoJSON feature of a square nucleus at (x, y), with its "bbox"."""
     ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]

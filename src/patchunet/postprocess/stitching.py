@@ -49,27 +49,34 @@ def keep_core_nuclei(
     box, the nuclei earlier neighbours kept (0 elsewhere).
     """
     x, y, width, height = core
-    kept = np.zeros_like(labels)
-    duplicates = cut = trimmed = 0
-    ids = np.arange(1, int(labels.max()) + 1)
-    centroids = ndimage.center_of_mass(np.ones(labels.shape), labels, ids) if len(ids) else []
+    count = int(labels.max())
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    rows, cols = np.indices(labels.shape, sparse=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # ids without pixels: no centroid, not kept
+        cy = np.bincount(labels.ravel(), np.broadcast_to(rows, labels.shape).ravel(), count + 1) / areas
+        cx = np.bincount(labels.ravel(), np.broadcast_to(cols, labels.shape).ravel(), count + 1) / areas
+    in_core = (y <= cy) & (cy < y + height) & (x <= cx) & (cx < x + width)
+    in_core[0] = False
+    boxes = ndimage.find_objects(labels)
+    cut = np.zeros(count + 1, bool)
+    for nucleus in np.flatnonzero(in_core):
+        cut[nucleus] = _touches(boxes[nucleus - 1], labels.shape, interior_edges)
+    candidates = in_core & ~cut
+    overlap = (labels > 0) & (claimed > 0)
+    pairs, counts = np.unique(
+        labels[overlap].astype(np.int64) << 32 | claimed[overlap].astype(np.int64), return_counts=True
+    )
+    mine, others = pairs >> 32, pairs & 0xFFFFFFFF
     claimed_areas = np.bincount(claimed.ravel())
-    for nucleus, box, (cy, cx) in zip(ids, ndimage.find_objects(labels), centroids, strict=False):
-        if box is None or not (y <= cy < y + height and x <= cx < x + width):
-            continue
-        if _touches(box, labels.shape, interior_edges):
-            cut += 1
-            continue
-        mask = labels[box] == nucleus
-        overlapped = claimed[box][mask]
-        overlapped = overlapped[overlapped > 0]
-        if overlapped.size and _is_duplicate(mask.sum(), overlapped, claimed_areas):
-            duplicates += 1
-            continue
-        trimmed += overlapped.size
-        kept[box][mask & (claimed[box] == 0)] = nucleus
+    shares = np.maximum(counts / areas[mine], counts / claimed_areas[others])
+    duplicate = np.zeros(count + 1, bool)
+    duplicate[mine[shares >= DUPLICATE_OVERLAP]] = True
+    duplicate &= candidates
+    keep = candidates & ~duplicate
+    trimmed = int(counts[keep[mine]].sum())
+    kept = np.where(keep[labels] & (claimed == 0), labels, 0).astype(labels.dtype, copy=False)
     kept = relabel_sequential(kept)[0]
-    return kept, StitchReport(int(kept.max()), duplicates, cut, trimmed)
+    return kept, StitchReport(int(kept.max()), int(duplicate.sum()), int((in_core & cut).sum()), trimmed)
 
 
 def _touches(box: tuple[slice, slice], shape: tuple[int, ...], interior_edges: tuple[bool, bool, bool, bool]) -> bool:
@@ -81,14 +88,6 @@ def _touches(box: tuple[slice, slice], shape: tuple[int, ...], interior_edges: t
         or (left and cols.start == 0)
         or (right and cols.stop == shape[1])
     )
-
-
-def _is_duplicate(area: int, overlapped: np.ndarray, claimed_areas: np.ndarray) -> bool:
-    """Whether the overlap with one earlier nucleus is half of this nucleus's area or of that one's
-    (`claimed_areas[id]`: its pixels in the box)."""
-    others, counts = np.unique(overlapped, return_counts=True)
-    shares = np.maximum(counts / area, counts / claimed_areas[others])
-    return bool((shares >= DUPLICATE_OVERLAP).any())
 
 
 def claimed_pixels(features: list[dict], box: tuple[int, int, int, int]) -> np.ndarray:
