@@ -1,21 +1,29 @@
-"""Whole-slide throughput and peak memory of `patchunet predict-slide`, against the slide's size.
+"""Whole-slide throughput and peak memory of `patchunet predict-slide`, against the slide's size,
+before and after a change.
 
 For each --sides S it builds a synthetic S x S pyramidal TIFF at 0.25 µm/px: real MoNuSeg training
 images (data/raw/monuseg, randomly flipped) fill the cells of a 1000 px grid inside an ellipse, and
 the rest is empty glass. Then it runs `patchunet predict-slide` on it under `/usr/bin/time -v` and
 prints tiles, tissue megapixels, wall time, tissue megapixels per second and peak resident memory,
-and how long a slide of 2,000 MP of tissue would take at that rate. The slides are deleted after.
+and how long a slide of 2,000 MP of tissue would take at that rate. With --before REF it also runs
+the code of git commit REF (checked out in a temporary worktree, on the same slide, same venv) and
+prints the two side by side with their ratio; with --profile, where the time goes: each phase's
+seconds when the working tree's code segments the first slide's tiles one after the other (the
+pipeline then overlaps them). The slides are deleted after.
 
-    .venv/bin/python -m benchmarks.perf.slide_throughput --sides 10240 20480
+    .venv/bin/python -m benchmarks.perf.slide_throughput --sides 10240 20480 --before 8085896 --profile
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +57,14 @@ def synthetic_slide(side: int, images: list[Path], seed: int = 0) -> np.ndarray:
     return slide
 
 
-def measure(slide: Path, model: str, params: Path, out: Path) -> dict:
-    """Run predict-slide under /usr/bin/time -v; its summary row plus peak RSS and wall time."""
-    command = ["/usr/bin/time", "-v", str(ROOT / ".venv/bin/patchunet"), "predict-slide", str(slide)]
-    command += ["--model", model, "--out", str(out), "--params", str(params)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+def measure(slide: Path, model: str, params: Path, out: Path, source: Path) -> dict:
+    """Run predict-slide, the package under `source` (a src/ folder), under /usr/bin/time -v; its
+    summary row plus peak RSS."""
+    command = ["/usr/bin/time", "-v", str(ROOT / ".venv/bin/python"), "-c", "from patchunet.cli import main; main()"]
+    command += ["predict-slide", str(slide), "--model", model, "--out", str(out), "--params", str(params)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(source)}
+    )
     if result.returncode:
         raise SystemExit(result.stderr[-2000:])
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
@@ -62,27 +73,59 @@ def measure(slide: Path, model: str, params: Path, out: Path) -> dict:
     return {**row, "peak_gib": peak_kb / 2**20}
 
 
+@contextlib.contextmanager
+def checked_out(ref: str) -> Iterator[Path]:
+    """The src/ folder of git commit `ref`, in a temporary worktree removed after."""
+    with tempfile.TemporaryDirectory(prefix="slide-bench-before-") as scratch:
+        tree = Path(scratch) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), ref], cwd=ROOT, check=True)
+        try:
+            yield tree / "src"
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
+
+
+def report(label: str, side: int, row: dict) -> float:
+    """Print one run's line; its tissue MP/s."""
+    rate = float(row["tissue_megapixels_per_second"])
+    hours = PROJECTED_TISSUE_MP / rate / 3600
+    print(
+        f"{side} | {label} | {row['tiles']} ({row['tissue_tiles']}) | {float(row['tissue_megapixels']):.0f} | "
+        f"{float(row['seconds']):.0f} | {rate:.2f} | {row['peak_gib']:.2f} | {hours:.2f} h",
+        flush=True,
+    )
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[10240, 20480])
     parser.add_argument("--model", default=str(ROOT / MODEL_FILE))
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--before", metavar="REF", help="also run this git commit's code, side by side")
+    parser.add_argument("--profile", action="store_true", help="and where the time goes, on the first slide")
     args = parser.parse_args()
     images = [image for _, image, _ in pipeline_images("train")]
 
-    print("side px | tiles (tissue) | tissue MP | wall s | tissue MP/s | peak RSS GiB | 2,000 MP takes")
-    for side in args.sides:
-        with tempfile.TemporaryDirectory(prefix="slide-bench-") as scratch:
-            slide = Path(scratch) / f"synthetic_{side}.tif"
-            write_pyramidal_tiff(slide, synthetic_slide(side, images), 0.25)
-            row = measure(slide, args.model, args.params, Path(scratch) / "out")
-        rate = float(row["tissue_megapixels_per_second"])
-        hours = PROJECTED_TISSUE_MP / rate / 3600
-        print(
-            f"{side} | {row['tiles']} ({row['tissue_tiles']}) | {float(row['tissue_megapixels']):.0f} | "
-            f"{float(row['seconds']):.0f} | {rate:.2f} | {row['peak_gib']:.2f} | {hours:.2f} h",
-            flush=True,
-        )
+    with contextlib.ExitStack() as stack:
+        sources = {"now": ROOT / "src"}
+        if args.before:
+            sources = {f"before ({args.before})": stack.enter_context(checked_out(args.before)), **sources}
+        print("side px | code | tiles (tissue) | tissue MP | wall s | tissue MP/s | peak RSS GiB | 2,000 MP takes")
+        for side in args.sides:
+            with tempfile.TemporaryDirectory(prefix="slide-bench-") as scratch:
+                slide = Path(scratch) / f"synthetic_{side}.tif"
+                write_pyramidal_tiff(slide, synthetic_slide(side, images), 0.25)
+                rates = []
+                for label, source in sources.items():
+                    out = Path(scratch) / f"out-{len(rates)}"
+                    rates.append(report(label, side, measure(slide, args.model, args.params, out, source)))
+                if len(rates) == 2:
+                    print(f"{side} | now / before | {rates[1] / rates[0]:.2f}x", flush=True)
+                if args.profile and side == args.sides[0]:
+                    from benchmarks.perf.slide_profile import print_profile
+
+                    print_profile(slide, args.model, args.params, Path(scratch) / "out-profile")
 
 
 if __name__ == "__main__":

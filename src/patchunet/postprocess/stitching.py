@@ -49,12 +49,12 @@ def keep_core_nuclei(
     box, the nuclei earlier neighbours kept (0 elsewhere).
     """
     x, y, width, height = core
-    count = int(labels.max())
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    rows, cols = np.indices(labels.shape, sparse=True)
+    count, (rows, cols) = int(labels.max()), labels.shape
+    ids = labels.ravel().astype(np.intp)  # once, not in each bincount
+    areas = np.bincount(ids, minlength=count + 1)
     with np.errstate(invalid="ignore", divide="ignore"):  # ids without pixels: no centroid, not kept
-        cy = np.bincount(labels.ravel(), np.broadcast_to(rows, labels.shape).ravel(), count + 1) / areas
-        cx = np.bincount(labels.ravel(), np.broadcast_to(cols, labels.shape).ravel(), count + 1) / areas
+        cy = np.bincount(ids, np.repeat(np.arange(rows, dtype=np.float64), cols), count + 1) / areas
+        cx = np.bincount(ids, np.tile(np.arange(cols, dtype=np.float64), rows), count + 1) / areas
     in_core = (y <= cy) & (cy < y + height) & (x <= cx) & (cx < x + width)
     in_core[0] = False
     boxes = ndimage.find_objects(labels)

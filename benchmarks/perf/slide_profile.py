@@ -1,0 +1,104 @@
+"""Where `patchunet predict-slide`'s time goes: the run under cProfile, its post-processing threads
+included, summed by phase. The phases overlap (the network runs while threads post-process earlier
+tiles), so their seconds add up to more than the wall time; "waiting" is the main thread's time
+blocked on a tile's post-processing, the pipeline's stall.
+
+    .venv/bin/python -m benchmarks.perf.slide_throughput --sides 6144 --profile   (prints this too)
+    .venv/bin/python -m benchmarks.perf.slide_profile SLIDE
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import pstats
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from benchmarks import ROOT
+from patchunet.core.paths import MODEL_FILE
+
+PHASES = {
+    "read the tile": ("slide/tiles.py", "read_tile"),
+    "network (sliding windows)": ("inference/nuclei.py", "nucleus_maps"),
+    "instances from maps": ("inference/nuclei.py", "nuclei_from_maps"),
+    "earlier nuclei (claimed)": ("postprocess/stitching.py", "claimed_pixels"),
+    "keep the core's nuclei": ("postprocess/stitching.py", "keep_core_nuclei"),
+    "nucleus table": ("postprocess/nuclei.py", "nucleus_table"),
+    "outlines (GeoJSON)": ("io/geojson.py", "nuclei_feature_collection"),
+    "tile store: save": ("slide/tile_store.py", "save"),
+    "label image": ("slide/label_image.py", "write_label_image"),
+    "GeoJSON, CSV, overview": ("slide/writers.py", "write_slide_outputs"),
+    "waiting for post-processing": ("_base.py", "result"),
+}
+
+
+def profiled_run(slide: Path, model: str, params: Path, out: Path) -> tuple[pstats.Stats, float]:
+    """Run predict-slide in this process under cProfile, each post-processing thread under its own
+    profiler; the merged stats and the wall seconds."""
+    from patchunet.cli import main
+    from patchunet.inference import nuclei
+
+    thread_profiles, lock = [], threading.Lock()
+    unprofiled = nuclei.nuclei_from_maps
+
+    @functools.wraps(unprofiled)
+    def nuclei_from_maps(*args, **kwargs):
+        profile = cProfile.Profile()
+        try:
+            return profile.runcall(unprofiled, *args, **kwargs)
+        finally:
+            with lock:
+                thread_profiles.append(profile)
+
+    nuclei.nuclei_from_maps = nuclei_from_maps
+    main_profile = cProfile.Profile()
+    started = time.perf_counter()
+    try:
+        main_profile.runcall(
+            main, ["predict-slide", str(slide), "--model", model, "--out", str(out), "--params", str(params)]
+        )
+    finally:
+        nuclei.nuclei_from_maps = unprofiled
+    seconds = time.perf_counter() - started
+    stats = pstats.Stats(main_profile)
+    for profile in thread_profiles:
+        stats.add(profile)
+    return stats, seconds
+
+
+def phase_seconds(stats: pstats.Stats) -> dict[str, float]:
+    """Cumulative seconds of each of PHASES' functions (summed over threads)."""
+    seconds = dict.fromkeys(PHASES, 0.0)
+    for (filename, _, function), (_, _, _, cumulative, _) in stats.stats.items():
+        for phase, (file_end, name) in PHASES.items():
+            if function == name and filename.endswith(file_end):
+                seconds[phase] += cumulative
+    return seconds
+
+
+def print_profile(slide: Path, model: str, params: Path, out: Path) -> None:
+    stats, wall = profiled_run(slide, model, params, out)
+    print(f"\nprofile of {slide.name} (wall {wall:.1f} s under cProfile; phases overlap):")
+    print("phase | seconds | share of wall")
+    for phase, seconds in phase_seconds(stats).items():
+        print(f"{phase} | {seconds:.1f} | {seconds / wall:.0%}")
+    print("\ntop functions by own time:")
+    stats.sort_stats("tottime").print_stats(12)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("slide", type=Path)
+    parser.add_argument("--model", default=str(ROOT / MODEL_FILE))
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="slide-profile-") as scratch:
+        print_profile(args.slide, args.model, args.params, Path(scratch) / "out")
+
+
+if __name__ == "__main__":
+    main()
