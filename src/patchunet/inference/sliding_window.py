@@ -21,7 +21,7 @@ import torch
 
 from patchunet.core.config import EvalConfig, InstanceHead
 from patchunet.core.errors import ConfigError
-from patchunet.data.dataset import image_to_tensor
+from patchunet.data.dataset import as_model_input
 from patchunet.inference.runtimes import Network, network_device
 from patchunet.model.heads import activate
 from patchunet.postprocess.instances import instances_from_maps
@@ -114,10 +114,12 @@ def predict_maps(
     batches = list(_batched(corners, batch_size))
     with torch.inference_mode():
         for batch in progress(batches, len(batches)) if progress else batches:
-            windows = torch.stack([image_to_tensor(padded[y : y + window, x : x + window]) for y, x in batch])
-            windows = windows.to(device)
-            maps = sum(inverse(activate(model(forward(windows)), head)) for forward, inverse in transforms)
-            maps = (maps / len(transforms)).float().cpu().numpy()  # float: a bf16 autocast's maps too
+            crops = np.stack([padded[y : y + window, x : x + window] for y, x in batch])
+            # one conversion for the batch: per-window torch ops cost more than the network here
+            windows = as_model_input(torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2))).to(device))
+            maps = [inverse(activate(model(forward(windows)), head)) for forward, inverse in transforms]
+            maps = maps[0] if len(maps) == 1 else sum(maps) / len(maps)
+            maps = maps.float().cpu().numpy()  # float: a bf16 autocast's maps too
             if total is None:
                 total = np.zeros((maps.shape[1], *padded.shape[:2]), np.float32)
             for (y, x), window_maps in zip(batch, maps, strict=True):
