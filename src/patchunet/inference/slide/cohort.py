@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 LOCAL_WORKER = "local"
 """slides.csv's `worker` for a slide segmented without Dask."""
-CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_S = 5
 
 
 @dataclasses.dataclass(frozen=True)
