@@ -25,7 +25,7 @@ from patchunet.io.slides import write_pyramidal_tiff
 
 pytestmark = pytest.mark.distributed
 
-SIDE = 1280  # 5 x 5 tiles of 256 px
+SIDE = 1024  # 4 x 4 tiles of 256 px
 SLIDES = 3
 DASK = Path(sys.executable).with_name("dask")
 
@@ -49,7 +49,7 @@ def disc_slide(path: Path, seed: int) -> Path:
     """A SIDE x SIDE pyramidal slide at 0.25 µm/px of dark discs ('nuclei') on light glass."""
     rng = np.random.default_rng(seed)
     pixels = np.full((SIDE, SIDE, 3), 220, np.uint8)
-    for _ in range(450):
+    for _ in range(300):
         rows, cols = disk(rng.integers(6, SIDE - 6, 2), rng.integers(3, 6), shape=(SIDE, SIDE))
         pixels[rows, cols] = (70, 40, 120)
     write_pyramidal_tiff(path, np.clip(pixels + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8), 0.25)
@@ -134,22 +134,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
-def test_a_cohort_on_a_dask_cluster_gives_the_single_machine_outputs_and_each_slides_worker(
-    project: Path, slides: list[Path], single_machine: Path, cluster: Cluster, tmp_path: Path
-) -> None:
-    out = tmp_path / "out"
-    result = predict_slide(project, *map(str, slides), "--out", str(out), "--scheduler", cluster.address)
-    assert result.returncode == 0, result.stderr
-    assert_same_outputs(out, single_machine, slides)
-    rows = summary(out)
-    assert sorted(rows) == [slide.stem for slide in slides]
-    assert {row["worker"] for row in rows.values()} <= {"w0", "w1"}
-    assert [rows[slide.stem]["nuclei"] for slide in slides] == [
-        summary(single_machine)[s.stem]["nuclei"] for s in slides
-    ]
-    assert {row["worker"] for row in summary(single_machine).values()} == {"local"}
-
-
 def test_a_worker_killed_mid_slide_costs_only_its_unfinished_tiles(
     project: Path, slides: list[Path], single_machine: Path, cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -177,8 +161,9 @@ def test_a_worker_killed_mid_slide_costs_only_its_unfinished_tiles(
     survivor = ({"w0", "w1"} - {victim}).pop()
     tissue = summary(single_machine)[stem]["tissue_tiles"]
     assert f"{stem}.tif: resuming, {finished} of {tissue} tissue tiles already done" in cluster.log(survivor)
-    assert summary(out)[stem]["worker"] == survivor
-    assert sorted(summary(out)) == [slide.stem for slide in slides]
+    rows = summary(out)
+    assert sorted(rows) == [slide.stem for slide in slides]
+    assert rows[stem]["worker"] == survivor and {row["worker"] for row in rows.values()} <= {"w0", "w1"}
     assert_same_outputs(out, single_machine, slides)
 
 
@@ -190,7 +175,7 @@ def worker_mid_slide(watcher, out: Path, run: subprocess.Popen) -> tuple[str, st
         for address, keys in watcher.processing().items():
             for key in keys:
                 stem = str(key).removeprefix("predict-slide-").rsplit("-", 1)[0]
-                if 2 <= len(list((out / f"{stem}_tiles").glob("0*.json"))) <= 15:
+                if 2 <= len(list((out / f"{stem}_tiles").glob("0*.json"))) <= 10:
                     return names[address], stem
         time.sleep(0.02)
     raise AssertionError("no worker was seen mid-slide")
@@ -200,9 +185,10 @@ def test_local_workers_give_the_single_machine_outputs(
     project: Path, slides: list[Path], single_machine: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = predict_slide(project, *map(str, slides), "--out", str(out), "--workers", "2")
+    result = predict_slide(project, *map(str, slides[:2]), "--out", str(out), "--workers", "2")
     assert result.returncode == 0, result.stderr
-    assert_same_outputs(out, single_machine, slides)
+    assert_same_outputs(out, single_machine, slides[:2])
+    assert {row["worker"] for row in summary(single_machine).values()} == {"local"}
     assert len({row["worker"] for row in summary(out).values()}) == 2
     assert all(row["worker"].startswith("tcp://127.0.0.1:") for row in summary(out).values())
 
@@ -214,11 +200,11 @@ def test_a_slide_failing_on_a_worker_is_one_line_naming_it_and_the_others_are_su
     bad.write_bytes(slides[0].read_bytes())
     truncate_level_0(bad)
     out = tmp_path / "out"
-    result = predict_slide(project, str(bad), *map(str, slides[1:]), "--out", str(out), "--scheduler", cluster.address)
+    result = predict_slide(project, str(bad), str(slides[1]), "--out", str(out), "--scheduler", cluster.address)
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {bad.resolve()}: level 0 is unreadable at x=")
-    assert sorted(summary(out)) == [slide.stem for slide in slides[1:]]
+    assert sorted(summary(out)) == [slides[1].stem]
 
 
 def truncate_level_0(path: Path) -> None:
