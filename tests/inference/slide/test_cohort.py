@@ -181,16 +181,21 @@ def worker_mid_slide(watcher, out: Path, run: subprocess.Popen) -> tuple[str, st
     raise AssertionError("no worker was seen mid-slide")
 
 
-def test_local_workers_give_the_single_machine_outputs(
+def test_local_workers_give_the_single_machine_outputs_beside_earlier_rows(
     project: Path, slides: list[Path], single_machine: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
+    out.mkdir()
+    before_worker = (single_machine / "slides.csv").read_text().splitlines()[0].removesuffix(",worker")
+    (out / "slides.csv").write_text(f"{before_worker}\nother.tif{',1' * before_worker.count(',')}\n")
     result = predict_slide(project, *map(str, slides[:2]), "--out", str(out), "--workers", "2")
     assert result.returncode == 0, result.stderr
     assert_same_outputs(out, single_machine, slides[:2])
     assert {row["worker"] for row in summary(single_machine).values()} == {"local"}
-    assert len({row["worker"] for row in summary(out).values()}) == 2
-    assert all(row["worker"].startswith("tcp://127.0.0.1:") for row in summary(out).values())
+    rows = summary(out)
+    assert rows.pop("other")["worker"] == ""  # an earlier run's row, from before the worker column, kept
+    assert len({row["worker"] for row in rows.values()}) == 2
+    assert all(row["worker"].startswith("tcp://127.0.0.1:") for row in rows.values())
 
 
 def test_a_slide_failing_on_a_worker_is_one_line_naming_it_and_the_others_are_summarised(
