@@ -154,8 +154,7 @@ def segment_on_dask(
     from patchunet.core.files import write_csv
     from patchunet.inference.predict_slide import SUMMARY_COLUMNS
 
-    model = job.model if job.model.startswith(("models:/", "runs:/")) else str(Path(job.model).resolve())
-    job = dataclasses.replace(job, model=model, out=job.out.resolve())
+    job = with_absolute_paths(job)
     failures = []
     with dask_client(scheduler, workers) as client:
         sharers = host_slots(client)
@@ -180,6 +179,17 @@ def segment_on_dask(
     if failures:
         more = f" (and {len(failures) - 1} more slides failed)" if len(failures) > 1 else ""
         raise PatchUNetError(failures[0] + more)
+
+
+def with_absolute_paths(job: SlideJob) -> SlideJob:
+    """The job as a worker in another working folder reads it: its model file, SQLite store and
+    output folder absolute."""
+    from patchunet import tracking
+
+    model = job.model if job.model.startswith(("models:/", "runs:/")) else str(Path(job.model).resolve())
+    database = tracking.sqlite_file(job.tracking_uri)
+    uri = job.tracking_uri if database is None else f"sqlite:///{database.resolve()}"
+    return dataclasses.replace(job, model=model, tracking_uri=uri, out=job.out.resolve())
 
 
 def task_key(path: Path, job: SlideJob) -> str:
