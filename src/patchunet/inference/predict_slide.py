@@ -6,7 +6,8 @@ nucleus table `predict` writes, one row per nucleus: id, centroid, box, area, pe
 eccentricity, mean intensity and probability, in level-0 pixels), <stem>_overview.png (a
 thumbnail with the tissue outlined in green and the nuclei in yellow) and <stem>_labels.ome.tif
 (the nuclei's ids over the pixels of the level read, a pyramidal OME-TIFF; not with
---no-label-image); slides.csv gets one row per slide (size, level, tiles, tissue, nuclei, time).
+--no-label-image); slides.csv gets one row per slide (size, level, tiles, tissue, nuclei, time,
+and the Dask worker that did it, or `local`).
 Outputs already in --out are never replaced without --overwrite.
 
 How: tissue is found on a thumbnail, and only tiles holding some are segmented, at the slide level
@@ -16,12 +17,16 @@ segments an image (the `eval` section); a nucleus belongs to the tile holding it
 (postprocess/stitching.py). Memory holds one tile and the nuclei of two tile rows, whatever the slide
 size. Each finished tile is saved in <stem>_tiles/ in --out, so an interrupted run, started again,
 resumes after its last finished tile; the folder is removed once the slide's outputs are written.
+
+With --workers N, N slides are segmented at a time by a Dask cluster of N processes started here;
+with --scheduler, by the workers of a running Dask cluster, which must all reach the slides and
+--out at the same paths. A worker lost mid-slide costs only its unfinished tiles: Dask gives the
+slide to another worker, which resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -53,7 +58,9 @@ SUMMARY_COLUMNS = (
     "cut_dropped",
     "seconds",
     "tissue_megapixels_per_second",
+    "worker",
 )
+SUMMARY_COLUMNS_BEFORE_WORKER = SUMMARY_COLUMNS[:-1]
 TILES_SUFFIX = "_tiles"
 
 
@@ -71,28 +78,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-label-image", action="store_true", help="do not write <stem>_labels.ome.tif, the nuclei's label image"
     )
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="send the slides to the Dask cluster at ADDRESS (tcp://HOST:8786); its workers must share --out",
+    )
+    cluster.add_argument(
+        "--workers", type=int, metavar="N", help="segment N slides at a time, on a Dask cluster of N processes here"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     from patchunet.io.scale import parse_mpp
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # zarr's pending reads, when a slide is refused
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # a cluster's routine news, around the one-line error
     given_mpp = parse_mpp(args.mpp, "--mpp") if args.mpp is not None else None
 
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, SlideConfig, load_params, parse_section
     from patchunet.core.errors import PatchUNetError
-    from patchunet.core.files import write_csv
     from patchunet.inference.predict import (
         check_writable_folder,
         load_model_reference,
         read_summary,
         refuse_existing_outputs,
     )
-    from patchunet.inference.runtimes import runtime_network, weights_hash
+    from patchunet.inference.slide.cohort import SlideJob, segment_here, segment_on_dask
     from patchunet.inference.slide.plan import slide_scale
     from patchunet.io.slides import open_slide
 
+    if args.workers is not None and args.workers < 1:
+        raise PatchUNetError(f"--workers {args.workers}: the number of worker processes must be 1 or more")
     params = load_params(args.params)
     cfg = parse_section(EvalConfig, params, "eval")
     slide_cfg = parse_section(SlideConfig, params, "slide")
@@ -109,20 +127,16 @@ def run(args: argparse.Namespace) -> None:
         suffixes = tuple(suffix for suffix in OUTPUT_SUFFIXES if suffix not in skipped)
         refuse_existing_outputs(args.out, stems, suffixes)
     summary_path = args.out / SUMMARY_FILE
-    summary = [row for row in read_summary(summary_path, (SUMMARY_COLUMNS,)) if Path(row["slide"]).stem not in stems]
+    earlier = read_summary(summary_path, (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_WORKER))
+    summary = [row for row in earlier if Path(row["slide"]).stem not in stems]
     uri = tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
-    model = load_model_reference(args.model, uri)
-    window = cfg.window_for(parse_section(PatchConfig, params, "patch").size, model.cfg.size_multiple)
-    network = runtime_network(model, cfg)
-    identity = {"model": weights_hash(model), "eval": dataclasses.asdict(cfg), "slide": dataclasses.asdict(slide_cfg)}
-    for path in args.slides:
-        with open_slide(path) as slide:
-            mpp, source = slide_scale(slide, given_mpp)
-            row = segment_slide(
-                slide, mpp, network, cfg, window, slide_cfg, args.out, identity, label_image=not args.no_label_image
-            )
-        summary.append({**row, "scale_from": source})
-        write_csv(summary_path, summary, SUMMARY_COLUMNS)  # after each slide: a later failure keeps it
+    size = parse_section(PatchConfig, params, "patch").size
+    job = SlideJob(args.model, uri, cfg, slide_cfg, size, args.out, given_mpp, not args.no_label_image)
+    if args.scheduler is None and args.workers is None:
+        segment_here(args.slides, job, summary, summary_path)
+        return
+    load_model_reference(args.model, uri)  # a wrong --model told here, once, not by every worker
+    segment_on_dask(args.slides, job, summary, summary_path, scheduler=args.scheduler, workers=args.workers)
 
 
 def segment_slide(
