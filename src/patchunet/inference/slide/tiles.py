@@ -44,9 +44,11 @@ def segment_missing_tiles(context: TileContext, tiles: list[Tile], store: TileSt
 
 def segment_tile(context: TileContext, tile: Tile, earlier: list[dict]) -> dict:
     """What the tile store saves of `tile`: the nuclei it keeps, as GeoJSON features each with its
-    row of the nucleus table ("row") and box ("bbox"), in pixels of the level read, and its stitch
-    report. `earlier`: its earlier neighbours' finished tiles."""
+    row of the nucleus table ("row") and box ("bbox"), in pixels of the level read, the same nuclei
+    as labels for the label image ("labels", `TileLabels`), and its stitch report. `earlier`: its
+    earlier neighbours' finished tiles."""
     from patchunet.inference.nuclei import segment_nuclei
+    from patchunet.inference.slide.tile_store import TileLabels
     from patchunet.io.slides import read_region
     from patchunet.postprocess.stitching import claimed_pixels, keep_core_nuclei
 
@@ -58,7 +60,8 @@ def segment_tile(context: TileContext, tile: Tile, earlier: list[dict]) -> dict:
     interior = (y > 0, y + height < context.height, x > 0, x + width < context.width)
     kept, report = keep_core_nuclei(labels, core, interior, claimed)
     features = nucleus_features(kept, (x, y), context.level_mpp, probabilities, region)
-    return {"features": features, "report": dataclasses.asdict(report)}
+    labels = TileLabels.cropped(kept, (x, y))  # ids 1..N in raster order, as the features
+    return {"features": features, "labels": labels, "report": dataclasses.asdict(report)}
 
 
 def nucleus_features(
