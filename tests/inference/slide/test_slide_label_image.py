@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from scipy import ndimage
 from skimage.draw import disk
 from skimage.segmentation import relabel_sequential
 
-from patchunet.inference.slide.label_image import write_label_image
+from patchunet.inference.slide.label_image import label_tiles, write_label_image
 from patchunet.inference.slide.plan import TilePlan
 from patchunet.inference.slide.tile_store import TileLabels, TileStore
 from patchunet.inference.slide.tiles import nucleus_features
@@ -150,3 +151,23 @@ def test_later_tiles_win_where_nuclei_cross_into_their_neighbours_at_every_level
     assert len(pyramid) == 3
     for level, pixels in enumerate(pyramid):
         assert np.array_equal(pixels, expected[:: 2**level, :: 2**level])
+
+
+def test_each_tile_is_read_once_per_level_and_let_go_once_passed() -> None:
+    """Memory holds the labels of the tiles reaching the current row of image tiles: at level 0
+    with rows of image tiles shorter than a slide tile, two rows of slide tiles at most."""
+    tiles = tile_grid((HEIGHT, WIDTH), TILE, TILE, clip=True)
+    boxes = [tile.read_box(MARGIN, WIDTH, HEIGHT) for tile in tiles]
+    reads, alive, most_alive = [], [], 0
+
+    def read(index: int) -> TileLabels:
+        x, y, width, height = boxes[index]
+        labels = TileLabels(x, y, np.ones((height, width), np.uint16), 1)
+        reads.append(index)
+        alive.append(weakref.ref(labels))
+        return labels
+
+    for _ in label_tiles(boxes, [1] * len(tiles), list(range(len(tiles))), read, (HEIGHT, WIDTH), 1, size=128):
+        most_alive = max(most_alive, sum(ref() is not None for ref in alive))
+    assert sorted(reads) == list(range(len(tiles)))
+    assert 0 < most_alive <= 2 * len({tile.col for tile in tiles})
