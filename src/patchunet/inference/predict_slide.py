@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     from patchunet.inference.runtimes import Network
     from patchunet.inference.slide.plan import TilePlan
     from patchunet.io.slides import Slide
-    from patchunet.postprocess.tiling import Tile
 
 SUMMARY_FILE = "slides.csv"
 SUMMARY_COLUMNS = (
@@ -183,11 +181,8 @@ def segment_slide(
     )
     segment_missing_tiles(context, plan.tissue_tiles, store, stem)
 
-    def finished_tiles() -> Iterator[tuple[Tile, dict]]:
-        return zip(plan.tissue_tiles, store.finished(plan.tissue_tiles), strict=True)
-
-    if label_image:  # before the GeoJSON and CSV, whose writer changes the features it reads
-        write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, finished_tiles)
+    if label_image:
+        write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, store)
     nuclei, dropped = write_slide_outputs(out, stem, plan, store.finished(plan.tissue_tiles))
     store.remove()
     seconds = time.perf_counter() - started

@@ -2,18 +2,17 @@
 nucleus table's `nucleus`, 1..N in tile order, as in the GeoJSON), 0 elsewhere, written as a
 pyramidal OME-TIFF (io/label_image.py).
 
-The ids are filled from the tile store's outlines, which run along pixel edges: filling them gives
-back exactly the pixels each tile kept. Each level is filled directly, pixel (r, c) of level k
-taking the id of the level-read pixel (r, c) * 2**k, whose centre is tested against the outlines,
-so no level is resampled from another. Each level streams the tile store once; memory holds one
-image tile and the outlines of the nuclei near one row of image tiles.
+The ids are painted from the labels each finished tile kept (tile_store.py's `TileLabels`, the
+pixels its GeoJSON outlines hold), shifted by the nuclei of the tiles before it, in tile order so
+that a later tile wins where two overlap, as in the GeoJSON filled in order. Pixel (r, c) of level
+k is the level read's pixel (r, c) * 2**k, so no level is resampled from another. Each row of
+image tiles reads the tiles that can reach it, once per level; memory holds that row and the
+labels of the tiles reaching it (about two rows of slide tiles at level 0, fewer pixels above).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,95 +22,81 @@ from patchunet.io.label_image import LABEL_DTYPE, LABEL_TILE
 
 if TYPE_CHECKING:
     from patchunet.inference.slide.plan import TilePlan
-    from patchunet.io.geojson import FeatureShape
-    from patchunet.postprocess.tiling import Tile
+    from patchunet.inference.slide.tile_store import TileLabels, TileStore
+
+Box = tuple[int, int, int, int]
+"""x, y, width, height in pixels of the level read."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Outline:
-    """One nucleus at one level: the level's pixels it may hold, and its polygons in the level's
-    pixel-corner coordinates."""
-
-    nucleus: int
-    rows: tuple[int, int]
-    cols: tuple[int, int]
-    polygons: FeatureShape
-
-
-def write_label_image(
-    path: Path, plan: TilePlan, margin: int, finished: Callable[[], Iterable[tuple[Tile, dict]]]
-) -> None:
+def write_label_image(path: Path, plan: TilePlan, margin: int, store: TileStore) -> None:
     """Write the label image of a slide segmented by `plan`, with tiles read `margin` px beyond
-    their core; `finished()` gives, on each call, its finished tiles (as the tile store saved them)
-    in raster order, each with its tile."""
+    their core, from `store`, which holds all its tissue tiles finished."""
     from patchunet.io.label_image import write_label_pyramid
 
+    tiles = plan.tissue_tiles
+    boxes = [tile.read_box(margin, plan.width, plan.height) for tile in tiles]
+    counts = store.nucleus_counts(tiles)
+    before = [int(count) for count in np.cumsum([0, *counts[:-1]])]
+
+    def read(index: int) -> TileLabels:
+        return store.labels(tiles[index].row, tiles[index].col)
+
     def level_tiles(level: int, shape: tuple[int, int]) -> Iterator[np.ndarray]:
-        return label_tiles(finished(), shape, 2**level, margin)
+        return label_tiles(boxes, counts, before, read, shape, 2**level)
 
     write_label_pyramid(path, (plan.height, plan.width), plan.level_mpp, level_tiles)
 
 
 def label_tiles(
-    finished: Iterable[tuple[Tile, dict]], shape: tuple[int, int], step: int, margin: int, size: int = LABEL_TILE
+    boxes: Sequence[Box],
+    counts: Sequence[int],
+    before: Sequence[int],
+    read: Callable[[int], TileLabels],
+    shape: tuple[int, int],
+    step: int,
+    size: int = LABEL_TILE,
 ) -> Iterator[np.ndarray]:
     """The (size, size) uint32 tiles, in raster order, of the (H, W) = `shape` level that samples
-    the level read every `step` pixels. A row of tiles is filled once every finished tile that can
-    reach it (its core plus `margin`) is read."""
-    source = iter(finished)
-    waiting = next(source, None)
-    nucleus = 0
-    pending: list[Outline] = []
+    the level read every `step` pixels. Slide tile i, in raster order, lies within `boxes[i]`, kept
+    `counts[i]` nuclei, has `before[i]` nuclei in the tiles before it, and `read(i)` gives its
+    labels; it is read when the first row of image tiles it reaches comes, and let go after the
+    last (the boxes' tops never decrease)."""
+    columns = -(-shape[1] // size)
+    held: dict[int, TileLabels] = {}
+    waiting = 0
     for top in range(0, shape[0], size):
-        while waiting is not None and waiting[0].y - margin < (top + size) * step:
-            for feature in waiting[1]["features"]:
-                nucleus += 1
-                outline = sampled_outline(nucleus, feature["bbox"], feature["geometry"], step)
-                if outline is not None:
-                    pending.append(outline)
-            waiting = next(source, None)
-        columns = defaultdict(list)
-        for outline in pending:
-            if outline.rows[0] < top + size:
-                for column in range(outline.cols[0] // size, (outline.cols[1] - 1) // size + 1):
-                    columns[column].append(outline)
-        for column in range(-(-shape[1] // size)):
-            yield filled_tile(columns[column], top, column * size, size)
-        pending = [outline for outline in pending if outline.rows[1] > top + size]
+        start, stop = top * step, (top + size) * step  # the level read's rows this row of image tiles samples
+        while waiting < len(boxes) and boxes[waiting][1] < stop:
+            if counts[waiting] and boxes[waiting][1] + boxes[waiting][3] > start:
+                held[waiting] = sampled(read(waiting), step)
+            waiting += 1
+        row = np.zeros((size, columns * size), LABEL_DTYPE)
+        for index in sorted(held):
+            paint(row, top, held[index], before[index])
+        for column in range(columns):
+            yield np.ascontiguousarray(row[:, column * size : (column + 1) * size])
+        held = {index: labels for index, labels in held.items() if boxes[index][1] + boxes[index][3] > stop}
 
 
-def sampled_outline(nucleus: int, bbox: list[int], geometry: dict, step: int) -> Outline | None:
-    """Nucleus `nucleus` at the level sampling every `step` pixels, from its box (min x, min y,
-    max x, max y; pixels of the level read, max excluded) and GeoJSON geometry; None where no
-    sampled pixel lies in its box. Vertices move so that the level's pixel (r, c) has its centre
-    where the level read's pixel (r, c) * step has its own: x -> (x - 0.5) / step + 0.5."""
-    min_x, min_y, max_x, max_y = bbox
-    rows, cols = (-(-min_y // step), -(-max_y // step)), (-(-min_x // step), -(-max_x // step))
-    if rows[0] == rows[1] or cols[0] == cols[1]:
-        return None
-    # the tile store's own outlines: trusted, so not checked as a GeoJSON file from elsewhere is
-    coordinates = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
-    polygons = [[(np.asarray(ring, np.float64) - 0.5) / step + 0.5 for ring in rings] for rings in coordinates]
-    return Outline(nucleus, rows, cols, polygons)
+def sampled(labels: TileLabels, step: int) -> TileLabels:
+    """A tile's labels at the level sampling the level read every `step` pixels: the level's pixel
+    (r, c) is the level read's (r, c) * step, whatever the tile's offset."""
+    from patchunet.inference.slide.tile_store import TileLabels
+
+    if step == 1:
+        return labels
+    row, col = -(-labels.y // step), -(-labels.x // step)
+    pixels = labels.labels[row * step - labels.y :: step, col * step - labels.x :: step].copy()
+    return TileLabels(col, row, pixels, labels.count)
 
 
-def filled_tile(outlines: list[Outline], top: int, left: int, size: int) -> np.ndarray:
-    """The (size, size) uint32 tile at (`left`, `top`) of a level, each of `outlines` filled with its id."""
-    labels = np.zeros((size, size), LABEL_DTYPE)
-    for outline in outlines:
-        for exterior, *holes in outline.polygons:
-            pixels = _ring_pixels(exterior, top, left, size)
-            for hole in holes:
-                pixels = np.setdiff1d(pixels, _ring_pixels(hole, top, left, size), assume_unique=True)
-            labels.flat[pixels] = outline.nucleus
-    return labels
-
-
-def _ring_pixels(ring: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
-    """Flat indices into the (size, size) tile at (`left`, `top`) of the pixels whose centre lies
-    inside `ring`, (K, 2) (x, y) vertices in pixel-corner coordinates: io/geojson.py's rule, QuPath's."""
-    from skimage.draw import polygon
-
-    # the pixel centre (c + 0.5, r + 0.5) is skimage's point (r, c): shift the vertices by half a pixel
-    rows, cols = polygon(ring[:, 1] - top - 0.5, ring[:, 0] - left - 0.5, shape=(size, size))
-    return np.ravel_multi_index((rows, cols), (size, size))
+def paint(row: np.ndarray, top: int, labels: TileLabels, before: int) -> None:
+    """Paint a tile's nuclei, numbered after the `before` of the tiles before it, over the row of
+    image tiles whose top is level row `top` (`row`: (size, W') uint32)."""
+    first, last = max(labels.y, top), min(labels.bottom, top + row.shape[0])
+    if first >= last:
+        return
+    pixels = labels.labels[first - labels.y : last - labels.y]
+    target = row[first - top : last - top, labels.x : labels.x + pixels.shape[1]]
+    nucleus = pixels != 0
+    target[nucleus] = pixels[nucleus].astype(LABEL_DTYPE) + before

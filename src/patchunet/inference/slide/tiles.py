@@ -116,7 +116,9 @@ def stitched_tile(
     """What the tile store saves of `tile`: the nuclei its core keeps, from its instance `labels` and
     `probabilities` over its read `box` and `region`, against its `earlier` neighbours' finished
     tiles; as GeoJSON features each with its row of the nucleus table ("row") and box ("bbox"), in
-    pixels of the level read, and its stitch report."""
+    pixels of the level read, the same nuclei as labels for the label image ("labels",
+    `TileLabels`), and its stitch report."""
+    from patchunet.inference.slide.tile_store import TileLabels
     from patchunet.postprocess.stitching import claimed_pixels, keep_core_nuclei
 
     x, y, width, height = box
@@ -125,7 +127,8 @@ def stitched_tile(
     interior = (y > 0, y + height < context.height, x > 0, x + width < context.width)
     kept, report = keep_core_nuclei(labels, core, interior, claimed)
     features = nucleus_features(kept, (x, y), context.level_mpp, probabilities, region)
-    return {"features": features, "report": dataclasses.asdict(report)}
+    labels = TileLabels.cropped(kept, (x, y))  # ids 1..N in raster order, as the features
+    return {"features": features, "labels": labels, "report": dataclasses.asdict(report)}
 
 
 def nucleus_features(
