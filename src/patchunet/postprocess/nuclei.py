@@ -118,44 +118,50 @@ mean divides once. Times the unit roundoff and the mean of |values|: a bound of 
 @dataclasses.dataclass(frozen=True)
 class _Nuclei:
     """The nuclei of a label image: `ids` increasing, their `boxes` (find_objects' slices) and
-    `area`, and for each labelled pixel (`flat` index) the index of its nucleus in `ids`."""
+    `area`; and for each labelled pixel (those `inside`, in row-major order) its id and position."""
 
     ids: list[int]
     boxes: list[tuple[slice, slice]]
     area: np.ndarray
-    flat: np.ndarray
-    nucleus: np.ndarray
+    inside: np.ndarray
+    label: np.ndarray
     rows: np.ndarray
     cols: np.ndarray
 
     @classmethod
     def of(cls, labels: np.ndarray) -> _Nuclei:
         found = [(index + 1, box) for index, box in enumerate(ndimage.find_objects(labels)) if box is not None]
-        ids = [nucleus for nucleus, _ in found]
-        flat = np.flatnonzero(labels)
-        nucleus = _index(ids)[labels.ravel()[flat]]
-        rows, cols = np.divmod(flat, labels.shape[1])
-        area = np.bincount(nucleus, minlength=len(ids))
-        return cls(ids, [box for _, box in found], area, flat, nucleus, rows, cols)
+        inside = labels != 0
+        label = labels[inside].astype(np.intp)
+        rows, cols = np.nonzero(inside)
+        nuclei = cls(
+            [nucleus for nucleus, _ in found], [box for _, box in found], np.empty(0), inside, label, rows, cols
+        )
+        return dataclasses.replace(nuclei, area=nuclei.by_nucleus(None).astype(np.int64))
+
+    def by_nucleus(self, weights: np.ndarray | None) -> np.ndarray:
+        """(N,) sums of the labelled pixels' `weights` by nucleus (their count without): float64,
+        exact for integers (sums below 2**53)."""
+        return np.bincount(self.label, weights=weights, minlength=self.ids[-1] + 1 if self.ids else 1)[self.ids]
 
     def sums(self, image: np.ndarray) -> np.ndarray:
-        """(N,) float64 sums of (H, W) `image` by nucleus: exact for integers (sums below 2**53)."""
-        return np.bincount(self.nucleus, weights=image.ravel()[self.flat], minlength=len(self.ids))
+        """(N,) float64 sums of (H, W) `image` by nucleus."""
+        return self.by_nucleus(image[self.inside])
 
     def centroids(self) -> np.ndarray:
         """(N, 2) (row, column) means: exact sums divided by the area, as regionprops' mean does."""
-        sums = [np.bincount(self.nucleus, weights=axis, minlength=len(self.ids)) for axis in (self.rows, self.cols)]
-        return np.stack(sums, axis=1) / self.area[:, None]
+        return np.stack([self.by_nucleus(self.rows), self.by_nucleus(self.cols)], axis=1) / self.area[:, None]
 
     def eccentricities(self, labels: np.ndarray) -> list[float]:
         """regionprops' eccentricity, sqrt(1 - l2 / l1) of the inertia tensor's eigenvalues, from
         each nucleus's exact second moments. regionprops' float moments are off in the last bits,
         so a value within `ECCENTRICITY_MARGIN` of a tie at 4 decimals is measured by regionprops."""
-        starts = np.array([(box[0].start, box[1].start) for box in self.boxes], np.int64)
+        starts = np.zeros((self.ids[-1] + 1, 2), np.intp)
+        starts[self.ids] = [(box[0].start, box[1].start) for box in self.boxes]
         # in the box: the sums of squares are exact integers for boxes up to 8192 px a side
-        rows, cols = self.rows - starts[self.nucleus, 0], self.cols - starts[self.nucleus, 1]
+        rows, cols = self.rows - starts[self.label, 0], self.cols - starts[self.label, 1]
         moments = [
-            np.bincount(self.nucleus, weights=values, minlength=len(self.ids)).astype(np.int64).tolist()
+            self.by_nucleus(values).astype(np.int64).tolist()
             for values in (rows, cols, rows * rows, cols * cols, rows * cols)
         ]
         values = []
@@ -172,16 +178,17 @@ class _Nuclei:
         """regionprops' mean of (H, W) `probabilities` over each nucleus. numpy sums float32 in
         float32; within twice that sum's error bound of a tie at 4 decimals, the mean is numpy's,
         taken over the nucleus's pixels in the same order as regionprops takes it."""
-        means = self.sums(probabilities) / self.area
+        values = probabilities[self.inside]
+        means = self.by_nucleus(values) / self.area
         kind = probabilities.dtype if np.issubdtype(probabilities.dtype, np.floating) else np.float64
-        bound = np.finfo(kind).eps / 2 * (SUM_DEPTH + np.log2(self.area)) * self.sums(np.abs(probabilities)) / self.area
+        bound = np.finfo(kind).eps / 2 * (SUM_DEPTH + np.log2(self.area)) * self.by_nucleus(np.abs(values)) / self.area
         ties = (np.floor(means * 1e4) + 0.5) / 1e4
         near_tie = ~(np.abs(means - ties) >= 2 * bound)  # NaN too
-        values = means.tolist()
+        result = means.tolist()
         for i in np.flatnonzero(near_tie).tolist():
             box = self.boxes[i]
-            values[i] = float(np.mean(probabilities[box][labels[box] == self.ids[i]], axis=0))
-        return values
+            result[i] = float(np.mean(probabilities[box][labels[box] == self.ids[i]], axis=0))
+        return result
 
     def _regionprops_eccentricity(self, labels: np.ndarray, i: int) -> float:
         """regionprops' eccentricity of the i-th nucleus, measured in its box as regionprops does."""
