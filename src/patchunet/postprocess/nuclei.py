@@ -176,12 +176,14 @@ class _Nuclei:
 
     def means(self, labels: np.ndarray, probabilities: np.ndarray) -> list[float]:
         """regionprops' mean of (H, W) `probabilities` over each nucleus. numpy sums float32 in
-        float32; within twice that sum's error bound of a tie at 4 decimals, the mean is numpy's,
-        taken over the nucleus's pixels in the same order as regionprops takes it."""
+        float32; within twice the error bound of both sums of a tie at 4 decimals, the mean is
+        numpy's, taken over the nucleus's pixels in the same order as regionprops takes them."""
         values = probabilities[self.inside]
         means = self.by_nucleus(values) / self.area
         kind = probabilities.dtype if np.issubdtype(probabilities.dtype, np.floating) else np.float64
-        bound = np.finfo(kind).eps / 2 * (SUM_DEPTH + np.log2(self.area)) * self.by_nucleus(np.abs(values)) / self.area
+        roundings = np.finfo(kind).eps / 2 * (SUM_DEPTH + np.log2(self.area))  # numpy's
+        roundings += np.finfo(np.float64).eps / 2 * self.area  # bincount's, one after another
+        bound = roundings * self.by_nucleus(np.abs(values)) / self.area
         ties = (np.floor(means * 1e4) + 0.5) / 1e4
         near_tie = ~(np.abs(means - ties) >= 2 * bound)  # NaN too
         result = means.tolist()
