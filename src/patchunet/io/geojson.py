@@ -138,6 +138,7 @@ def _doubled_contours(region: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _outline_lists(mask: np.ndarray, origin: tuple[int, int]) -> list[list[list[list[int]]]]:
+    """`_outline`'s polygons of a nucleus's mask, moved by `origin` and as lists."""
     return [[(ring + np.array(origin)).tolist() for ring in rings] for rings in _outline(mask)]
 
 
@@ -179,6 +180,7 @@ def _cyclic(ring: np.ndarray, shift: int) -> np.ndarray:
 
 
 def _kept(corners: np.ndarray, ring: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The corners where `keep`, with the ring of each."""
     return corners[keep], ring[keep]
 
 
