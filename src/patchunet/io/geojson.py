@@ -65,15 +65,8 @@ def nuclei_feature_collection(
     `measurements` (e.g. `postprocess.nuclei.nucleus_table`'s rows keyed by their "nucleus") gives
     each nucleus its numbers; blanks and other non-numbers are left out, as QuPath takes only numbers.
     """
-    padded = np.pad(labels, 1)  # every nucleus is traced with background around it
     features = []
-    for index, box in enumerate(ndimage.find_objects(padded)):
-        if box is None:
-            continue
-        nucleus = index + 1
-        around = tuple(slice(s.start - 1, s.stop + 1) for s in box)
-        origin = np.array([around[1].start - 1 + offset[0], around[0].start - 1 + offset[1]])
-        polygons = [[(ring + origin).tolist() for ring in rings] for rings in _outline(padded[around] == nucleus)]
+    for nucleus, polygons in _outlines(labels, offset).items():
         geometry = (
             {"type": "Polygon", "coordinates": polygons[0]}
             if len(polygons) == 1
@@ -89,6 +82,106 @@ def nuclei_feature_collection(
         }
         features.append({"type": "Feature", "geometry": geometry, "properties": properties})
     return {"type": "FeatureCollection", "features": features}
+
+
+def _outlines(labels: np.ndarray, offset: tuple[int, int]) -> dict[int, list[list[list[list[int]]]]]:
+    """By id, in increasing order, the polygons of each nucleus of `labels` as `_outline` gives
+    them, moved by `offset`, as lists of [x, y] lists.
+
+    Most nuclei are one 4-connected part without holes. Those have one ring, which `_simple_rings`
+    finishes for all of them at once; the others go through `_outline`.
+    """
+    padded = np.pad(labels, 1)  # every nucleus is traced with background around it
+    diagonal = _diagonal_contacts(padded)
+    outlines: dict[int, list] = {}
+    simple: list[tuple[int, tuple[int, int], np.ndarray, np.ndarray]] = []
+    for index, box in enumerate(ndimage.find_objects(padded)):
+        if box is None:
+            continue
+        nucleus = index + 1
+        around = tuple(slice(s.start - 1, s.stop + 1) for s in box)
+        origin = (around[1].start - 1 + offset[0], around[0].start - 1 + offset[1])
+        mask = padded[around] == nucleus
+        outlines[nucleus] = []  # keeps the id order
+        if not diagonal[nucleus]:  # then 4- and 8-connected parts are the same
+            contours = _doubled_contours(mask)
+            if len(contours) == 1:  # one part, unless others lie in its holes: the area tells
+                simple.append((nucleus, origin, mask, contours[0]))
+                continue
+        outlines[nucleus] = _outline_lists(mask, origin)
+    pixels = np.bincount(padded.ravel(), minlength=diagonal.size)
+    traced = _simple_rings([contour for *_, contour in simple], [origin for _, origin, _, _ in simple])
+    for (nucleus, origin, mask, _), (ring, twice_area) in zip(simple, traced, strict=True):
+        no_holes = abs(twice_area) == 2 * pixels[nucleus]  # else the ring encloses more than the pixels
+        outlines[nucleus] = [[ring]] if no_holes else _outline_lists(mask, origin)
+    return outlines
+
+
+def _diagonal_contacts(padded: np.ndarray) -> np.ndarray:
+    """By id, whether two pixels of the nucleus meet only at a corner (a 2x2 block holding them on
+    one diagonal and other ids on the other)."""
+    top_left, top_right, bottom_left, bottom_right = padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
+    down = (top_left == bottom_right) & (top_right != top_left) & (bottom_left != top_left)
+    up = (top_right == bottom_left) & (top_left != top_right) & (bottom_right != top_right)
+    flagged = np.zeros(int(padded.max()) + 1, bool)
+    flagged[top_left[down]] = True
+    flagged[top_right[up]] = True
+    flagged[0] = False
+    return flagged
+
+
+def _doubled_contours(region: np.ndarray) -> tuple[np.ndarray, ...]:
+    """OpenCV's outer contours of a bool region drawn at twice the size (see `_ring`)."""
+    doubled = cv2.resize(region.view(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return contours
+
+
+def _outline_lists(mask: np.ndarray, origin: tuple[int, int]) -> list[list[list[list[int]]]]:
+    """`_outline`'s polygons of a nucleus's mask, moved by `origin` and as lists."""
+    return [[(ring + np.array(origin)).tolist() for ring in rings] for rings in _outline(mask)]
+
+
+def _simple_rings(contours: list[np.ndarray], origins: list[tuple[int, int]]) -> list[tuple[list, int]]:
+    """`_ring`'s exterior ring, closed, moved by its origin and as a list, and twice its area, for
+    each contour of `_doubled_contours`: the same steps on all rings at once."""
+    if not contours:
+        return []
+    lengths = np.array([len(contour) for contour in contours])
+    ring = np.repeat(np.arange(len(contours)), lengths)
+    corners = (np.concatenate(contours)[:, 0, :].astype(np.int64) + 1) // 2
+    corners, ring = _kept(corners, ring, np.any(corners != corners[_cyclic(ring, -1)], axis=1))
+    before = corners - corners[_cyclic(ring, -1)]
+    after = corners[_cyclic(ring, 1)] - corners
+    corners, ring = _kept(corners, ring, before[:, 0] * after[:, 1] != before[:, 1] * after[:, 0])
+    following = corners[_cyclic(ring, 1)]
+    cross = corners[:, 0] * following[:, 1] - following[:, 0] * corners[:, 1]
+    twice_area = np.bincount(ring, weights=cross, minlength=len(contours)).astype(np.int64)  # exact: integers
+    lengths = np.bincount(ring, minlength=len(contours))
+    starts = np.cumsum(lengths) - lengths
+    # closed with the first vertex again; turned (read backwards) where the area is not positive, as `_ring` does
+    closed = np.repeat(np.arange(len(contours)), lengths + 1)
+    step = (np.arange(closed.size) - (np.cumsum(lengths + 1) - (lengths + 1))[closed]) % lengths[closed]
+    step = np.where(twice_area[closed] > 0, step, lengths[closed] - 1 - step)
+    vertices = (corners[starts[closed] + step] + np.asarray(origins, np.int64)[closed]).tolist()
+    ends = np.cumsum(lengths + 1).tolist()
+    return [
+        (vertices[end - length - 1 : end], area)
+        for end, length, area in zip(ends, lengths.tolist(), twice_area.tolist(), strict=True)
+    ]
+
+
+def _cyclic(ring: np.ndarray, shift: int) -> np.ndarray:
+    """For each vertex of rings stored one after another (`ring` its ring, rings contiguous), the
+    index of the vertex `shift` (1 or -1) along its ring, wrapping around."""
+    lengths = np.bincount(ring)
+    starts = (np.cumsum(lengths) - lengths)[ring]
+    return starts + (np.arange(ring.size) - starts + shift) % lengths[ring]
+
+
+def _kept(corners: np.ndarray, ring: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The corners where `keep`, with the ring of each."""
+    return corners[keep], ring[keep]
 
 
 def _outline(mask: np.ndarray) -> list[list[np.ndarray]]:
@@ -117,8 +210,7 @@ def _ring(region: np.ndarray, *, exterior: bool) -> np.ndarray:
     a quarter pixel from a pixel corner on both axes, and rounding to that corner gives the outline:
     its vertices, and points along its straight runs, which are dropped.
     """
-    doubled = np.repeat(np.repeat(region.astype(np.uint8), 2, axis=0), 2, axis=1)
-    [contour], _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    [contour] = _doubled_contours(region)
     corners = (contour[:, 0, :] + 1) // 2  # doubled pixel u has centre (u + 0.5) / 2: nearest corner
     corners = corners[np.any(corners != np.roll(corners, 1, axis=0), axis=1)]
     before, after = corners - np.roll(corners, 1, axis=0), np.roll(corners, -1, axis=0) - corners

@@ -1,0 +1,140 @@
+"""The nucleus table against scikit-image's regionprops, which it measured with before: the same
+rows, to the last digit kept, on label maps full of awkward nuclei."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import regionprops_table
+
+from patchunet.postprocess import nuclei
+from patchunet.postprocess.nuclei import nucleus_table
+
+
+def regionprops_nucleus_table(
+    labels: np.ndarray,
+    mpp: float | None = None,
+    probabilities: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+) -> list[dict]:
+    """The nucleus table as it was, one regionprops measurement at a time: the reference."""
+    properties = ("label", "area", "centroid", "bbox", "perimeter", "eccentricity")
+    if probabilities is not None:
+        properties += ("intensity_mean",)
+    table = regionprops_table(labels, intensity_image=probabilities, properties=properties)
+    grey = {}
+    if image is not None:
+        means = regionprops_table(
+            labels, intensity_image=cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), properties=("label", "intensity_mean")
+        )
+        grey = {int(n): round(float(m), 2) for n, m in zip(means["label"], means["intensity_mean"], strict=True)}
+    rows = []
+    for i, nucleus in enumerate(table["label"]):
+        area, perimeter = int(table["area"][i]), float(table["perimeter"][i])
+        rows.append(
+            {
+                "nucleus": int(nucleus),
+                "centroid_x": round(float(table["centroid-1"][i]), 1),
+                "centroid_y": round(float(table["centroid-0"][i]), 1),
+                "bbox_min_x": int(table["bbox-1"][i]),
+                "bbox_min_y": int(table["bbox-0"][i]),
+                "bbox_max_x": int(table["bbox-3"][i]),
+                "bbox_max_y": int(table["bbox-2"][i]),
+                "area_px": area,
+                "area_um2": "" if mpp is None else round(area * mpp**2, 3),
+                "perimeter_px": round(perimeter, 2),
+                "perimeter_um": "" if mpp is None else round(perimeter * mpp, 3),
+                "eccentricity": round(float(table["eccentricity"][i]), 4),
+                "mean_intensity": grey.get(int(nucleus), ""),
+                "mean_probability": "" if probabilities is None else round(float(table["intensity_mean"][i]), 4),
+            }
+        )
+    return rows
+
+
+def awkward_labels(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
+    """Touching blobs cut by the border, with holes, parts, one-pixel nuclei and gaps in the ids."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    for nucleus in range(1, 40):
+        centre = rng.uniform(-5, shape[0] + 5), rng.uniform(-5, shape[1] + 5)
+        radii = rng.uniform(1, 14, size=2)
+        angle = rng.uniform(0, np.pi)
+        dy, dx = rows - centre[0], cols - centre[1]
+        u, v = dy * np.cos(angle) + dx * np.sin(angle), -dy * np.sin(angle) + dx * np.cos(angle)
+        blob = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1
+        if rng.random() < 0.2:  # a hole
+            blob &= (u / radii[0]) ** 2 + (v / radii[1]) ** 2 > 0.2
+        labels[blob] = nucleus * 3  # gaps in the ids
+    for nucleus in range(200, 210):  # one-pixel nuclei, and a nucleus of scattered pixels
+        labels[rng.integers(shape[0]), rng.integers(shape[1])] = nucleus
+    labels[rng.random(shape) < 0.01] = 300
+    labels[:2, :] = np.where(rng.random((2, shape[1])) < 0.5, 301, labels[:2, :])  # lines along the border
+    labels[:, -1] = 302
+    return labels
+
+
+def salt_and_pepper(seed: int) -> np.ndarray:
+    """Pixel noise labels: every contact, hole and part there is."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 8, size=tuple(rng.integers(2, 40, size=2))).astype(np.uint16)
+    labels[rng.random(labels.shape) < rng.random()] = 0
+    return labels
+
+
+def inputs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 probabilities, uint8 RGB image) of the label map's shape."""
+    rng = np.random.default_rng(seed)
+    probabilities = ndimage.gaussian_filter(rng.random(labels.shape), 2).astype(np.float32)
+    return probabilities, rng.integers(0, 256, size=(*labels.shape, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rows_are_regionprops_rows_on_blobs_with_holes_parts_and_border_contacts(seed: int) -> None:
+    labels = awkward_labels(seed)
+    probabilities, image = inputs(labels, seed)
+    assert nucleus_table(labels, 0.2465, probabilities, image) == regionprops_nucleus_table(
+        labels, 0.2465, probabilities, image
+    )
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_rows_are_regionprops_rows_on_pixel_noise(seed: int) -> None:
+    labels = salt_and_pepper(seed)
+    probabilities, image = inputs(labels, seed)
+    assert nucleus_table(labels, 0.5, probabilities, image) == regionprops_nucleus_table(
+        labels, 0.5, probabilities, image
+    )
+
+
+def test_rows_are_regionprops_rows_without_scale_probabilities_or_image() -> None:
+    for seed in range(3):
+        labels = awkward_labels(seed)
+        assert nucleus_table(labels) == regionprops_nucleus_table(labels)
+
+
+def test_rows_keep_regionprops_types() -> None:
+    labels = awkward_labels(0)
+    probabilities, image = inputs(labels, 0)
+    for new, old in zip(
+        nucleus_table(labels, 0.25, probabilities, image),
+        regionprops_nucleus_table(labels, 0.25, probabilities, image),
+        strict=True,
+    ):
+        assert [type(value) for value in new.values()] == [type(value) for value in old.values()]
+
+
+def test_an_empty_label_map_has_no_rows() -> None:
+    assert nucleus_table(np.zeros((8, 8), np.uint16)) == []
+
+
+def test_values_near_a_rounding_tie_are_regionprops_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every value counts as near a tie: all of them are measured the way regionprops measures them.
+    monkeypatch.setattr(nuclei, "ECCENTRICITY_MARGIN", 1.0)
+    monkeypatch.setattr(nuclei, "SUM_DEPTH", 1e12)
+    labels = awkward_labels(1)
+    probabilities, _ = inputs(labels, 1)
+    assert nucleus_table(labels, 0.5, probabilities) == regionprops_nucleus_table(labels, 0.5, probabilities)
