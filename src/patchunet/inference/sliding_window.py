@@ -58,10 +58,11 @@ def dihedral_transforms() -> list[tuple[TensorMap, TensorMap]]:
         for turns in range(4):
 
             def forward(x: torch.Tensor, flip: bool = flip, turns: int = turns) -> torch.Tensor:
-                return torch.rot90(x.flip(-1) if flip else x, turns, dims=(-2, -1))
+                x = x.flip(-1) if flip else x
+                return torch.rot90(x, turns, dims=(-2, -1)) if turns else x  # rot90 by 0 still copies
 
             def inverse(x: torch.Tensor, flip: bool = flip, turns: int = turns) -> torch.Tensor:
-                x = torch.rot90(x, -turns, dims=(-2, -1))
+                x = torch.rot90(x, -turns, dims=(-2, -1)) if turns else x
                 return x.flip(-1) if flip else x
 
             transforms.append((forward, inverse))
