@@ -106,16 +106,14 @@ def test_the_whole_tile_at_once_keeps_what_the_rule_nucleus_by_nucleus_keeps(see
     assert report.duplicates + report.trimmed_pixels > 0  # the claims do overlap
 
 
-def square(nucleus: int, x: int, y: int, side: int) -> dict:
-    """A GeoJSON feature of a square nucleus at (x, y), with its "bbox"."""
-    ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
-    geometry = {"type": "Polygon", "coordinates": [ring]}
-    bbox = [x, y, x + side, y + side]
-    return {"type": "Feature", "geometry": geometry, "properties": {"nucleus": nucleus}, "bbox": bbox}
-
-
 def test_claimed_pixels_are_the_earlier_nuclei_over_the_read_box_only() -> None:
-    features = [square(1, 95, 10, 10), square(2, 300, 10, 10)]  # the first straddles the box's left edge
-    claimed = claimed_pixels(features, (100, 0, 50, 40))
+    first = np.zeros((10, 10), np.uint16)
+    first[:, :] = 1  # straddles the box's left edge: 5 of its 10 columns inside
+    second = np.zeros((12, 10), np.uint16)
+    second[0:2, 0:3], second[5:12, 4:10] = 1, 2
+    elsewhere = np.ones((5, 5), np.uint16)
+    claimed = claimed_pixels([(95, 10, first), (300, 10, elsewhere), (120, 30, second)], (100, 0, 50, 40))
     assert claimed.shape == (40, 50)
-    assert (claimed[10:20, 0:5] > 0).all() and (claimed > 0).sum() == 50  # 5 of its 10 columns in the box
+    assert (claimed[10:20, 0:5] == 1).all() and (claimed == 1).sum() == 50
+    assert (claimed == 3).sum() == 6 and (claimed == 4).sum() == 5 * 6  # own ids, cut at the bottom
+    assert set(np.unique(claimed)) == {0, 1, 3, 4}

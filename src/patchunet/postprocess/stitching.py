@@ -15,6 +15,7 @@ smaller overlap is cut away from the later nucleus, so no pixel belongs to two n
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -90,17 +91,19 @@ def _touches(box: tuple[slice, slice], shape: tuple[int, ...], interior_edges: t
     )
 
 
-def claimed_pixels(features: list[dict], box: tuple[int, int, int, int]) -> np.ndarray:
+def claimed_pixels(earlier: Iterable[tuple[int, int, np.ndarray]], box: tuple[int, int, int, int]) -> np.ndarray:
     """The nuclei earlier neighbours kept, as (height, width) labels over `box` (x, y, width,
-    height) for `keep_core_nuclei`'s `claimed`: `features` are GeoJSON features whose "bbox" is
-    [min x, min y, max x, max y] in the box's pixels; those outside the box are skipped unread."""
-    from patchunet.io.geojson import rasterize_geojson
-
+    height) for `keep_core_nuclei`'s `claimed`: each of `earlier` is (x, y, labels), a neighbour's
+    labels 1..n placed at (x, y) in the box's pixels; each nucleus gets its own id here."""
     x, y, width, height = box
-    nearby = [feature for feature in features if _bbox_meets(feature["bbox"], box)]
-    return rasterize_geojson(nearby, (height, width), offset=(x, y))[0]
-
-
-def _bbox_meets(bbox: list[float], box: tuple[int, int, int, int]) -> bool:
-    x, y, width, height = box
-    return bbox[0] < x + width and bbox[2] > x and bbox[1] < y + height and bbox[3] > y
+    claimed = np.zeros((height, width), np.int32)
+    first_id = 0
+    for left, top, labels in earlier:
+        rows = slice(max(top, y), min(top + labels.shape[0], y + height))
+        cols = slice(max(left, x), min(left + labels.shape[1], x + width))
+        if rows.start < rows.stop and cols.start < cols.stop:
+            piece = labels[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+            target = claimed[rows.start - y : rows.stop - y, cols.start - x : cols.stop - x]
+            np.copyto(target, piece.astype(np.int32) + first_id, where=piece > 0)
+        first_id += int(labels.max(initial=0))
+    return claimed

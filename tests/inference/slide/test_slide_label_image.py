@@ -50,7 +50,7 @@ def plan(tiles: list[Tile]) -> TilePlan:
 
 def finished_tiles(labels: np.ndarray, tiles: list[Tile], folder: Path) -> TileStore:
     """A tile store holding each tile with the nuclei whose centroid its core holds, as
-    `segment_tile` gives them."""
+    `stitched_tile` gives them."""
     centroids = ndimage.center_of_mass(labels > 0, labels, np.arange(1, labels.max() + 1))
     owner = {}
     for nucleus, (y, x) in enumerate(centroids, start=1):

@@ -66,13 +66,12 @@ class TileLabels:
 
 
 class TileStore:
-    """Finished tiles of one slide in `folder`, under the `plan` that produced them. Keeps in
-    memory the tiles of the rows a later tile may still need as earlier neighbours."""
+    """Finished tiles of one slide in `folder`, under the `plan` that produced them. Holds none in
+    memory: a tile's earlier neighbours are read back as it is stitched."""
 
     def __init__(self, folder: Path, plan: dict) -> None:
         self.folder = folder
         plan = {**plan, "tile_files": [".json", LABELS_FILE_SUFFIX]}  # a store of other files starts over
-        self.loaded: dict[tuple[int, int], dict] = {}
         plan_path = folder / PLAN_FILE
         if folder.is_dir() and _read_json(plan_path) != json.loads(json.dumps(plan)):
             print(f"{folder}: made with other settings, model or slide; starting the slide over", file=sys.stderr)
@@ -104,7 +103,7 @@ class TileStore:
         return sum(self.has(tile.row, tile.col) for tile in tiles)
 
     def save(self, row: int, col: int, done: dict) -> None:
-        """Record a finished tile, `done` being `segment_tile`'s: its labels (`TileLabels`, under
+        """Record a finished tile, `done` being `stitched_tile`'s: its labels (`TileLabels`, under
         "labels"), then the rest as JSON, each atomically: a kill leaves the tile whole or unfinished."""
         done = dict(done)
         labels: TileLabels = done.pop("labels")
@@ -112,12 +111,9 @@ class TileStore:
             np.savez_compressed(f, labels=labels.labels, origin=np.array([labels.x, labels.y]), count=labels.count)
         with atomic_file(self.path(row, col)) as tmp:
             tmp.write_text(json.dumps(done, separators=(",", ":")))
-        self.loaded[(row, col)] = done
 
     def load(self, row: int, col: int) -> dict:
-        if (row, col) not in self.loaded:
-            self.loaded[(row, col)] = json.loads(self.path(row, col).read_text())
-        return self.loaded[(row, col)]
+        return json.loads(self.path(row, col).read_text())
 
     def labels(self, row: int, col: int) -> TileLabels:
         """A finished tile's labels, read from its file on each call (the store keeps none)."""
@@ -134,21 +130,17 @@ class TileStore:
                 counts.append(int(saved["count"]))
         return counts
 
-    def earlier_neighbours(self, tile: Tile) -> list[dict]:
-        """Finished tiles adjacent to `tile` and before it in raster order (the row above, and the
-        left one): the same set whether the run was interrupted or not, so a resumed slide gives
-        the same nuclei. Tiles without tissue were never segmented and have no file."""
+    def earlier_neighbours(self, tile: Tile) -> list[TileLabels]:
+        """The labels of the finished tiles adjacent to `tile` and before it in raster order (the
+        row above, and the left one): the same set whether the run was interrupted or not, so a
+        resumed slide gives the same nuclei. Tiles without tissue were never segmented and have no file."""
         above = [(tile.row - 1, tile.col + step) for step in (-1, 0, 1)]
-        return [self.load(*key) for key in (*above, (tile.row, tile.col - 1)) if self.has(*key)]
+        return [self.labels(*key) for key in (*above, (tile.row, tile.col - 1)) if self.has(*key)]
 
     def finished(self, tiles: Iterable[Tile]) -> Iterator[dict]:
-        """Each of `tiles` (all finished, in raster order) as saved, holding at most two rows in memory."""
+        """Each of `tiles` (all finished, in raster order) as saved, one in memory at a time."""
         for tile in tiles:
             yield self.load(tile.row, tile.col)
-            self.forget_rows_before(tile.row)
-
-    def forget_rows_before(self, row: int) -> None:
-        self.loaded = {key: done for key, done in self.loaded.items() if key[0] >= row}
 
     def remove(self) -> None:
         shutil.rmtree(self.folder)

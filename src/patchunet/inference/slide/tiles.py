@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from patchunet.core.config import EvalConfig
     from patchunet.inference.runtimes import Network
-    from patchunet.inference.slide.tile_store import TileStore
+    from patchunet.inference.slide.tile_store import TileLabels, TileStore
     from patchunet.io.slides import Slide
     from patchunet.postprocess.tiling import Tile
 
@@ -77,7 +77,6 @@ def segment_missing_tiles(context: TileContext, tiles: list[Tile], store: TileSt
             done.tile.col,
             stitched_tile(context, done.tile, done.box, done.region, labels, probabilities, earlier),
         )
-        store.forget_rows_before(done.tile.row - 1)
         bar.update()
 
     with (
@@ -111,18 +110,18 @@ def stitched_tile(
     region: np.ndarray,
     labels: np.ndarray,
     probabilities: np.ndarray,
-    earlier: list[dict],
+    earlier: list[TileLabels],
 ) -> dict:
-    """What the tile store saves of `tile`: the nuclei its core keeps, from its instance `labels` and
-    `probabilities` over its read `box` and `region`, against its `earlier` neighbours' finished
-    tiles; as GeoJSON features each with its row of the nucleus table ("row") and box ("bbox"), in
-    pixels of the level read, the same nuclei as labels for the label image ("labels",
-    `TileLabels`), and its stitch report."""
+    """What the tile store saves of `tile`: the nuclei its core keeps, from its instance `labels`
+    and `probabilities` over its read `box` and `region`, against the saved labels of its `earlier`
+    neighbours; as GeoJSON features each with its row of the nucleus table ("row") and box
+    ("bbox"), in pixels of the level read, the same nuclei as labels for the label image
+    ("labels", `TileLabels`), and its stitch report."""
     from patchunet.inference.slide.tile_store import TileLabels
     from patchunet.postprocess.stitching import claimed_pixels, keep_core_nuclei
 
     x, y, width, height = box
-    claimed = claimed_pixels([feature for done in earlier for feature in done["features"]], box)
+    claimed = claimed_pixels([(neighbour.x, neighbour.y, neighbour.labels) for neighbour in earlier], box)
     core = (tile.x - x, tile.y - y, tile.width, tile.height)
     interior = (y > 0, y + height < context.height, x > 0, x + width < context.width)
     kept, report = keep_core_nuclei(labels, core, interior, claimed)
