@@ -260,7 +260,17 @@ def results_page(root: Path) -> str:
         "nothing: every setting is chosen on the validation images. How each score is defined: "
         "[Metrics and evaluation](explanation/metrics.md)."
     )
-    sections = [test_scores, seeds, per_image, ablation, train_throughput, tuning, patch_counts]
+    sections = [
+        test_scores,
+        seeds,
+        per_image,
+        ablation,
+        train_throughput,
+        slide_throughput,
+        cohort_throughput,
+        tuning,
+        patch_counts,
+    ]
     return "\n".join([GENERATED, "# Results\n", intro + "\n", *(section(root) for section in sections)])
 
 
@@ -417,21 +427,40 @@ def val_aji(runs: list[dict[str, str]]) -> float:
 
 
 def train_throughput(root: Path) -> str:
-    title = "Training throughput"
-    file = root / "reports/train_throughput.md"
+    about = (
+        "Patches per second of a real epoch with its loading (augmentation, loader workers), and of the same "
+        "batches held in memory (the step alone), per width, precision and layout."
+    )
     command = f"{benchmark(root, 'train_throughput.py')} --widths 8 16 32"
+    return perf_report(root, "Training throughput", "reports/train_throughput.md", command, about)
+
+
+def slide_throughput(root: Path) -> str:
+    about = (
+        "`patchunet predict-slide` on synthetic slides of MoNuSeg images on glass: tissue megapixels per second "
+        "and peak memory, against the code before the tile pipeline, and where the time goes."
+    )
+    command = f"{benchmark(root, 'slide_throughput.py')} --sides 10240 20480 --before 8085896 --profile"
+    return perf_report(root, "Whole-slide throughput", "reports/slide_throughput.md", command, about)
+
+
+def cohort_throughput(root: Path) -> str:
+    about = "A cohort of synthetic slides through `predict-slide --workers 1` and `--workers 2` on one machine."
+    command = benchmark(root, "cohort_throughput.py")
+    return perf_report(root, "Cohort throughput on Dask", "reports/cohort_throughput.md", command, about)
+
+
+def perf_report(root: Path, title: str, path: str, command: str, about: str) -> str:
+    """A benchmark's report kept in reports/ as Markdown, its first line an HTML comment naming the
+    command and machine that wrote it."""
+    file = root / path
     if not file.is_file():
-        return section(title, missing("reports/train_throughput.md", command))
+        return section(title, missing(path, command))
     text = file.read_text()
     made_by = re.match(r"<!--\s*(.*?)\s*-->\n", text)  # the report's first line: its command and machine
     body = text[made_by.end() :] if made_by else text
     report = re.sub(r"^(?=[^|\n])(.+)$", r"\1  ", body.strip(), flags=re.MULTILINE)  # keep its line breaks
-    about = (
-        "Patches per second of a real epoch with its loading (augmentation, loader workers), and of the same "
-        "batches held in memory (the step alone), per width, precision and layout. From "
-        f"`reports/train_throughput.md`, written by {made_by[1] if made_by else f'`{command}`'}."
-    )
-    return section(title, about, report)
+    return section(title, f"{about} From `{path}`, written by {made_by[1] if made_by else f'`{command}`'}.", report)
 
 
 def tuning(root: Path) -> str:
