@@ -5,7 +5,8 @@ For each --sides S it builds a synthetic S x S pyramidal TIFF at 0.25 µm/px: re
 images (data/raw/monuseg, randomly flipped) fill the cells of a 1000 px grid inside an ellipse, and
 the rest is empty glass. Then it runs `patchunet predict-slide` on it under `/usr/bin/time -v` and
 prints tiles, tissue megapixels, wall time, tissue megapixels per second and peak resident memory,
-and how long a slide of 2,000 MP of tissue would take at that rate. With --before REF it also runs
+how long a slide of 2,000 MP of tissue would take at that rate, and the sizes of its GeoJSON and
+label image. With --before REF it also runs
 the code of git commit REF (checked out in a temporary worktree, on the same slide, same venv) and
 prints the two side by side with their ratio; with --profile, where the time goes: each phase's
 seconds when the working tree's code segments the first slide's tiles one after the other (the
@@ -34,6 +35,7 @@ from patchunet.io.images import read_rgb_image
 from patchunet.io.slides import write_pyramidal_tiff
 
 CELL = 1000
+OUTPUT_SIZES = ("_nuclei.geojson", "_labels.ome.tif")
 PROJECTED_TISSUE_MP = 2000
 
 
@@ -70,7 +72,8 @@ def measure(slide: Path, model: str, params: Path, out: Path, source: Path) -> d
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
     with (out / "slides.csv").open() as f:
         row = next(csv.DictReader(f))
-    return {**row, "peak_gib": peak_kb / 2**20}
+    sizes = {name: sum(path.stat().st_size for path in out.glob(f"*{name}")) / 2**20 for name in OUTPUT_SIZES}
+    return {**row, "peak_gib": peak_kb / 2**20, **sizes}
 
 
 @contextlib.contextmanager
@@ -91,7 +94,8 @@ def report(label: str, side: int, row: dict) -> float:
     hours = PROJECTED_TISSUE_MP / rate / 3600
     print(
         f"{side} | {label} | {row['tiles']} ({row['tissue_tiles']}) | {float(row['tissue_megapixels']):.0f} | "
-        f"{float(row['seconds']):.0f} | {rate:.2f} | {row['peak_gib']:.2f} | {hours:.2f} h",
+        f"{float(row['seconds']):.0f} | {rate:.2f} | {row['peak_gib']:.2f} | {hours:.2f} h | "
+        + " | ".join(f"{row[name]:.1f}" if row[name] else "-" for name in OUTPUT_SIZES),
         flush=True,
     )
     return rate
@@ -111,7 +115,10 @@ def main() -> None:
         sources = {"now": ROOT / "src"}
         if args.before:
             sources = {f"before ({args.before})": stack.enter_context(checked_out(args.before)), **sources}
-        print("side px | code | tiles (tissue) | tissue MP | wall s | tissue MP/s | peak RSS GiB | 2,000 MP takes")
+        print(
+            "side px | code | tiles (tissue) | tissue MP | wall s | tissue MP/s | peak RSS GiB | 2,000 MP takes | "
+            "GeoJSON MiB | label image MiB"
+        )
         for side in args.sides:
             with tempfile.TemporaryDirectory(prefix="slide-bench-") as scratch:
                 slide = Path(scratch) / f"synthetic_{side}.tif"
