@@ -10,9 +10,11 @@ blocked on a tile's post-processing, the pipeline's stall.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import functools
 import pstats
+import sys
 import tempfile
 import threading
 import time
@@ -80,14 +82,20 @@ def phase_seconds(stats: pstats.Stats) -> dict[str, float]:
     return seconds
 
 
-def print_profile(slide: Path, model: str, params: Path, out: Path) -> None:
-    stats, wall = profiled_run(slide, model, params, out)
-    print(f"\nprofile of {slide.name} (wall {wall:.1f} s under cProfile; phases overlap):")
-    print("phase | seconds | share of wall")
+def print_profile(slide: Path, model: str, params: Path, out: Path, top: int = 12) -> None:
+    """Print, as Markdown, the seconds of each phase and the `top` functions by their own time."""
+    with contextlib.redirect_stdout(sys.stderr):  # predict-slide's own lines stay out of the report
+        stats, wall = profiled_run(slide, model, params, out)
+    print(f"\nWhere the time goes in {slide.name}: {wall:.1f} s under cProfile; the phases overlap.\n")
+    print("| phase | seconds | share of wall |\n|---|---:|---:|")
     for phase, seconds in phase_seconds(stats).items():
-        print(f"{phase} | {seconds:.1f} | {seconds / wall:.0%}")
-    print("\ntop functions by own time:")
-    stats.sort_stats("tottime").print_stats(12)
+        print(f"| {phase} | {seconds:.1f} | {seconds / wall:.0%} |")
+    print(f"\nThe {top} functions that took the most time themselves (threads summed):\n")
+    print("| function | calls | own s | with callees s |\n|---|---:|---:|---:|")
+    ranked = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    for (filename, line, function), (_, calls, own, cumulative, _) in ranked:
+        where = f"{Path(filename).name}:{line}" if line else "built-in"
+        print(f"| `{function}` ({where}) | {calls} | {own:.1f} | {cumulative:.1f} |")
 
 
 def main() -> None:

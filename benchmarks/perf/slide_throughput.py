@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import os
 import re
 import subprocess
@@ -88,14 +89,15 @@ def checked_out(ref: str) -> Iterator[Path]:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
 
 
-def report(label: str, side: int, row: dict) -> float:
-    """Print one run's line; its tissue MP/s."""
+def report(label: str, side: int, row: dict, before: float | None) -> float:
+    """Print one run's row of the Markdown table; its tissue MP/s."""
     rate = float(row["tissue_megapixels_per_second"])
     hours = PROJECTED_TISSUE_MP / rate / 3600
+    sizes = " | ".join(f"{row[name]:.1f}" if row[name] else "-" for name in OUTPUT_SIZES)
     print(
-        f"{side} | {label} | {row['tiles']} ({row['tissue_tiles']}) | {float(row['tissue_megapixels']):.0f} | "
-        f"{float(row['seconds']):.0f} | {rate:.2f} | {row['peak_gib']:.2f} | {hours:.2f} h | "
-        + " | ".join(f"{row[name]:.1f}" if row[name] else "-" for name in OUTPUT_SIZES),
+        f"| {side} | {label} | {row['tiles']} ({row['tissue_tiles']}) | {float(row['tissue_megapixels']):.0f} | "
+        f"{float(row['seconds']):.0f} | {rate:.2f} | {f'{rate / before:.2f}x' if before else '-'} | "
+        f"{row['peak_gib']:.2f} | {hours:.2f} h | {sizes} |",
         flush=True,
     )
     return rate
@@ -116,23 +118,26 @@ def main() -> None:
         if args.before:
             sources = {f"before ({args.before})": stack.enter_context(checked_out(args.before)), **sources}
         print(
-            "side px | code | tiles (tissue) | tissue MP | wall s | tissue MP/s | peak RSS GiB | 2,000 MP takes | "
-            "GeoJSON MiB | label image MiB"
+            "| side px | code | tiles (tissue) | tissue MP | wall s | tissue MP/s | vs before | peak RSS GiB | "
+            "2,000 MP takes | GeoJSON MiB | label image MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            flush=True,
         )
+        profile = io.StringIO()
         for side in args.sides:
             with tempfile.TemporaryDirectory(prefix="slide-bench-") as scratch:
                 slide = Path(scratch) / f"synthetic_{side}.tif"
                 write_pyramidal_tiff(slide, synthetic_slide(side, images), 0.25)
-                rates = []
-                for label, source in sources.items():
-                    out = Path(scratch) / f"out-{len(rates)}"
-                    rates.append(report(label, side, measure(slide, args.model, args.params, out, source)))
-                if len(rates) == 2:
-                    print(f"{side} | now / before | {rates[1] / rates[0]:.2f}x", flush=True)
+                before = None
+                for index, (label, source) in enumerate(sources.items()):
+                    row = measure(slide, args.model, args.params, Path(scratch) / f"out-{index}", source)
+                    rate = report(label, side, row, before)
+                    before = before or (rate if args.before else None)
                 if args.profile and side == args.sides[0]:
                     from benchmarks.perf.slide_profile import print_profile
 
-                    print_profile(slide, args.model, args.params, Path(scratch) / "out-profile")
+                    with contextlib.redirect_stdout(profile):  # after the table
+                        print_profile(slide, args.model, args.params, Path(scratch) / "out-profile")
+        print(profile.getvalue(), end="")
 
 
 if __name__ == "__main__":
