@@ -55,16 +55,17 @@ def main() -> None:
         for seed in range(args.slides):
             slides.append(Path(scratch) / f"synthetic_{seed}.tif")
             write_pyramidal_tiff(slides[-1], synthetic_slide(args.side, images, seed), 0.25)
-        print(f"{args.slides} slides of {args.side} px")
-        print("workers | workers used | tissue MP | wall s | tissue MP/s | vs first")
+        print(f"{args.slides} slides of {args.side} px\n")
+        print("| workers | workers used | tissue MP | wall s | tissue MP/s | vs first |")
+        print("|---:|---:|---:|---:|---:|---:|")
         first = None
         for workers in args.workers:
             row = measure(slides, workers, args.model, args.params, Path(scratch) / f"out_{workers}")
             rate = row["tissue_mp"] / row["seconds"]
             first = first or rate
             print(
-                f"{workers} | {row['workers_seen']} | {row['tissue_mp']:.1f} | {row['seconds']:.1f} | "
-                f"{rate:.3f} | {rate / first:.2f}x",
+                f"| {workers} | {row['workers_seen']} | {row['tissue_mp']:.1f} | {row['seconds']:.1f} | "
+                f"{rate:.3f} | {rate / first:.2f}x |",
                 flush=True,
             )
 
