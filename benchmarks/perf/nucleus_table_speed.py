@@ -33,7 +33,9 @@ from patchunet.stages.evaluate import read_eval_image
 MPP = 0.25
 """µm per pixel: MoNuSeg's 40x, for the µm columns."""
 
-# The nucleus table and the outlines as they were before (docstrings left out): the references.
+# The nucleus table and the outlines as they were before (docstrings left out): the references,
+# which tests/postprocess/test_nucleus_table_reference.py and tests/io/test_geojson_reference.py
+# compare today's with too.
 
 
 def regionprops_nucleus_table(
@@ -76,14 +78,14 @@ def regionprops_nucleus_table(
     return rows
 
 
-def nucleus_by_nucleus_geometries(labels: np.ndarray) -> list[dict]:
+def nucleus_by_nucleus_geometries(labels: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[dict]:
     padded = np.pad(labels, 1)
     geometries = []
     for index, box in enumerate(ndimage.find_objects(padded)):
         if box is None:
             continue
         around = tuple(slice(s.start - 1, s.stop + 1) for s in box)
-        origin = np.array([around[1].start - 1, around[0].start - 1])
+        origin = np.array([around[1].start - 1 + offset[0], around[0].start - 1 + offset[1]])
         polygons = [[(ring + origin).tolist() for ring in rings] for rings in outline(padded[around] == index + 1)]
         geometries.append(
             {"type": "Polygon", "coordinates": polygons[0]}

@@ -3,55 +3,13 @@ rows, to the last digit kept, on label maps full of awkward nuclei."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
-from skimage.measure import regionprops_table
 
+from benchmarks.perf.nucleus_table_speed import regionprops_nucleus_table
 from patchunet.postprocess import nuclei
 from patchunet.postprocess.nuclei import nucleus_table
-
-
-def regionprops_nucleus_table(
-    labels: np.ndarray,
-    mpp: float | None = None,
-    probabilities: np.ndarray | None = None,
-    image: np.ndarray | None = None,
-) -> list[dict]:
-    """The nucleus table as it was, one regionprops measurement at a time: the reference."""
-    properties = ("label", "area", "centroid", "bbox", "perimeter", "eccentricity")
-    if probabilities is not None:
-        properties += ("intensity_mean",)
-    table = regionprops_table(labels, intensity_image=probabilities, properties=properties)
-    grey = {}
-    if image is not None:
-        means = regionprops_table(
-            labels, intensity_image=cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), properties=("label", "intensity_mean")
-        )
-        grey = {int(n): round(float(m), 2) for n, m in zip(means["label"], means["intensity_mean"], strict=True)}
-    rows = []
-    for i, nucleus in enumerate(table["label"]):
-        area, perimeter = int(table["area"][i]), float(table["perimeter"][i])
-        rows.append(
-            {
-                "nucleus": int(nucleus),
-                "centroid_x": round(float(table["centroid-1"][i]), 1),
-                "centroid_y": round(float(table["centroid-0"][i]), 1),
-                "bbox_min_x": int(table["bbox-1"][i]),
-                "bbox_min_y": int(table["bbox-0"][i]),
-                "bbox_max_x": int(table["bbox-3"][i]),
-                "bbox_max_y": int(table["bbox-2"][i]),
-                "area_px": area,
-                "area_um2": "" if mpp is None else round(area * mpp**2, 3),
-                "perimeter_px": round(perimeter, 2),
-                "perimeter_um": "" if mpp is None else round(perimeter * mpp, 3),
-                "eccentricity": round(float(table["eccentricity"][i]), 4),
-                "mean_intensity": grey.get(int(nucleus), ""),
-                "mean_probability": "" if probabilities is None else round(float(table["intensity_mean"][i]), 4),
-            }
-        )
-    return rows
 
 
 def awkward_labels(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
