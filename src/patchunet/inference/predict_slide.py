@@ -158,7 +158,7 @@ def segment_slide(
     from patchunet.inference.slide.plan import plan_tiles
     from patchunet.inference.slide.tile_store import TileStore
     from patchunet.inference.slide.tiles import TileContext, segment_missing_tiles
-    from patchunet.inference.slide.writers import write_slide_outputs
+    from patchunet.inference.slide.writers import StreamedOutputs
     from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS
 
     started = time.perf_counter()
@@ -179,11 +179,11 @@ def segment_slide(
     context = TileContext(
         slide, plan.level, plan.level_mpp, plan.width, plan.height, network, cfg, window, slide_cfg.tile_margin
     )
-    segment_missing_tiles(context, plan.tissue_tiles, store, stem)
-
-    if label_image:
-        write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, store)
-    nuclei, dropped = write_slide_outputs(out, stem, plan, store.finished(plan.tissue_tiles))
+    with StreamedOutputs(out, stem, plan, store) as outputs:
+        segment_missing_tiles(context, plan.tissue_tiles, store, stem, outputs.add)
+        if label_image:
+            write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, store)
+        nuclei, dropped = outputs.result()
     store.remove()
     seconds = time.perf_counter() - started
     tissue_mp = plan.tissue_megapixels

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from patchunet.inference.slide.plan import TilePlan
+from patchunet.inference.slide.tile_store import TileLabels, TileStore
 from patchunet.inference.slide.tiles import nucleus_features
-from patchunet.inference.slide.writers import write_slide_outputs
+from patchunet.inference.slide.writers import StreamedOutputs, write_slide_outputs
 from patchunet.io.geojson import rasterize_geojson
 from patchunet.io.images import read_rgb_image
 from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS
@@ -66,3 +68,40 @@ def test_the_geojson_holds_the_same_nuclei_in_level_0_pixels_with_their_rows_as_
     labels = rasterize_geojson(tmp_path / "s_nuclei.geojson", (32, 64))[0]
     assert (labels[8:16, 40:48] == 3).all() and (labels == 3).sum() == 64
     assert read_rgb_image(tmp_path / "s_overview.png").shape == (16, 32, 3)
+
+
+OUTPUTS = ("s_nuclei.geojson", "s_nuclei.csv", "s_overview.png")
+
+
+def stored(folder: Path, done: dict) -> TileStore:
+    """A tile store holding the left tile, `done`, as a resumed slide's."""
+    store = TileStore(folder, {"model": "m"})
+    store.save(0, 0, {**done, "labels": TileLabels.cropped(np.zeros((16, 16), np.int32), (0, 0))})
+    return store
+
+
+def test_streamed_outputs_read_the_stored_tiles_and_take_the_others_as_they_finish(tmp_path: Path) -> None:
+    left, right = two_tiles()
+    write_slide_outputs(tmp_path / "all", "s", plan(), iter(two_tiles()))
+    store = stored(tmp_path / "tiles", left)
+    with StreamedOutputs(tmp_path / "streamed", "s", plan(), store) as outputs:
+        outputs.add(right)
+        assert outputs.result() == (3, {"duplicates": 3, "cut": 0})
+    for name in OUTPUTS:
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "all" / name).read_bytes(), name
+
+
+def test_a_failed_segmentation_stops_the_writer_with_no_file_written(tmp_path: Path) -> None:
+    store = TileStore(tmp_path / "tiles", {"model": "m"})
+    with pytest.raises(RuntimeError, match="tile 2 failed"), StreamedOutputs(tmp_path, "s", plan(), store) as outputs:
+        outputs.add(two_tiles()[0])
+        raise RuntimeError("tile 2 failed")
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("s_")]
+
+
+def test_a_failed_writer_stops_the_segmentation_with_its_error(tmp_path: Path) -> None:
+    (tmp_path / "out").write_text("a file where the outputs' folder should be")
+    store = TileStore(tmp_path / "tiles", {"model": "m"})
+    with pytest.raises(OSError), StreamedOutputs(tmp_path / "out", "s", plan(), store) as outputs:
+        for done in two_tiles() * 4:  # more than the queue holds: add itself must fail
+            outputs.add(done)

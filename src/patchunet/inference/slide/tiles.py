@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from concurrent.futures import Future
 
     import numpy as np
@@ -49,9 +50,11 @@ class TileInFlight:
     nuclei: Future[tuple[np.ndarray, np.ndarray]]
 
 
-def segment_missing_tiles(context: TileContext, tiles: list[Tile], store: TileStore, name: str) -> None:
-    """Segment those of `tiles` the store does not hold yet, saving each as it is done; a progress
-    bar named `name` counts them all.
+def segment_missing_tiles(
+    context: TileContext, tiles: list[Tile], store: TileStore, name: str, saved: Callable[[dict], None]
+) -> None:
+    """Segment those of `tiles` the store does not hold yet, saving each as it is done and then
+    handing it to `saved` (without its labels); a progress bar named `name` counts them all.
 
     A bounded pipeline: the network segments tile after tile here, threads turn each tile's maps
     into instance labels, and the tiles are stitched and saved in raster order, each against its
@@ -72,11 +75,9 @@ def segment_missing_tiles(context: TileContext, tiles: list[Tile], store: TileSt
         done = in_flight.popleft()
         labels, probabilities = done.nuclei.result()
         earlier = store.earlier_neighbours(done.tile)
-        store.save(
-            done.tile.row,
-            done.tile.col,
-            stitched_tile(context, done.tile, done.box, done.region, labels, probabilities, earlier),
-        )
+        stitched = stitched_tile(context, done.tile, done.box, done.region, labels, probabilities, earlier)
+        store.save(done.tile.row, done.tile.col, stitched)
+        saved({key: value for key, value in stitched.items() if key != "labels"})
         bar.update()
 
     with (

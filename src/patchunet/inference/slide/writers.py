@@ -2,13 +2,16 @@
 detections, the nucleus table as their measurements) and as the nucleus table in CSV, both in
 level-0 pixels, and an overview picture.
 
-Nuclei are numbered 1..N in tile order; memory holds one finished tile at a time, whatever the
-slide's size. Each file is written atomically.
+Nuclei are numbered 1..N in tile order; memory holds a few finished tiles at a time, whatever the
+slide's size. Each file is written atomically. `StreamedOutputs` writes them in a thread while the
+slide's later tiles are segmented, rather than after them on one core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import queue
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from patchunet.inference.slide.plan import TilePlan
+    from patchunet.inference.slide.tile_store import TileStore
 
 GEOJSON_SUFFIX, CSV_SUFFIX, OVERVIEW_SUFFIX = "_nuclei.geojson", "_nuclei.csv", "_overview.png"
 LABELS_SUFFIX = "_labels.ome.tif"
@@ -50,6 +54,67 @@ def write_slide_outputs(out: Path, stem: str, plan: TilePlan, finished: Iterable
                 draw_outline(overview, feature["geometry"], plan.thumbnail_scale)
     write_png(out / f"{stem}{OVERVIEW_SUFFIX}", overview)
     return count, dropped
+
+
+TILES_QUEUED = 2
+"""Finished tiles waiting for the writer thread at most (each holds its features: about 10 MB)."""
+
+
+class SegmentationStopped(Exception):
+    """The slide's segmentation failed: the writer thread leaves its files unwritten."""
+
+
+class StreamedOutputs:
+    """`write_slide_outputs` in a thread, fed each tile as the pipeline finishes it (`add`), the
+    tiles already in `store` read from it in their turn: the writing overlaps the segmentation of
+    the tiles after, instead of following it with a core idle. Create it before the segmentation
+    starts (it notes which tiles the store holds) and use it as a context manager: leaving on an
+    error stops the thread, with no file written."""
+
+    def __init__(self, out: Path, stem: str, plan: TilePlan, store: TileStore) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        tiles = plan.tissue_tiles
+        stored = [store.has(tile.row, tile.col) for tile in tiles]
+        self._fresh: queue.Queue[dict | None] = queue.Queue(TILES_QUEUED)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="outputs")
+        ordered = self._in_order(tiles, stored, store)
+        self._written = self._thread.submit(write_slide_outputs, out, stem, plan, ordered)
+
+    def _in_order(self, tiles: list, stored: list[bool], store: TileStore) -> Iterator[dict]:
+        for tile, was_stored in zip(tiles, stored, strict=True):
+            done = store.load(tile.row, tile.col) if was_stored else self._fresh.get()
+            if done is None:
+                raise SegmentationStopped
+            yield done
+
+    def add(self, done: dict) -> None:
+        """The next tile, in raster order, of those the store did not hold (`stitched_tile`'s dict)."""
+        while not self._written.done():
+            try:
+                self._fresh.put(done, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        self._written.result()  # the writer failed: its error, here
+
+    def result(self) -> tuple[int, dict[str, int]]:
+        """`write_slide_outputs`' result, once every tile is added."""
+        return self._written.result()
+
+    def __enter__(self) -> StreamedOutputs:
+        return self
+
+    def __exit__(self, error_type: type | None, *_: object) -> None:
+        if error_type is not None and not self._written.done():
+            while True:  # make room for the stop: the writer may be busy, not reading
+                try:
+                    self._fresh.put_nowait(None)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self._fresh.get_nowait()
+        self._thread.shutdown(wait=True)
 
 
 def slide_feature(feature: dict, row: dict, downsample: float) -> dict:
