@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from patchunet.inference.sliding_window import blending_weights, predict_probabilities
+from patchunet.inference.sliding_window import blending_weights, predict_maps, predict_probabilities
 
 
 class ProbabilityPassThrough(nn.Module):
@@ -107,3 +107,37 @@ def test_peak_memory_is_two_float32_maps_plus_a_uint8_copy() -> None:
         tracemalloc.stop()
     padded_map = 416 * 416 * 4
     assert peak < 3.25 * padded_map
+
+
+class RedWithWindowRamp(nn.Module):
+    """Red / 255 times a ramp across the window: blending shows which windows ran at a pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(0.5, 1.0, x.shape[-1])
+        return torch.logit((x[:, :1] * ramp).clamp(1e-4, 1 - 1e-4))
+
+
+def test_windows_without_a_needed_pixel_are_skipped_and_leave_zeros() -> None:
+    image = smooth_random_image((200, 200))
+    needed = np.zeros((200, 200), bool)
+    needed[20:40, 30:60] = True  # tissue in one corner, the rest glass
+    # windows of 64 every 48 px over the image padded by 8: the ones at image rows -8..56 and
+    # columns -8..56 and 40..104 hold the tissue; the next start at row 40 and column 88
+    options = {"window": 64, "overlap": 16, "batch_size": 4}
+    model = ProbabilityPassThrough()
+    predict_maps(model, image, **options, needed=needed)
+    assert model.batch_sizes == [2]
+    full = predict_maps(RedWithWindowRamp(), image, **options)
+    skipped = predict_maps(RedWithWindowRamp(), image, **options, needed=needed)
+    assert np.array_equal(skipped[:, :40, :88], full[:, :40, :88])  # every window over these pixels ran
+    assert not np.array_equal(skipped[:, 40:56, :88], full[:, 40:56, :88])  # blended from fewer windows
+    assert (skipped[:, 56:, :] == 0).all() and (skipped[:, :, 104:] == 0).all()  # no window ran here
+    assert (skipped[:, :56, :104] > 0).all()
+
+
+def test_with_no_needed_pixel_one_window_still_runs() -> None:
+    model = ProbabilityPassThrough()
+    maps = predict_maps(
+        model, smooth_random_image((100, 100)), window=64, overlap=16, batch_size=4, needed=np.zeros((100, 100), bool)
+    )
+    assert model.batch_sizes == [1] and maps.shape == (1, 100, 100)

@@ -26,9 +26,20 @@ def segment_nuclei(
     return nuclei_from_maps(maps, network.cfg.instance_head, cfg, image.shape[:2])
 
 
-def nucleus_maps(network: Network, image: np.ndarray, cfg: EvalConfig, window: int, image_mpp: float) -> np.ndarray:
-    """The network's half of `segment_nuclei`: the (C, h, w) maps of the image at the model's scale."""
-    return image_maps(network, resample_image(image, image_mpp, network.cfg.microns_per_pixel), cfg, window)
+def nucleus_maps(
+    network: Network,
+    image: np.ndarray,
+    cfg: EvalConfig,
+    window: int,
+    image_mpp: float,
+    needed: np.ndarray | None = None,
+) -> np.ndarray:
+    """The network's half of `segment_nuclei`: the (C, h, w) maps of the image at the model's scale,
+    only where (H, W) bool `needed` is, if given (`predict_maps`: 0 elsewhere)."""
+    resampled = resample_image(image, image_mpp, network.cfg.microns_per_pixel)
+    if needed is not None and needed.shape != resampled.shape[:2]:
+        needed = cv2.resize(needed.view(np.uint8), resampled.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+    return image_maps(network, resampled, cfg, window, needed=needed)
 
 
 def nuclei_from_maps(

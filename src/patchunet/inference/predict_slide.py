@@ -176,9 +176,7 @@ def segment_slide(
     finished = store.count(plan.tissue_tiles)
     if finished:
         tqdm.write(f"{slide.path}: resuming, {finished} of {len(plan.tissue_tiles)} tissue tiles already done")
-    context = TileContext(
-        slide, plan.level, plan.level_mpp, plan.width, plan.height, network, cfg, window, slide_cfg.tile_margin
-    )
+    context = TileContext(slide, plan, network, cfg, window, slide_cfg.tile_margin)
     with StreamedOutputs(out, stem, plan, store) as outputs:
         segment_missing_tiles(context, plan.tissue_tiles, store, stem, outputs.add)
         if label_image:

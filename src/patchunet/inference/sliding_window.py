@@ -86,9 +86,13 @@ def predict_maps(
     head: InstanceHead = "none",
     device: torch.device | str = "cpu",
     progress: Callable[[Iterable, int], Iterable] | None = None,
+    needed: np.ndarray | None = None,
 ) -> np.ndarray:
     """(C, H, W) float32 maps of an (H, W, 3) uint8 image of any size: nucleus probabilities, then
     the instance `head`'s maps (heads.activate).
+
+    `needed`, an (H, W) bool mask (a slide tile's tissue), skips the windows that hold none of its
+    pixels: the maps are 0 where no window ran, and elsewhere blend only the windows that ran.
 
     `model` (a torch module or a `runtimes.Network`) maps (N, 3, window, window) images in [0, 1]
     to (N, C, window, window) logits. With
@@ -105,6 +109,8 @@ def predict_maps(
     padding = ((margin, margin + pad_y), (margin, margin + pad_x), (0, 0))
     padded = np.pad(image, padding, mode="reflect")
     corners = [(tile.y, tile.x) for tile in tile_grid(padded.shape[:2], window, window - overlap)]
+    if needed is not None:
+        corners = needed_windows(corners, needed, window, margin)
     weights = blending_weights(window, blend)
     total: np.ndarray | None = None  # (C, H, W), once the model's channel count is known
     weight_sum = np.zeros(padded.shape[:2], np.float32)
@@ -127,9 +133,22 @@ def predict_maps(
                 total[:, y : y + window, x : x + window] += window_maps * weights
                 weight_sum[y : y + window, x : x + window] += weights
     del padded
-    np.divide(total, weight_sum, out=total)
+    np.divide(total, weight_sum, out=total, where=weight_sum > 0)  # 0 where no window ran (total's 0)
     del weight_sum
     return total[:, margin : margin + height, margin : margin + width]
+
+
+def needed_windows(
+    corners: list[tuple[int, int]], needed: np.ndarray, window: int, margin: int
+) -> list[tuple[int, int]]:
+    """Those of the windows (top-left `corners` in the image padded by `margin`) that hold a pixel
+    of (H, W) bool `needed`; the first one if none does, so the maps still have their channels."""
+    kept = [
+        (y, x)
+        for y, x in corners
+        if needed[max(y - margin, 0) : y - margin + window, max(x - margin, 0) : x - margin + window].any()
+    ]
+    return kept or corners[:1]
 
 
 def segment_image(
@@ -153,9 +172,11 @@ def image_maps(
     cfg: EvalConfig,
     window: int,
     progress: Callable[[Iterable, int], Iterable] | None = None,
+    needed: np.ndarray | None = None,
 ) -> np.ndarray:
     """`predict_maps` with the sliding-window `eval` params and the model's own head and device,
-    for callers that post-process the same maps several ways (segment_image, the val search)."""
+    for callers that post-process the same maps several ways (segment_image, the val search), or
+    only where `needed` (a slide tile's tissue)."""
     return predict_maps(
         model,
         image,
@@ -167,6 +188,7 @@ def image_maps(
         head=model.cfg.instance_head,
         device=network_device(model),
         progress=progress,
+        needed=needed,
     )
 
 

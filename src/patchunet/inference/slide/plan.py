@@ -7,6 +7,7 @@ tiles of that level's grid with some tissue under their core are segmented.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +49,27 @@ class TilePlan:
     def tissue_megapixels(self) -> float:
         """The tissue's area in level-0 megapixels."""
         return float(self.tissue.sum()) * self.thumbnail_scale**2 / 1e6
+
+    @functools.cached_property
+    def grown_tissue(self) -> np.ndarray:
+        """`tissue` grown by one thumbnail pixel (`tissue_in`)."""
+        import cv2
+        import numpy as np
+
+        return cv2.dilate(self.tissue.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+
+    def tissue_in(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """(height, width) bool over the level read's pixels of `box` (x, y, width, height): where the
+        thumbnail shows tissue, grown by one thumbnail pixel, as a thumbnail pixel covers several of
+        the level's and may hold tissue too faint to count; the rest is glass the network can skip."""
+        import numpy as np
+
+        x, y, width, height = box
+        scale = self.downsample / self.thumbnail_scale  # thumbnail pixels per level pixel
+        grown = self.grown_tissue
+        rows = np.minimum(np.floor((y + np.arange(height)) * scale).astype(np.intp), grown.shape[0] - 1)
+        cols = np.minimum(np.floor((x + np.arange(width)) * scale).astype(np.intp), grown.shape[1] - 1)
+        return grown[np.ix_(rows, cols)]
 
 
 def plan_tiles(slide: Slide, mpp: float, model_mpp: float, slide_cfg: SlideConfig) -> TilePlan:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from patchunet.core.config import EvalConfig
     from patchunet.inference.runtimes import Network
+    from patchunet.inference.slide.plan import TilePlan
     from patchunet.inference.slide.tile_store import TileLabels, TileStore
     from patchunet.io.slides import Slide
     from patchunet.postprocess.tiling import Tile
@@ -24,10 +25,7 @@ class TileContext:
     """What every tile of one slide is segmented with."""
 
     slide: Slide
-    level: int
-    level_mpp: float
-    width: int
-    height: int
+    plan: TilePlan
     network: Network
     cfg: EvalConfig
     window: int
@@ -86,7 +84,8 @@ def segment_missing_tiles(
     ):
         for tile in missing:
             box, region = read_tile(context, tile)
-            maps = nucleus_maps(context.network, region, context.cfg, context.window, context.level_mpp)
+            tissue = context.plan.tissue_in(box)  # the network skips the glass
+            maps = nucleus_maps(context.network, region, context.cfg, context.window, context.plan.level_mpp, tissue)
             nuclei = pool.submit(nuclei_from_maps, maps, head, context.cfg, region.shape[:2])
             in_flight.append(TileInFlight(tile, box, region, nuclei))
             while len(in_flight) > POSTPROCESS_THREADS or (in_flight and in_flight[0].nuclei.done()):
@@ -100,8 +99,8 @@ def read_tile(context: TileContext, tile: Tile) -> tuple[tuple[int, int, int, in
     its (height, width, 3) uint8 pixels."""
     from patchunet.io.slides import read_region
 
-    box = tile.read_box(context.margin, context.width, context.height)
-    return box, read_region(context.slide, context.level, *box)
+    box = tile.read_box(context.margin, context.plan.width, context.plan.height)
+    return box, read_region(context.slide, context.plan.level, *box)
 
 
 def stitched_tile(
@@ -124,9 +123,9 @@ def stitched_tile(
     x, y, width, height = box
     claimed = claimed_pixels([(neighbour.x, neighbour.y, neighbour.labels) for neighbour in earlier], box)
     core = (tile.x - x, tile.y - y, tile.width, tile.height)
-    interior = (y > 0, y + height < context.height, x > 0, x + width < context.width)
+    interior = (y > 0, y + height < context.plan.height, x > 0, x + width < context.plan.width)
     kept, report = keep_core_nuclei(labels, core, interior, claimed)
-    features = nucleus_features(kept, (x, y), context.level_mpp, probabilities, region)
+    features = nucleus_features(kept, (x, y), context.plan.level_mpp, probabilities, region)
     labels = TileLabels.cropped(kept, (x, y))  # ids 1..N in raster order, as the features
     return {"features": features, "labels": labels, "report": dataclasses.asdict(report)}
 
