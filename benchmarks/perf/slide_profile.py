@@ -1,7 +1,8 @@
 """Where `patchunet predict-slide`'s time goes: the run under cProfile, its post-processing threads
-included, summed by phase. The phases overlap (the network runs while threads post-process earlier
-tiles), so their seconds add up to more than the wall time; "waiting" is the main thread's time
-blocked on a tile's post-processing, the pipeline's stall.
+and its outputs' writer thread included, summed by phase. The phases overlap (the network runs
+while threads post-process earlier tiles and write later ones), so their seconds add up to more
+than the wall time. The waits are not work: the writer's for the next tile, and the main thread's
+for a tile's post-processing (the pipeline's stall) or, at the end, for the writer.
 
     .venv/bin/python -m benchmarks.perf.slide_throughput --sides 6144 --profile   (prints this too)
     .venv/bin/python -m benchmarks.perf.slide_profile SLIDE
@@ -33,30 +34,40 @@ PHASES = {
     "outlines (GeoJSON)": ("io/geojson.py", "nuclei_feature_collection"),
     "tile store: save": ("slide/tile_store.py", "save"),
     "label image": ("slide/label_image.py", "write_label_image"),
-    "GeoJSON, CSV, overview": ("slide/writers.py", "write_slide_outputs"),
-    "waiting for post-processing": ("_base.py", "result"),
+    "GeoJSON, CSV, overview (a thread, its waits included)": ("slide/writers.py", "write_slide_outputs"),
+    "the writer waiting for tiles": ("queue.py", "get"),
+    "the main thread waiting (post-processing, the writer)": ("_base.py", "result"),
 }
+
+WAITS = {"<method 'acquire' of '_thread.lock' objects>"}
+"""A thread blocked on another: not work, left out of the functions' ranking."""
 
 
 def profiled_run(slide: Path, model: str, params: Path, out: Path) -> tuple[pstats.Stats, float]:
-    """Run predict-slide in this process under cProfile, each post-processing thread under its own
-    profiler; the merged stats and the wall seconds."""
+    """Run predict-slide in this process under cProfile, each post-processing thread and the
+    outputs' writer thread under its own profiler; the merged stats and the wall seconds."""
     from patchunet.cli import main
     from patchunet.inference import nuclei
+    from patchunet.inference.slide import writers
 
     thread_profiles, lock = [], threading.Lock()
-    unprofiled = nuclei.nuclei_from_maps
+    in_threads = [(nuclei, "nuclei_from_maps"), (writers, "write_slide_outputs")]  # the functions threads run
+    unprofiled = [getattr(module, name) for module, name in in_threads]
 
-    @functools.wraps(unprofiled)
-    def nuclei_from_maps(*args, **kwargs):
-        profile = cProfile.Profile()
-        try:
-            return profile.runcall(unprofiled, *args, **kwargs)
-        finally:
-            with lock:
-                thread_profiles.append(profile)
+    def profiled(function):
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            profile = cProfile.Profile()
+            try:
+                return profile.runcall(function, *args, **kwargs)
+            finally:
+                with lock:
+                    thread_profiles.append(profile)
 
-    nuclei.nuclei_from_maps = nuclei_from_maps
+        return run
+
+    for (module, name), function in zip(in_threads, unprofiled, strict=True):
+        setattr(module, name, profiled(function))
     main_profile = cProfile.Profile()
     started = time.perf_counter()
     try:
@@ -64,7 +75,8 @@ def profiled_run(slide: Path, model: str, params: Path, out: Path) -> tuple[psta
             main, ["predict-slide", str(slide), "--model", model, "--out", str(out), "--params", str(params)]
         )
     finally:
-        nuclei.nuclei_from_maps = unprofiled
+        for (module, name), function in zip(in_threads, unprofiled, strict=True):
+            setattr(module, name, function)
     seconds = time.perf_counter() - started
     stats = pstats.Stats(main_profile)
     for profile in thread_profiles:
@@ -90,9 +102,10 @@ def print_profile(slide: Path, model: str, params: Path, out: Path, top: int = 1
     print("| phase | seconds | share of wall |\n|---|---:|---:|")
     for phase, seconds in phase_seconds(stats).items():
         print(f"| {phase} | {seconds:.1f} | {seconds / wall:.0%} |")
-    print(f"\nThe {top} functions that took the most time themselves (threads summed):\n")
+    print(f"\nThe {top} functions that took the most time themselves (threads summed, waits left out):\n")
     print("| function | calls | own s | with callees s |\n|---|---:|---:|---:|")
-    ranked = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    working = [item for item in stats.stats.items() if item[0][2] not in WAITS]
+    ranked = sorted(working, key=lambda item: item[1][2], reverse=True)[:top]
     for (filename, line, function), (_, calls, own, cumulative, _) in ranked:
         where = f"{Path(filename).name}:{line}" if line else "built-in"
         print(f"| `{function}` ({where}) | {calls} | {own:.1f} | {cumulative:.1f} |")
