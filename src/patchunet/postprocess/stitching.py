@@ -50,12 +50,14 @@ def keep_core_nuclei(
     box, the nuclei earlier neighbours kept (0 elsewhere).
     """
     x, y, width, height = core
-    count, (rows, cols) = int(labels.max()), labels.shape
+    count, cols = int(labels.max()), labels.shape[1]
     ids = labels.ravel().astype(np.intp)  # once, not in each bincount
     areas = np.bincount(ids, minlength=count + 1)
+    pixels = np.flatnonzero(ids)  # the nuclei's pixels, in the same order: each nucleus's sums are unchanged
+    row, col = np.divmod(pixels, cols)
     with np.errstate(invalid="ignore", divide="ignore"):  # ids without pixels: no centroid, not kept
-        cy = np.bincount(ids, np.repeat(np.arange(rows, dtype=np.float64), cols), count + 1) / areas
-        cx = np.bincount(ids, np.tile(np.arange(cols, dtype=np.float64), rows), count + 1) / areas
+        cy = np.bincount(ids[pixels], row.astype(np.float64), count + 1) / areas
+        cx = np.bincount(ids[pixels], col.astype(np.float64), count + 1) / areas
     in_core = (y <= cy) & (cy < y + height) & (x <= cx) & (cx < x + width)
     in_core[0] = False
     boxes = ndimage.find_objects(labels)
