@@ -37,6 +37,7 @@ PHASES = {
     "GeoJSON, CSV, overview (a thread, its waits included)": ("slide/writers.py", "write_slide_outputs"),
     "the writer waiting for tiles": ("queue.py", "get"),
     "the main thread waiting (post-processing, the writer)": ("_base.py", "result"),
+    "the main thread waiting for room in the writer's queue": ("queue.py", "put"),
 }
 
 WAITS = {"<method 'acquire' of '_thread.lock' objects>"}

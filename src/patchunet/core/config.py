@@ -356,6 +356,7 @@ class SlideConfig:
     tile_margin: Annotated[int, Field(ge=32)]  # context on each side; more than a nucleus reaches from its centroid
     tissue_saturation: Fraction  # HSV saturation from which a thumbnail pixel is tissue
     thumbnail_max_side: Annotated[int, Field(ge=64)]  # for the tissue mask and the overview PNG
+    skip_glass: bool = True  # the network skips a tissue tile's windows on glass (false: runs them all)
 
 
 @_section("dashboard")

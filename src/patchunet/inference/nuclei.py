@@ -35,10 +35,12 @@ def nucleus_maps(
     needed: np.ndarray | None = None,
 ) -> np.ndarray:
     """The network's half of `segment_nuclei`: the (C, h, w) maps of the image at the model's scale,
-    only where (H, W) bool `needed` is, if given (`predict_maps`: 0 elsewhere)."""
+    of only the windows that hold a pixel of (H, W) bool `needed`, if given (`predict_maps`: the
+    maps are 0 where none ran)."""
     resampled = resample_image(image, image_mpp, network.cfg.microns_per_pixel)
     if needed is not None and needed.shape != resampled.shape[:2]:
-        needed = cv2.resize(needed.view(np.uint8), resampled.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+        size = resampled.shape[1::-1]
+        needed = cv2.resize(needed.view(np.uint8), size, interpolation=cv2.INTER_NEAREST_EXACT) > 0
     return image_maps(network, resampled, cfg, window, needed=needed)
 
 

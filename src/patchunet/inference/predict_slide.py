@@ -176,7 +176,7 @@ def segment_slide(
     finished = store.count(plan.tissue_tiles)
     if finished:
         tqdm.write(f"{slide.path}: resuming, {finished} of {len(plan.tissue_tiles)} tissue tiles already done")
-    context = TileContext(slide, plan, network, cfg, window, slide_cfg.tile_margin)
+    context = TileContext(slide, plan, network, cfg, window, slide_cfg.tile_margin, slide_cfg.skip_glass)
     with StreamedOutputs(out, stem, plan, store) as outputs:
         segment_missing_tiles(context, plan.tissue_tiles, store, stem, outputs.add)
         if label_image:

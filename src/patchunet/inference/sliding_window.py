@@ -110,6 +110,8 @@ def predict_maps(
     padded = np.pad(image, padding, mode="reflect")
     corners = [(tile.y, tile.x) for tile in tile_grid(padded.shape[:2], window, window - overlap)]
     if needed is not None:
+        if needed.shape != image.shape[:2]:
+            raise ValueError(f"the needed pixels' mask is {needed.shape}, the image {image.shape[:2]}")
         corners = needed_windows(corners, needed, window, margin)
     weights = blending_weights(window, blend)
     total: np.ndarray | None = None  # (C, H, W), once the model's channel count is known

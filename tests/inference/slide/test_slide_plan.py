@@ -34,7 +34,7 @@ def test_only_tiles_with_tissue_under_their_core_are_planned(tmp_path: Path) -> 
     assert plan.tissue_megapixels == pytest.approx(0.09, rel=0.05)
 
 
-def test_the_tissue_in_a_box_is_the_thumbnails_grown_by_one_of_its_pixels(tmp_path: Path) -> None:
+def test_the_tissue_in_a_box_is_the_thumbnails_grown_by_two_of_its_pixels(tmp_path: Path) -> None:
     pixels = np.full((1024, 1024, 3), GLASS, np.uint8)
     pixels[600:900, 100:400] = PINK
     write_pyramidal_tiff(tmp_path / "slide.tif", pixels, 0.25)
@@ -43,8 +43,8 @@ def test_the_tissue_in_a_box_is_the_thumbnails_grown_by_one_of_its_pixels(tmp_pa
     tissue = plan.tissue_in((64, 512, 400, 500))  # x 64..464, y 512..1012
     assert tissue.shape == (500, 400)
     assert tissue[600 - 512 : 900 - 512, 100 - 64 : 400 - 64].all()  # all the tissue
-    assert tissue[596 - 512 : 904 - 512, 96 - 64 : 404 - 64].all()  # and one thumbnail pixel around
-    assert not tissue[: 592 - 512].any() and not tissue[:, 408 - 64 :].any()  # not two
+    assert tissue[592 - 512 : 908 - 512, 92 - 64 : 408 - 64].all()  # and two thumbnail pixels around
+    assert not tissue[: 592 - 512].any() and not tissue[:, 408 - 64 :].any()  # not three
 
 
 def test_a_tile_has_tissue_where_the_thumbnail_shows_some_under_its_core() -> None:

@@ -105,3 +105,26 @@ def test_a_failed_writer_stops_the_segmentation_with_its_error(tmp_path: Path) -
     with pytest.raises(OSError), StreamedOutputs(tmp_path / "out", "s", plan(), store) as outputs:
         for done in two_tiles() * 4:  # more than the queue holds: add itself must fail
             outputs.add(done)
+
+
+def test_an_error_after_the_last_tile_still_writes_no_file(tmp_path: Path) -> None:
+    store = TileStore(tmp_path / "tiles", {"model": "m"})
+    with (
+        pytest.raises(RuntimeError, match="the label image failed"),
+        StreamedOutputs(tmp_path, "s", plan(), store) as outputs,
+    ):
+        for done in two_tiles():
+            outputs.add(done)
+        raise RuntimeError("the label image failed")  # as write_label_image may, before result()
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("s_")]
+
+
+def test_fewer_tiles_than_the_slides_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    store = TileStore(tmp_path / "tiles", {"model": "m"})
+    with (
+        pytest.raises(RuntimeError, match="ended after 1 of 2 tiles"),
+        StreamedOutputs(tmp_path, "s", plan(), store) as outputs,
+    ):
+        outputs.add(two_tiles()[0])
+        outputs.result()
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith("s_")]

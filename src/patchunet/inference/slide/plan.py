@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from patchunet.postprocess.tiling import Tile
 
 
+TISSUE_GROWTH = 2
+"""Thumbnail pixels the tissue mask grows by before the network skips what it leaves: one for the
+thumbnail's rounded size (its rows and columns may be up to a pixel off the level's), one for tissue
+too faint to count next to a thumbnail pixel that does."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TilePlan:
     """The tiles of one slide to segment, and the thumbnail their tissue was found on."""
@@ -52,16 +58,17 @@ class TilePlan:
 
     @functools.cached_property
     def grown_tissue(self) -> np.ndarray:
-        """`tissue` grown by one thumbnail pixel (`tissue_in`)."""
+        """`tissue` grown by TISSUE_GROWTH thumbnail pixels (`tissue_in`)."""
         import cv2
         import numpy as np
 
-        return cv2.dilate(self.tissue.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        side = 2 * TISSUE_GROWTH + 1
+        return cv2.dilate(self.tissue.view(np.uint8), np.ones((side, side), np.uint8)) > 0
 
     def tissue_in(self, box: tuple[int, int, int, int]) -> np.ndarray:
         """(height, width) bool over the level read's pixels of `box` (x, y, width, height): where the
-        thumbnail shows tissue, grown by one thumbnail pixel, as a thumbnail pixel covers several of
-        the level's and may hold tissue too faint to count; the rest is glass the network can skip."""
+        thumbnail shows tissue, grown by TISSUE_GROWTH thumbnail pixels; the rest is glass the
+        network can skip (`slide.skip_glass`)."""
         import numpy as np
 
         x, y, width, height = box

@@ -30,6 +30,7 @@ class TileContext:
     cfg: EvalConfig
     window: int
     margin: int
+    skip_glass: bool
 
 
 POSTPROCESS_THREADS = 2
@@ -84,7 +85,7 @@ def segment_missing_tiles(
     ):
         for tile in missing:
             box, region = read_tile(context, tile)
-            tissue = context.plan.tissue_in(box)  # the network skips the glass
+            tissue = context.plan.tissue_in(box) if context.skip_glass else None  # the network skips the glass
             maps = nucleus_maps(context.network, region, context.cfg, context.window, context.plan.level_mpp, tissue)
             nuclei = pool.submit(nuclei_from_maps, maps, head, context.cfg, region.shape[:2])
             in_flight.append(TileInFlight(tile, box, region, nuclei))

@@ -61,53 +61,76 @@ TILES_QUEUED = 2
 
 
 class SegmentationStopped(Exception):
-    """The slide's segmentation failed: the writer thread leaves its files unwritten."""
+    """The slide's segmentation failed or was interrupted: the writer thread leaves its files unwritten."""
+
+
+END = object()
+"""Put after the last tile by `StreamedOutputs.result`: only then are the files renamed into place."""
 
 
 class StreamedOutputs:
     """`write_slide_outputs` in a thread, fed each tile as the pipeline finishes it (`add`), the
     tiles already in `store` read from it in their turn: the writing overlaps the segmentation of
     the tiles after, instead of following it with a core idle. Create it before the segmentation
-    starts (it notes which tiles the store holds) and use it as a context manager: leaving on an
-    error stops the thread, with no file written."""
+    starts (it notes which tiles the store holds) and use it as a context manager. The files are
+    written only by `result()`, called once every tile is added; leaving the block before, on an
+    error, Ctrl-C or not, stops the thread with no file written. A count of tiles that does not
+    match the store's is an error, not a hang."""
 
     def __init__(self, out: Path, stem: str, plan: TilePlan, store: TileStore) -> None:
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         tiles = plan.tissue_tiles
         stored = [store.has(tile.row, tile.col) for tile in tiles]
-        self._fresh: queue.Queue[dict | None] = queue.Queue(TILES_QUEUED)
+        self._fresh: queue.Queue[object] = queue.Queue(TILES_QUEUED)
+        self._stopped = threading.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outputs")
-        ordered = self._in_order(tiles, stored, store)
+        ordered = self._in_order(stem, tiles, stored, store)
         self._written = self._thread.submit(write_slide_outputs, out, stem, plan, ordered)
 
-    def _in_order(self, tiles: list, stored: list[bool], store: TileStore) -> Iterator[dict]:
-        for tile, was_stored in zip(tiles, stored, strict=True):
-            done = store.load(tile.row, tile.col) if was_stored else self._fresh.get()
-            if done is None:
+    def _in_order(self, stem: str, tiles: list, stored: list[bool], store: TileStore) -> Iterator[dict]:
+        for index, (tile, was_stored) in enumerate(zip(tiles, stored, strict=True)):
+            if self._stopped.is_set():  # a resumed slide's stored tiles are not all read first
                 raise SegmentationStopped
+            done = store.load(tile.row, tile.col) if was_stored else self._next()
+            if done is END:
+                raise RuntimeError(f"{stem}: the segmentation ended after {index} of {len(tiles)} tiles")
             yield done
+        if self._next() is not END:
+            raise RuntimeError(f"{stem}: the segmentation gave more tiles than the slide's {len(tiles)}")
 
-    def add(self, done: dict) -> None:
-        """The next tile, in raster order, of those the store did not hold (`stitched_tile`'s dict)."""
+    def _next(self) -> object:
+        item = self._fresh.get()
+        if item is None:
+            raise SegmentationStopped
+        return item
+
+    def _put(self, item: object) -> None:
         while not self._written.done():
             try:
-                self._fresh.put(done, timeout=0.1)
+                self._fresh.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
         self._written.result()  # the writer failed: its error, here
 
+    def add(self, done: dict) -> None:
+        """The next tile, in raster order, of those the store did not hold (`stitched_tile`'s dict)."""
+        self._put(done)
+
     def result(self) -> tuple[int, dict[str, int]]:
-        """`write_slide_outputs`' result, once every tile is added."""
+        """Finish the files, once every tile is added: `write_slide_outputs`' result."""
+        self._put(END)
         return self._written.result()
 
     def __enter__(self) -> StreamedOutputs:
         return self
 
-    def __exit__(self, error_type: type | None, *_: object) -> None:
-        if error_type is not None and not self._written.done():
-            while True:  # make room for the stop: the writer may be busy, not reading
+    def __exit__(self, *_: object) -> None:
+        if not self._written.done():  # left before result(): stop the writer, no file written
+            self._stopped.set()
+            while True:  # wake it if it waits for a tile; make room if the queue is full
                 try:
                     self._fresh.put_nowait(None)
                     break
