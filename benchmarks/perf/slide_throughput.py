@@ -7,7 +7,8 @@ the rest is empty glass. Then it runs `patchunet predict-slide` on it under `/us
 prints tiles, tissue megapixels, wall time, tissue megapixels per second and peak resident memory,
 how long a slide of 2,000 MP of tissue would take at that rate, and the sizes of its GeoJSON and
 label image. With --before REF it also runs
-the code of git commit REF (checked out in a temporary worktree, on the same slide, same venv) and
+the code of git commit REF (checked out in a temporary worktree, on the same slide, same venv, with
+its own params.yaml unless --params is given) and
 prints the two side by side with their ratio; with --profile, where the time goes: each phase's
 seconds when the working tree's code segments the first slide's tiles one after the other (the
 pipeline then overlaps them). The slides are deleted after.
@@ -79,12 +80,12 @@ def measure(slide: Path, model: str, params: Path, out: Path, source: Path) -> d
 
 @contextlib.contextmanager
 def checked_out(ref: str) -> Iterator[Path]:
-    """The src/ folder of git commit `ref`, in a temporary worktree removed after."""
+    """The tree of git commit `ref`, in a temporary worktree removed after."""
     with tempfile.TemporaryDirectory(prefix="slide-bench-before-") as scratch:
         tree = Path(scratch) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), ref], cwd=ROOT, check=True)
         try:
-            yield tree / "src"
+            yield tree
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
 
@@ -107,16 +108,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", type=int, nargs="+", default=[10240, 20480])
     parser.add_argument("--model", default=str(ROOT / MODEL_FILE))
-    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--params", type=Path, help="for every run (default: each commit's own params.yaml)")
     parser.add_argument("--before", metavar="REF", help="also run this git commit's code, side by side")
     parser.add_argument("--profile", action="store_true", help="and where the time goes, on the first slide")
     args = parser.parse_args()
     images = [image for _, image, _ in pipeline_images("train")]
 
     with contextlib.ExitStack() as stack:
-        sources = {"now": ROOT / "src"}
+        trees = {"now": ROOT}
         if args.before:
-            sources = {f"before ({args.before})": stack.enter_context(checked_out(args.before)), **sources}
+            trees = {f"before ({args.before})": stack.enter_context(checked_out(args.before)), **trees}
+        # each commit's own params.yaml, unless --params: an older one may not know a newer key
+        sources = {label: (tree / "src", args.params or tree / "params.yaml") for label, tree in trees.items()}
         print(
             "| side px | code | tiles (tissue) | tissue MP | wall s | tissue MP/s | vs before | peak RSS GiB | "
             "2,000 MP takes | GeoJSON MiB | label image MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -128,15 +131,17 @@ def main() -> None:
                 slide = Path(scratch) / f"synthetic_{side}.tif"
                 write_pyramidal_tiff(slide, synthetic_slide(side, images), 0.25)
                 before = None
-                for index, (label, source) in enumerate(sources.items()):
-                    row = measure(slide, args.model, args.params, Path(scratch) / f"out-{index}", source)
+                for index, (label, (source, params)) in enumerate(sources.items()):
+                    row = measure(slide, args.model, params, Path(scratch) / f"out-{index}", source)
                     rate = report(label, side, row, before)
                     before = before or (rate if args.before else None)
                 if args.profile and side == args.sides[0]:
                     from benchmarks.perf.slide_profile import print_profile
 
                     with contextlib.redirect_stdout(profile):  # after the table
-                        print_profile(slide, args.model, args.params, Path(scratch) / "out-profile")
+                        print_profile(
+                            slide, args.model, args.params or ROOT / "params.yaml", Path(scratch) / "out-profile"
+                        )
         print(profile.getvalue(), end="")
 
 
