@@ -529,6 +529,20 @@ def touching_pair() -> np.ndarray:
     return labels
 
 
+def random_ellipse(rng, shape: tuple[int, int]):
+    """(H, W) float map of a random rotated ellipse that may cross the border: <= 1 inside it,
+    smaller towards its centre (so `<= t` with t < 1 is a concentric inner ellipse)."""
+    import numpy as np
+
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    centre = rng.uniform(-5, shape[0] + 5), rng.uniform(-5, shape[1] + 5)
+    radii = rng.uniform(1, 14, size=2)
+    angle = rng.uniform(0, np.pi)
+    dy, dx = rows - centre[0], cols - centre[1]
+    u, v = dy * np.cos(angle) + dx * np.sin(angle), -dy * np.sin(angle) + dx * np.cos(angle)
+    return (u / radii[0]) ** 2 + (v / radii[1]) ** 2
+
+
 def tiny_network():
     """A PatchUNet of a few thousand weights, foreground only, seeded: logs and registers in seconds."""
     import torch

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import random_ellipse
 
 from benchmarks.perf.nucleus_table_speed import nucleus_by_nucleus_geometries
 from patchunet.io.geojson import nuclei_feature_collection
@@ -17,19 +18,14 @@ def awkward_labels(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
     one-pixel nuclei and gaps in the ids."""
     rng = np.random.default_rng(seed)
     labels = np.zeros(shape, np.uint16)
-    rows, cols = np.ogrid[: shape[0], : shape[1]]
     for nucleus in range(1, 40):
-        centre = rng.uniform(-5, shape[0] + 5), rng.uniform(-5, shape[1] + 5)
-        radii = rng.uniform(1, 14, size=2)
-        angle = rng.uniform(0, np.pi)
-        dy, dx = rows - centre[0], cols - centre[1]
-        u, v = dy * np.cos(angle) + dx * np.sin(angle), -dy * np.sin(angle) + dx * np.cos(angle)
-        blob = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1
+        ellipse = random_ellipse(rng, shape)
+        blob = ellipse <= 1
         if rng.random() < 0.3:  # a hole, with another nucleus in it now and then
-            hole = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= rng.uniform(0.05, 0.4)
+            hole = ellipse <= rng.uniform(0.05, 0.4)
             blob &= ~hole
             if rng.random() < 0.5:
-                labels[hole & ((u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 0.02)] = 500 + nucleus
+                labels[hole & (ellipse <= 0.02)] = 500 + nucleus
         labels[blob] = nucleus * 3
     corner = rng.integers(0, 80, size=2)
     labels[corner[0] : corner[0] + 3, corner[1] : corner[1] + 3] = 400  # two blocks meeting at a corner

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_ellipse
 from scipy import ndimage
 
 from benchmarks.perf.nucleus_table_speed import regionprops_nucleus_table
@@ -16,16 +17,11 @@ def awkward_labels(seed: int, shape: tuple[int, int] = (96, 128)) -> np.ndarray:
     """Touching blobs cut by the border, with holes, parts, one-pixel nuclei and gaps in the ids."""
     rng = np.random.default_rng(seed)
     labels = np.zeros(shape, np.int32)
-    rows, cols = np.ogrid[: shape[0], : shape[1]]
     for nucleus in range(1, 40):
-        centre = rng.uniform(-5, shape[0] + 5), rng.uniform(-5, shape[1] + 5)
-        radii = rng.uniform(1, 14, size=2)
-        angle = rng.uniform(0, np.pi)
-        dy, dx = rows - centre[0], cols - centre[1]
-        u, v = dy * np.cos(angle) + dx * np.sin(angle), -dy * np.sin(angle) + dx * np.cos(angle)
-        blob = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 <= 1
+        ellipse = random_ellipse(rng, shape)
+        blob = ellipse <= 1
         if rng.random() < 0.2:  # a hole
-            blob &= (u / radii[0]) ** 2 + (v / radii[1]) ** 2 > 0.2
+            blob &= ellipse > 0.2
         labels[blob] = nucleus * 3  # gaps in the ids
     for nucleus in range(200, 210):  # one-pixel nuclei, and a nucleus of scattered pixels
         labels[rng.integers(shape[0]), rng.integers(shape[1])] = nucleus
