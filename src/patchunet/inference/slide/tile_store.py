@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import imagecodecs
 import numpy as np
 
 from patchunet.core.errors import DataError
@@ -74,10 +75,8 @@ class TileStore:
 
     def __init__(self, folder: Path, plan: dict) -> None:
         self.folder = folder
-        plan = {
-            **plan,
-            "tile_files": [".json", LABELS_FILE_SUFFIX, LABELS_FORMAT],
-        }  # a store of other files starts over
+        # a store of other files, or of another labels format, starts over
+        plan = {**plan, "tile_files": [".json", LABELS_FILE_SUFFIX, LABELS_FORMAT]}
         plan_path = folder / PLAN_FILE
         if folder.is_dir() and _read_json(plan_path) != json.loads(json.dumps(plan)):
             print(f"{folder}: made with other settings, model or slide; starting the slide over", file=sys.stderr)
@@ -113,8 +112,6 @@ class TileStore:
         "labels"), then the rest as JSON, each atomically: a kill leaves the tile whole or unfinished."""
         done = dict(done)
         labels: TileLabels = done.pop("labels")
-        import imagecodecs
-
         pixels = np.ascontiguousarray(labels.labels)
         with atomic_file(self.labels_path(row, col)) as tmp, tmp.open("wb") as f:
             np.savez(
@@ -170,8 +167,6 @@ def _read_tile(path: Path) -> dict | None:
 
 def _read_labels(path: Path) -> TileLabels | None:
     """A finished tile's labels, or None where the file is missing or is not one (truncated, damaged)."""
-    import imagecodecs
-
     damaged = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, imagecodecs.ZstdError)
     with contextlib.suppress(*damaged), np.load(path) as saved:
         if saved.files and set(saved.files) == LABELS_KEYS:
