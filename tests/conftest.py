@@ -20,7 +20,7 @@ import tifffile
 import yaml
 from skimage.draw import disk
 
-from patchunet.stack import free_port  # noqa: F401 - the tests' free loopback ports, as the stack takes its own
+from patchunet.stack import free_port  # the tests' free loopback ports, as the stack takes its own
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_DIR = "MoNuSeg 2018 Training Data"
@@ -466,6 +466,44 @@ def write_code_running_file(path, marker, key: str = "state_dict"):
 
     torch.save({"model_config": {"base_channels": 8, "depth": 2}, key: RunsCodeWhenUnpickled(marker)}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """moto's S3-protocol server alone on loopback, for the session: yields the environment that points
+    boto3 and s3fs at it (any credentials pass). Stopped however the session ends."""
+    from patchunet import stack
+
+    log = tmp_path_factory.mktemp("s3") / "s3.log"
+    port = free_port()
+    pid = stack.spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log)
+    try:
+        stack.wait_for(f"http://127.0.0.1:{port}/moto-api/", pid, log)
+        yield {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        }
+    finally:
+        stack.stop_process_group(pid)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A new empty bucket on the session's S3 server, as s3://NAME, with this process's environment
+    pointing at the server for the test (s3fs's cached connections, made with another, dropped)."""
+    import uuid
+
+    import s3fs
+
+    for name, value in s3_server.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    yield f"s3://{bucket}"
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="session")

@@ -20,15 +20,20 @@ resumes after its last finished tile; the folder is removed once the slide's out
 
 With --workers N, N slides are segmented at a time by a Dask cluster of N processes started here;
 with --scheduler, by the workers of a running Dask cluster, which must all reach the slides and
---out at the same paths. A worker lost mid-slide costs only its unfinished tiles: Dask gives the
-slide to another worker, which resumes it.
+--out at the same paths, or --out on object storage (s3://BUCKET/PREFIX, through fsspec): each
+slide is then worked in a local temporary folder, and its finished tiles and outputs are uploaded
+whole. A worker lost mid-slide costs only its unfinished tiles: Dask gives the slide to another
+worker, which resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,7 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"a model file or an MLflow model URI (default {DEFAULT_MODEL})"
     )
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the outputs")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the outputs, or object storage every worker reaches (s3://BUCKET/PREFIX; "
+        "credentials and endpoint from the environment, as AWS_ACCESS_KEY_ID and AWS_ENDPOINT_URL)",
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the eval and slide sections")
     parser.add_argument("--mpp", metavar="MPP", help="µm per level-0 pixel, for slides that record none")
     parser.add_argument("--overwrite", action="store_true", help="replace this run's outputs already in --out")
@@ -97,12 +108,7 @@ def run(args: argparse.Namespace) -> None:
     from patchunet import tracking
     from patchunet.core.config import EvalConfig, MlflowConfig, PatchConfig, SlideConfig, load_params, parse_section
     from patchunet.core.errors import PatchUNetError
-    from patchunet.inference.predict import (
-        check_writable_folder,
-        load_model_reference,
-        read_summary,
-        refuse_existing_outputs,
-    )
+    from patchunet.inference.predict import load_model_reference
     from patchunet.inference.slide.cohort import SlideJob, segment_here, segment_on_dask
     from patchunet.inference.slide.plan import slide_scale
     from patchunet.io.slides import open_slide
@@ -119,22 +125,65 @@ def run(args: argparse.Namespace) -> None:
     for path in args.slides:  # every slide opened and its scale checked before any work
         with open_slide(path) as slide:
             slide_scale(slide, given_mpp)
-    check_writable_folder(args.out)
-    if not args.overwrite:
-        skipped = {LABELS_SUFFIX} if args.no_label_image else set()
-        suffixes = tuple(suffix for suffix in OUTPUT_SUFFIXES if suffix not in skipped)
-        refuse_existing_outputs(args.out, stems, suffixes)
-    summary_path = args.out / SUMMARY_FILE
-    earlier = read_summary(summary_path, (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_WORKER))
-    summary = [row for row in earlier if Path(row["slide"]).stem not in stems]
+    out = shared_output(args.out, stems, output_suffixes(not args.no_label_image), args.overwrite)
     uri = tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
     size = parse_section(PatchConfig, params, "patch").size
-    job = SlideJob(args.model, uri, cfg, slide_cfg, size, args.out, given_mpp, not args.no_label_image)
-    if args.scheduler is None and args.workers is None:
-        segment_here(args.slides, job, summary, summary_path)
-        return
-    load_model_reference(args.model, uri)  # a wrong --model told here, once, not by every worker
-    segment_on_dask(args.slides, job, summary, summary_path, scheduler=args.scheduler, workers=args.workers)
+    job = SlideJob(args.model, uri, cfg, slide_cfg, size, out, given_mpp, not args.no_label_image)
+    with tempfile.TemporaryDirectory(prefix="patchunet-summary-") as scratch:
+        earlier, save_summary = cohort_summary(out, Path(scratch))
+        summary = [row for row in earlier if Path(row["slide"]).stem not in stems]
+        if args.scheduler is None and args.workers is None:
+            segment_here(args.slides, job, summary, save_summary)
+            return
+        load_model_reference(args.model, uri)  # a wrong --model told here, once, not by every worker
+        segment_on_dask(args.slides, job, summary, save_summary, scheduler=args.scheduler, workers=args.workers)
+
+
+def shared_output(out: str, stems: list[str], suffixes: tuple[str, ...], overwrite: bool) -> Path | str:
+    """--out, checked before any work: a folder (as a Path) or object storage (its URL) that this
+    process can write into, holding none of this run's outputs unless `overwrite`."""
+    from patchunet.core.errors import PatchUNetError
+    from patchunet.inference.predict import check_writable_folder, refuse_existing_outputs
+    from patchunet.io.remote_folder import RemoteFolder, is_url
+
+    if not is_url(out):
+        check_writable_folder(Path(out))
+        if not overwrite:
+            refuse_existing_outputs(Path(out), stems, suffixes)
+        return Path(out)
+    remote = RemoteFolder(out)
+    remote.check_writable()
+    existing = [] if overwrite else [f"{stem}{suffix}" for stem in stems for suffix in suffixes]
+    for name in filter(remote.exists, existing):
+        raise PatchUNetError(f"{remote}/{name}: already exists: pass --overwrite to replace it")
+    return remote.url
+
+
+def cohort_summary(out: Path | str, scratch: Path) -> tuple[list[dict], Callable[[list[dict]], None]]:
+    """The rows of slides.csv in `out`, and what writes the run's rows back there (after each slide,
+    so a later failure keeps them); on object storage through a copy in the local folder `scratch`."""
+    from patchunet.core.errors import DataError, PatchUNetError
+    from patchunet.core.files import write_csv
+    from patchunet.inference.predict import read_summary
+    from patchunet.io.remote_folder import RemoteFolder, is_url
+
+    remote = RemoteFolder(out) if is_url(out) else None
+    path = scratch / SUMMARY_FILE if remote else out / SUMMARY_FILE
+    if remote:
+        remote.download(SUMMARY_FILE, path)
+    try:
+        earlier = read_summary(path, (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_WORKER))
+    except DataError as exc:
+        if not remote:
+            raise
+        raise PatchUNetError(f"{remote}/{SUMMARY_FILE}: {exc.problem}") from None
+
+    def save(rows: list[dict]) -> None:
+        write_csv(path, rows, SUMMARY_COLUMNS)
+        if remote:
+            remote.upload(path)
+
+    return earlier, save
 
 
 def segment_slide(
@@ -144,7 +193,7 @@ def segment_slide(
     cfg: EvalConfig,
     window: int,
     slide_cfg: SlideConfig,
-    out: Path,
+    out: Path | str,
     identity: dict,
     *,
     label_image: bool = True,
@@ -159,6 +208,7 @@ def segment_slide(
     from patchunet.inference.slide.tile_store import TileStore
     from patchunet.inference.slide.tiles import TileContext, segment_missing_tiles
     from patchunet.inference.slide.writers import StreamedOutputs
+    from patchunet.io.remote_folder import RemoteFolder, is_url
     from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS
 
     started = time.perf_counter()
@@ -172,24 +222,37 @@ def segment_slide(
         "mpp": mpp,
         "nucleus_columns": list(NUCLEUS_COLUMNS),  # tiles saved with another table are redone
     }
-    store = TileStore(out / f"{stem}{TILES_SUFFIX}", made_by)
-    finished = store.count(plan.tissue_tiles)
-    if finished:
-        tqdm.write(f"{slide.path}: resuming, {finished} of {len(plan.tissue_tiles)} tissue tiles already done")
-    context = TileContext(slide, plan, network, cfg, window, slide_cfg.tile_margin, slide_cfg.skip_glass)
-    with StreamedOutputs(out, stem, plan, store) as outputs:
-        segment_missing_tiles(context, plan.tissue_tiles, store, stem, outputs.add)
-        if label_image:
-            write_label_image(out / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, store)
-        nuclei, dropped = outputs.result()
-    store.remove()
+    with contextlib.ExitStack() as cleanup:
+        remote = RemoteFolder(out) if is_url(out) else None
+        # on object storage, the slide is worked in a local folder and each file uploaded once whole
+        work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=f"patchunet-{stem}-"))) if remote else out
+        mirror = remote.child(f"{stem}{TILES_SUFFIX}") if remote else None
+        store = TileStore(work / f"{stem}{TILES_SUFFIX}", made_by, mirror)
+        finished = store.count(plan.tissue_tiles)
+        if finished:
+            tqdm.write(f"{slide.path}: resuming, {finished} of {len(plan.tissue_tiles)} tissue tiles already done")
+        context = TileContext(slide, plan, network, cfg, window, slide_cfg.tile_margin, slide_cfg.skip_glass)
+        with StreamedOutputs(work, stem, plan, store) as outputs:
+            segment_missing_tiles(context, plan.tissue_tiles, store, stem, outputs.add)
+            if label_image:
+                write_label_image(work / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, store)
+            nuclei, dropped = outputs.result()
+        if remote:
+            for suffix in output_suffixes(label_image):
+                remote.upload(work / f"{stem}{suffix}")
+        store.remove()
     seconds = time.perf_counter() - started
     tissue_mp = plan.tissue_megapixels
     tqdm.write(
         f"{slide.path}: {nuclei} nuclei in {len(plan.tissue_tiles)} of {len(plan.tiles)} tiles ({tissue_mp:.1f} MP of "
-        f"tissue, {tissue_mp / seconds:.2f} MP/s) -> {out / (stem + OUTPUT_SUFFIXES[0])}"
+        f"tissue, {tissue_mp / seconds:.2f} MP/s) -> {out}/{stem}{OUTPUT_SUFFIXES[0]}"
     )
     return summary_row(slide, plan, mpp, nuclei, dropped, seconds)
+
+
+def output_suffixes(label_image: bool) -> tuple[str, ...]:
+    """What a slide's outputs are named: its stem + each of these."""
+    return tuple(suffix for suffix in OUTPUT_SUFFIXES if label_image or suffix != LABELS_SUFFIX)
 
 
 def summary_row(slide: Slide, plan: TilePlan, mpp: float, nuclei: int, dropped: dict[str, int], seconds: float) -> dict:

@@ -134,15 +134,44 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.stop()
 
 
+@pytest.fixture(params=["folder", "s3"])
+def shared_out(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the workers write: a folder, or a prefix in a bucket of a real S3-protocol server (the
+    environment pointing at it set before the cluster starts, so its workers inherit it)."""
+    if request.param == "folder":
+        return str(tmp_path / "out")
+    return f"{request.getfixturevalue('s3_bucket')}/out"
+
+
+def files(out: str, pattern: str) -> list[str]:
+    """The files matching `pattern` in the folder or object storage `out`, as they are now."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    fs.invalidate_cache()
+    return fs.glob(f"{root}/{pattern}")
+
+
+def local_copy(out: str, tmp_path: Path) -> Path:
+    """`out` as a local folder: itself, or object storage's files downloaded."""
+    if "://" not in out:
+        return Path(out)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    fs.get(f"{root}/", f"{tmp_path / 'copy'}/", recursive=True)
+    return tmp_path / "copy"
+
+
 def test_a_worker_killed_mid_slide_costs_only_its_unfinished_tiles(
-    project: Path, slides: list[Path], single_machine: Path, cluster: Cluster, tmp_path: Path
+    project: Path, slides: list[Path], single_machine: Path, shared_out: str, cluster: Cluster, tmp_path: Path
 ) -> None:
     """kill -9 of a worker holding finished tiles of its slide: the scheduler gives the slide to the
-    other worker, which resumes from exactly the tiles the dead one finished."""
+    other worker, which resumes from exactly the tiles the dead one finished, in a shared folder or
+    on object storage."""
     from distributed import Client
 
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "patchunet", "predict-slide", *map(str, slides), "--out", str(out)]
+    command = [sys.executable, "-m", "patchunet", "predict-slide", *map(str, slides), "--out", shared_out]
     command += ["--model", str(project / "models/patchunet.pt"), "--scheduler", cluster.address]
     log = (tmp_path / "client.log").open("w")
     with (
@@ -150,25 +179,27 @@ def test_a_worker_killed_mid_slide_costs_only_its_unfinished_tiles(
         subprocess.Popen(command, cwd=project, stdout=log, stderr=subprocess.STDOUT) as run,
     ):
         try:
-            victim, stem = worker_mid_slide(watcher, out, run)
+            victim, stem = worker_mid_slide(watcher, shared_out, run)
             os.kill(cluster.processes[victim].pid, signal.SIGSTOP)  # its finished tiles counted while none can be added
-            finished = len(list((out / f"{stem}_tiles").glob("0*.json")))
+            finished = len(files(shared_out, f"{stem}_tiles/0*.json"))
             os.kill(cluster.processes[victim].pid, signal.SIGKILL)
             cluster.processes[victim].wait(10)
-            assert not (out / f"{stem}_nuclei.geojson").exists()  # killed before the slide was done
+            assert not files(shared_out, f"{stem}_nuclei.geojson")  # killed before the slide was done
             assert run.wait(120) == 0, (tmp_path / "client.log").read_text()
         finally:
             run.kill()
     survivor = ({"w0", "w1"} - {victim}).pop()
     tissue = summary(single_machine)[stem]["tissue_tiles"]
     assert f"{stem}.tif: resuming, {finished} of {tissue} tissue tiles already done" in cluster.log(survivor)
+    assert not files(shared_out, "*_tiles/*")  # each slide's tiles removed once its outputs were written
+    out = local_copy(shared_out, tmp_path)
     rows = summary(out)
     assert sorted(rows) == [slide.stem for slide in slides]
     assert rows[stem]["worker"] == survivor and {row["worker"] for row in rows.values()} <= {"w0", "w1"}
     assert_same_outputs(out, single_machine, slides)
 
 
-def worker_mid_slide(watcher, out: Path, run: subprocess.Popen) -> tuple[str, str]:
+def worker_mid_slide(watcher, out: str, run: subprocess.Popen) -> tuple[str, str]:
     """(worker name, slide stem) of a worker whose slide has finished tiles and many still to do."""
     names = {address: info["name"] for address, info in watcher.scheduler_info(n_workers=-1)["workers"].items()}
     deadline = time.monotonic() + 120
@@ -176,21 +207,29 @@ def worker_mid_slide(watcher, out: Path, run: subprocess.Popen) -> tuple[str, st
         for address, keys in watcher.processing().items():
             for key in keys:
                 stem = str(key).removeprefix("predict-slide-").rsplit("-", 1)[0]
-                if 2 <= len(list((out / f"{stem}_tiles").glob("0*.json"))) <= 10:
+                if 2 <= len(files(out, f"{stem}_tiles/0*.json")) <= 10:
                     return names[address], stem
         time.sleep(0.02)
     raise AssertionError("no worker was seen mid-slide")
 
 
 def test_local_workers_give_the_single_machine_outputs_beside_earlier_rows(
-    project: Path, slides: list[Path], single_machine: Path, tmp_path: Path
+    project: Path, slides: list[Path], single_machine: Path, shared_out: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+    import fsspec
+
     before_worker = (single_machine / "slides.csv").read_text().splitlines()[0].removesuffix(",worker")
-    (out / "slides.csv").write_text(f"{before_worker}\nother.tif{',1' * before_worker.count(',')}\n")
-    result = predict_slide(project, *map(str, slides[:2]), "--out", str(out), "--workers", "2")
+    with fsspec.open(f"{shared_out}/slides.csv", "w", auto_mkdir=True) as f:
+        f.write(f"{before_worker}\nother.tif{',1' * before_worker.count(',')}\n")
+    result = predict_slide(project, *map(str, slides[:2]), "--out", shared_out, "--workers", "2")
     assert result.returncode == 0, result.stderr
+    again = predict_slide(project, str(slides[0]), "--out", shared_out)
+    assert again.returncode == 1
+    assert (
+        again.stderr.strip()
+        == f"error: {shared_out}/{slides[0].stem}_nuclei.geojson: already exists: pass --overwrite to replace it"
+    )
+    out = local_copy(shared_out, tmp_path)
     assert_same_outputs(out, single_machine, slides[:2])
     assert {row["worker"] for row in summary(single_machine).values()} == {"local"}
     rows = summary(out)

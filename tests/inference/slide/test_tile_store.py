@@ -125,3 +125,38 @@ def test_a_store_made_before_tiles_kept_their_labels_starts_over(tmp_path: Path)
     (folder / "0000_0000.json").write_text(json.dumps(done(1)))
     store = TileStore(folder, PLAN)
     assert not store.has(0, 0) and not (folder / "0000_0000.json").exists()
+
+
+@pytest.mark.distributed
+def test_a_mirrored_store_resumes_on_another_machine_from_the_object_storage_alone(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """What one machine saved, another (here: an empty local folder) opens from the mirror on a real
+    S3-protocol server; a damaged tile or another plan leaves the mirror too; removing empties it."""
+    from patchunet.io.remote_folder import RemoteFolder
+
+    mirror = RemoteFolder(f"{s3_bucket}/slide_tiles")
+    first = TileStore(tmp_path / "machine1", PLAN, mirror)
+    first.save(0, 0, finished(1))
+    first.save(0, 1, finished(2))
+    assert mirror.names() == [
+        "0000_0000.json",
+        "0000_0000.labels.npz",
+        "0000_0001.json",
+        "0000_0001.labels.npz",
+        "plan.json",
+    ]
+    second = TileStore(tmp_path / "machine2", PLAN, mirror)
+    assert second.load(0, 1) == done(2)
+    assert np.array_equal(second.labels(0, 1).labels, first.labels(0, 1).labels)
+    assert second.count([tile(0, 0), tile(0, 1), tile(0, 2)]) == 2
+
+    second.path(0, 1).write_text('{"features": [')
+    mirror.upload(second.path(0, 1))
+    third = TileStore(tmp_path / "machine3", PLAN, mirror)
+    assert third.has(0, 0) and not third.has(0, 1) and "0000_0001.json" not in mirror.names()
+    fourth = TileStore(tmp_path / "machine4", {**PLAN, "model": "other"}, mirror)
+    assert not fourth.has(0, 0) and mirror.names() == ["plan.json"]
+    fourth.save(1, 1, finished(3))
+    fourth.remove()
+    assert mirror.names() == [] and not (tmp_path / "machine4").exists()

@@ -2,11 +2,11 @@
 Dask cluster (`predict-slide --scheduler ADDRESS`, or `--workers N` for a cluster started here).
 
 A task loads the model once per worker process, segments its slide into the output folder every
-worker shares, and returns the slide's summary row with the worker that did it. A worker lost
-mid-slide (killed, its machine gone) costs only the tiles it had not finished: the scheduler gives
-the slide to another worker, whose `segment_slide` resumes from the finished tiles in the shared
-tile store. Workers on one machine split its cores between them, so two of them do not each run
-the network on every core.
+worker shares (a path, or object storage: io/remote_folder.py), and returns the slide's summary
+row with the worker that did it. A worker lost mid-slide (killed, its machine gone) costs only the
+tiles it had not finished: the scheduler gives the slide to another worker, whose `segment_slide`
+resumes from the finished tiles in the shared tile store. Workers on one machine split its cores
+between them, so two of them do not each run the network on every core.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +40,7 @@ class SlideJob:
     cfg: EvalConfig
     slide_cfg: SlideConfig
     patch_size: int
-    out: Path
+    out: Path | str  # a folder, or object storage's URL (io/remote_folder.py)
     mpp: float | None  # --mpp, for slides that record none
     label_image: bool = True
 
@@ -106,16 +106,15 @@ def segment_slide_file(path: Path, job: SlideJob, loaded: LoadedNetwork) -> dict
     return {**row, "scale_from": source}
 
 
-def segment_here(paths: list[Path], job: SlideJob, summary: list[dict], summary_path: Path) -> None:
+def segment_here(
+    paths: list[Path], job: SlideJob, summary: list[dict], save_summary: Callable[[list[dict]], None]
+) -> None:
     """Segment the slides one after another in this process, adding each one's row to `summary`
-    and writing it to `summary_path` as soon as the slide is done."""
-    from patchunet.core.files import write_csv
-    from patchunet.inference.predict_slide import SUMMARY_COLUMNS
-
+    and saving it as soon as the slide is done."""
     loaded = load_network(job)
     for path in paths:
         summary.append({**segment_slide_file(path, job, loaded), "worker": LOCAL_WORKER})
-        write_csv(summary_path, summary, SUMMARY_COLUMNS)  # after each slide: a later failure keeps it
+        save_summary(summary)
 
 
 def segment_on_worker(path: Path, job: SlideJob, sharers: dict[str, int]) -> dict:
@@ -137,22 +136,19 @@ def segment_on_dask(
     paths: list[Path],
     job: SlideJob,
     summary: list[dict],
-    summary_path: Path,
+    save_summary: Callable[[list[dict]], None],
     *,
     scheduler: str | None = None,
     workers: int | None = None,
 ) -> None:
     """Segment the slides as one Dask task each, on the cluster at `scheduler` or on `workers`
-    worker processes started here, adding each finished slide's row to `summary` and writing it to
-    `summary_path`. A slide that fails does not stop the others; the first failure is raised once
-    all are done."""
+    worker processes started here, adding each finished slide's row to `summary` and saving it. A
+    slide that fails does not stop the others; the first failure is raised once all are done."""
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
     from tqdm import tqdm
 
     from patchunet.core.errors import PatchUNetError
-    from patchunet.core.files import write_csv
-    from patchunet.inference.predict_slide import SUMMARY_COLUMNS
 
     job = with_absolute_paths(job)
     failures = []
@@ -172,7 +168,7 @@ def segment_on_dask(
                 failures.append(f"{path}: the Dask workers segmenting it died each time; see the workers' logs")
             else:
                 summary.append({**row, "slide": str(path)})
-                write_csv(summary_path, summary, SUMMARY_COLUMNS)
+                save_summary(summary)
                 tqdm.write(f"{path}: done by {row['worker']} ({done} of {len(paths)} slides)")
                 continue
             tqdm.write(f"{path}: failed ({done} of {len(paths)} slides)", file=sys.stderr)
@@ -189,7 +185,8 @@ def with_absolute_paths(job: SlideJob) -> SlideJob:
     model = job.model if job.model.startswith(("models:/", "runs:/")) else str(Path(job.model).resolve())
     database = tracking.sqlite_file(job.tracking_uri)
     uri = job.tracking_uri if database is None else f"sqlite:///{database.resolve()}"
-    return dataclasses.replace(job, model=model, tracking_uri=uri, out=job.out.resolve())
+    out = job.out.resolve() if isinstance(job.out, Path) else job.out
+    return dataclasses.replace(job, model=model, tracking_uri=uri, out=out)
 
 
 def task_key(path: Path, job: SlideJob) -> str:

@@ -8,6 +8,11 @@ writes 8x and reads 2.5x faster than the npz's zlib for the same size), then `<r
 between the two writes, or a damaged file, has the tile redone. Another plan starts the folder
 over. Keys are a tile's (row, col) in the slide's tile grid, so any process that opens the folder
 with the same plan sees the same finished tiles.
+
+With a mirror (`predict-slide --out URL`), the folder is a local working copy of the store on object
+storage: opening it downloads the finished tiles there, each file saved is uploaded (the labels
+before the JSON, so a tile counts as finished there too only once whole), and removing it removes
+both. A worker on another machine resumes from the mirror.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from patchunet.core.errors import DataError
 from patchunet.core.files import atomic_file, write_json
 
 if TYPE_CHECKING:
+    from patchunet.io.remote_folder import RemoteFolder
     from patchunet.postprocess.tiling import Tile
 
 PLAN_FILE = "plan.json"
@@ -73,8 +79,11 @@ class TileStore:
     """Finished tiles of one slide in `folder`, under the `plan` that produced them. Holds none in
     memory: a tile's earlier neighbours are read back as it is stitched."""
 
-    def __init__(self, folder: Path, plan: dict) -> None:
+    def __init__(self, folder: Path, plan: dict, mirror: RemoteFolder | None = None) -> None:
         self.folder = folder
+        self.mirror = mirror
+        if mirror is not None:
+            mirror.download_all(folder)
         # a store of other files, or of another labels format, starts over
         plan = {**plan, "tile_files": [".json", LABELS_FILE_SUFFIX, LABELS_FORMAT]}
         plan_path = folder / PLAN_FILE
@@ -93,6 +102,10 @@ class TileStore:
             elif labels is None or labels.count != len(done["features"]):
                 print(f"{path}: its labels are missing or damaged; the tile is redone", file=sys.stderr)
                 path.unlink()
+        if mirror is not None:  # the mirror holds what the folder holds: another plan's or damaged tiles go
+            kept = {path.name for path in folder.iterdir()}
+            mirror.remove([name for name in mirror.names() if name not in kept])
+            mirror.upload(plan_path)
 
     def path(self, row: int, col: int) -> Path:
         return self.folder / f"{row:04d}_{col:04d}.json"
@@ -124,6 +137,9 @@ class TileStore:
             )
         with atomic_file(self.path(row, col)) as tmp:
             tmp.write_text(json.dumps(done, separators=(",", ":")))
+        if self.mirror is not None:
+            self.mirror.upload(self.labels_path(row, col))
+            self.mirror.upload(self.path(row, col))
 
     def load(self, row: int, col: int) -> dict:
         return json.loads(self.path(row, col).read_text())
@@ -156,6 +172,8 @@ class TileStore:
             yield self.load(tile.row, tile.col)
 
     def remove(self) -> None:
+        if self.mirror is not None:
+            self.mirror.remove_all()
         shutil.rmtree(self.folder)
 
 

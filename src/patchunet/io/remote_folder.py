@@ -1,0 +1,111 @@
+"""A folder on object storage, named by an fsspec URL (s3://bucket/prefix, gs://..., az://...), that
+whole local files are copied to and from: where `predict-slide --out URL` keeps a cohort's outputs
+and each slide's finished tiles, for Dask workers on machines that share no file system.
+
+A file is written locally first (atomically), then uploaded as one object: an object store's put
+is atomic, so a reader sees a file whole or not at all, as a rename gives on a disk. Credentials and
+the endpoint come from the environment or the storage's own config (for S3: AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ~/.aws), never from the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from patchunet.core.errors import PatchUNetError, first_line
+
+
+def is_url(location: str | Path) -> bool:
+    """Whether an --out names object storage (a URL with a protocol) rather than a local folder."""
+    return isinstance(location, str) and "://" in location
+
+
+class RemoteFolder:
+    """The objects under `url`, as a flat folder of named files (names may hold '/')."""
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:  # an unknown protocol, or its package not installed
+            raise PatchUNetError(f"{self.url}: cannot open this storage ({first_line(exc)})") from None
+        self.root = root.rstrip("/")
+
+    def __str__(self) -> str:
+        return self.url
+
+    def child(self, name: str) -> RemoteFolder:
+        """The folder `name` inside this one."""
+        return RemoteFolder(f"{self.url}/{name}")
+
+    def _key(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    @contextlib.contextmanager
+    def _told(self, doing: str, name: str = "") -> Iterator[None]:
+        """A storage error as one line naming the object and what was being done."""
+        where = f"{self.url}/{name}" if name else self.url
+        try:
+            yield
+        except Exception as exc:  # S3's answers come as OSErrors, but botocore's own (no credentials, no
+            # endpoint) share no base with them, nor do other protocols' packages' errors
+            raise PatchUNetError(f"{where}: cannot {doing} ({first_line(exc)})") from None
+
+    def exists(self, name: str) -> bool:
+        with self._told("check whether it exists", name):
+            return self.fs.exists(self._key(name))
+
+    def names(self) -> list[str]:
+        """The names of the files in the folder, at any depth."""
+        self.fs.invalidate_cache()  # another machine may have written since this process last looked
+        with self._told("list the folder"):
+            return sorted(key.removeprefix(self.root + "/") for key in self.fs.find(self.root))
+
+    def download(self, name: str, local: Path) -> bool:
+        """Copy file `name` to `local` (replaced whole), or return False where there is none."""
+        if not self.exists(name):
+            return False
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            with self._told("download it", name):
+                self.fs.get_file(self._key(name), partial)
+            os.replace(partial, local)
+        finally:
+            Path(partial).unlink(missing_ok=True)
+        return True
+
+    def download_all(self, local: Path) -> None:
+        """Copy every file of the folder into the local folder `local`."""
+        for name in self.names():
+            self.download(name, local / name)
+
+    def upload(self, local: Path, name: str | None = None) -> None:
+        """Copy the local file to `name` (default: its own name), as one object."""
+        name = name or local.name
+        with self._told("upload it", name):
+            self.fs.put_file(str(local), self._key(name))
+
+    def remove(self, names: list[str]) -> None:
+        if names:
+            with self._told("remove files from it"):
+                self.fs.rm([self._key(name) for name in names])
+
+    def remove_all(self) -> None:
+        self.remove(self.names())
+
+    def check_writable(self) -> None:
+        """Refuse, before any work, storage this process cannot write into (no bucket, no credentials,
+        no permission); leaves nothing behind."""
+        probe = f".patchunet-write-test.{uuid.uuid4().hex}"
+        with self._told("write the outputs here"):
+            self.fs.pipe_file(self._key(probe), b"")
+            self.fs.rm(self._key(probe))
