@@ -40,13 +40,25 @@ def test_writable_storage_is_left_as_it_was(s3_bucket: str) -> None:
     assert folder.names() == []
 
 
+def test_a_file_written_by_another_client_is_seen_at_once(s3_bucket: str, tmp_path: Path) -> None:
+    folder = RemoteFolder(f"{s3_bucket}/run")
+    assert folder.names() == [] and not folder.exists("late.json")  # s3fs's listings cached
+    s3fs.S3FileSystem(skip_instance_cache=True).pipe_file(f"{s3_bucket}/run/late.json", b"{}")
+    assert folder.exists("late.json") and folder.download("late.json", tmp_path / "late.json")
+
+
+NOT_OBJECT_STORAGE = "not object storage (s3|s3a|gs|gcs|az|abfs|abfss://BUCKET/PREFIX); give a shared folder as a path"
+
+
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
         ("s3://no-such-bucket-here/run", "cannot write the outputs here (The specified bucket does not exist)"),
-        ("nosuchprotocol://bucket/run", "cannot open this storage (Protocol not known: nosuchprotocol)"),
+        ("file:///tmp/run", NOT_OBJECT_STORAGE),
+        ("memory://run", NOT_OBJECT_STORAGE),
+        ("s3://", NOT_OBJECT_STORAGE),
     ],
-    ids=["no-bucket", "unknown-protocol"],
+    ids=["no-bucket", "a-folder", "memory", "no-bucket-name"],
 )
 def test_storage_it_cannot_write_into_is_one_line_naming_it(s3_bucket: str, url: str, problem: str) -> None:
     with pytest.raises(PatchUNetError) as caught:
@@ -54,11 +66,20 @@ def test_storage_it_cannot_write_into_is_one_line_naming_it(s3_bucket: str, url:
     assert str(caught.value) == f"{url}: {problem}"
 
 
+def test_credentials_in_the_url_are_refused_without_showing_them() -> None:
+    with pytest.raises(PatchUNetError) as caught:
+        RemoteFolder("s3://AKIAEXAMPLE:topsecret@bucket/run")
+    message = str(caught.value)
+    assert message.startswith("s3://***@bucket/run: credentials do not belong in the URL")
+    assert "topsecret" not in message and "AKIAEXAMPLE" not in message and "\n" not in message
+
+
 def test_no_credentials_is_one_line_naming_the_storage(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role's credentials either
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises(
         PatchUNetError, match=r"^s3://.+/run: cannot write the outputs here \(Unable to locate credentials\)$"

@@ -48,5 +48,7 @@ class TrackingError(PatchUNetError):
 def first_line(exc: BaseException) -> str:
     """An exception's message as one line, for a PatchUNetError built from a library's exception
     (torch's and MLflow's run to many lines)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # a heading whose point is the next line (botocore's)
+        return f"{lines[0]} {lines[1]}"
+    return lines[0] if lines else type(exc).__name__

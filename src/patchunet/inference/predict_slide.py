@@ -33,7 +33,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from patchunet.core.config import EvalConfig, SlideConfig
     from patchunet.inference.runtimes import Network
     from patchunet.inference.slide.plan import TilePlan
+    from patchunet.io.remote_folder import RemoteFolder
     from patchunet.io.slides import Slide
 
 SUMMARY_FILE = "slides.csv"
@@ -129,8 +130,7 @@ def run(args: argparse.Namespace) -> None:
     uri = tracking.resolve_tracking_uri(parse_section(MlflowConfig, params, "mlflow").tracking_uri)
     size = parse_section(PatchConfig, params, "patch").size
     job = SlideJob(args.model, uri, cfg, slide_cfg, size, out, given_mpp, not args.no_label_image)
-    with tempfile.TemporaryDirectory(prefix="patchunet-summary-") as scratch:
-        earlier, save_summary = cohort_summary(out, Path(scratch))
+    with cohort_summary(out) as (earlier, save_summary):
         summary = [row for row in earlier if Path(row["slide"]).stem not in stems]
         if args.scheduler is None and args.workers is None:
             segment_here(args.slides, job, summary, save_summary)
@@ -154,36 +154,54 @@ def shared_output(out: str, stems: list[str], suffixes: tuple[str, ...], overwri
     remote = RemoteFolder(out)
     remote.check_writable()
     existing = [] if overwrite else [f"{stem}{suffix}" for stem in stems for suffix in suffixes]
-    for name in filter(remote.exists, existing):
-        raise PatchUNetError(f"{remote}/{name}: already exists: pass --overwrite to replace it")
+    present = next(filter(remote.exists, existing), None)
+    if present:
+        raise PatchUNetError(f"{remote}/{present}: already exists: pass --overwrite to replace it")
     return remote.url
 
 
-def cohort_summary(out: Path | str, scratch: Path) -> tuple[list[dict], Callable[[list[dict]], None]]:
+@contextlib.contextmanager
+def cohort_summary(out: Path | str) -> Iterator[tuple[list[dict], Callable[[list[dict]], None]]]:
     """The rows of slides.csv in `out`, and what writes the run's rows back there (after each slide,
-    so a later failure keeps them); on object storage through a copy in the local folder `scratch`."""
+    so a later failure keeps them); on object storage through a local copy, removed after the block."""
     from patchunet.core.errors import DataError, PatchUNetError
     from patchunet.core.files import write_csv
     from patchunet.inference.predict import read_summary
     from patchunet.io.remote_folder import RemoteFolder, is_url
 
-    remote = RemoteFolder(out) if is_url(out) else None
-    path = scratch / SUMMARY_FILE if remote else out / SUMMARY_FILE
-    if remote:
+    accepted = (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_WORKER)
+    if not is_url(out):
+        path = Path(out) / SUMMARY_FILE
+        yield read_summary(path, accepted), lambda rows: write_csv(path, rows, SUMMARY_COLUMNS)
+        return
+    remote = RemoteFolder(str(out))
+    with tempfile.TemporaryDirectory(prefix="patchunet-summary-") as scratch:
+        path = Path(scratch) / SUMMARY_FILE
         remote.download(SUMMARY_FILE, path)
-    try:
-        earlier = read_summary(path, (SUMMARY_COLUMNS, SUMMARY_COLUMNS_BEFORE_WORKER))
-    except DataError as exc:
-        if not remote:
-            raise
-        raise PatchUNetError(f"{remote}/{SUMMARY_FILE}: {exc.problem}") from None
+        try:
+            earlier = read_summary(path, accepted)
+        except DataError as exc:
+            raise PatchUNetError(f"{remote}/{SUMMARY_FILE}: {exc.problem}") from None
 
-    def save(rows: list[dict]) -> None:
-        write_csv(path, rows, SUMMARY_COLUMNS)
-        if remote:
+        def save(rows: list[dict]) -> None:
+            write_csv(path, rows, SUMMARY_COLUMNS)
             remote.upload(path)
 
-    return earlier, save
+        yield earlier, save
+
+
+@contextlib.contextmanager
+def working_folder(out: Path | str, stem: str) -> Iterator[tuple[Path, RemoteFolder | None]]:
+    """(where slide `stem`'s tiles and outputs are written, the object storage they go to or None):
+    `out` itself, or for object storage a local temporary folder, removed after the block, which
+    needs room for one slide's tiles and outputs (set TMPDIR to put it on a large disk)."""
+    from patchunet.io.remote_folder import RemoteFolder, is_url
+
+    if not is_url(out):
+        yield Path(out), None
+        return
+    with tempfile.TemporaryDirectory(prefix=f"patchunet-{stem}-") as work:
+        yield Path(work), RemoteFolder(str(out))
 
 
 def segment_slide(
@@ -208,7 +226,6 @@ def segment_slide(
     from patchunet.inference.slide.tile_store import TileStore
     from patchunet.inference.slide.tiles import TileContext, segment_missing_tiles
     from patchunet.inference.slide.writers import StreamedOutputs
-    from patchunet.io.remote_folder import RemoteFolder, is_url
     from patchunet.postprocess.nuclei import NUCLEUS_COLUMNS
 
     started = time.perf_counter()
@@ -222,10 +239,7 @@ def segment_slide(
         "mpp": mpp,
         "nucleus_columns": list(NUCLEUS_COLUMNS),  # tiles saved with another table are redone
     }
-    with contextlib.ExitStack() as cleanup:
-        remote = RemoteFolder(out) if is_url(out) else None
-        # on object storage, the slide is worked in a local folder and each file uploaded once whole
-        work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=f"patchunet-{stem}-"))) if remote else out
+    with working_folder(out, stem) as (work, remote):
         mirror = remote.child(f"{stem}{TILES_SUFFIX}") if remote else None
         store = TileStore(work / f"{stem}{TILES_SUFFIX}", made_by, mirror)
         finished = store.count(plan.tissue_tiles)
@@ -237,8 +251,8 @@ def segment_slide(
             if label_image:
                 write_label_image(work / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, store)
             nuclei, dropped = outputs.result()
-        if remote:
-            for suffix in output_suffixes(label_image):
+        if remote:  # the GeoJSON last: once it is there, the slide is done, as in a folder
+            for suffix in reversed(output_suffixes(label_image)):
                 remote.upload(work / f"{stem}{suffix}")
         store.remove()
     seconds = time.perf_counter() - started

@@ -100,7 +100,9 @@ class Cluster:
 
     def start(self, name: str, *command: str) -> None:
         log = (self.folder / f"{name}.log").open("w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its log read while it runs
+        scratch = self.folder / f"{name}.tmp"  # a killed worker's working folder stays in the test's
+        scratch.mkdir()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)}  # its log read while it runs
         self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, env=env)
 
     def log(self, name: str) -> str:
@@ -137,7 +139,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 @pytest.fixture(params=["folder", "s3"])
 def shared_out(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Where the workers write: a folder, or a prefix in a bucket of a real S3-protocol server (the
-    environment pointing at it set before the cluster starts, so its workers inherit it)."""
+    environment pointing at it set before the cluster starts, so its workers inherit it: a test
+    names this fixture before `cluster`, and pytest sets up fixtures of one scope in that order)."""
     if request.param == "folder":
         return str(tmp_path / "out")
     return f"{request.getfixturevalue('s3_bucket')}/out"
@@ -236,6 +239,41 @@ def test_local_workers_give_the_single_machine_outputs_beside_earlier_rows(
     assert rows.pop("other")["worker"] == ""  # an earlier run's row, from before the worker column, kept
     assert len({row["worker"] for row in rows.values()}) == 2
     assert all(row["worker"].startswith("tcp://127.0.0.1:") for row in rows.values())
+
+
+def test_a_run_here_writes_to_object_storage_and_keeps_no_local_copy(
+    project: Path, slides: list[Path], single_machine: Path, s3_bucket: str, tmp_path: Path, monkeypatch
+) -> None:
+    """Without Dask, on a real S3-protocol server: the single-machine outputs, uploaded from a local
+    temporary folder that is removed after; existing outputs refused without --overwrite, and storage
+    that cannot be written or a damaged summary there refused in one line before any work."""
+    import fsspec
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = f"{s3_bucket}/here"
+    first = predict_slide(project, str(slides[0]), "--out", out, "--no-label-image")
+    assert first.returncode == 0, first.stderr
+    assert not files(out, "*_labels.ome.tif") and not files(out, "*_tiles/*")
+    refused = predict_slide(project, str(slides[0]), "--out", out, "--no-label-image")
+    expected = f"error: {out}/{slides[0].stem}_nuclei.geojson: already exists: pass --overwrite to replace it"
+    assert refused.returncode == 1 and refused.stderr.strip() == expected
+    again = predict_slide(project, str(slides[0]), "--out", out, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []  # the slide's working folder and the summary's copy gone
+    copy = local_copy(out, tmp_path)
+    assert_same_outputs(copy, single_machine, slides[:1])
+    assert [row["worker"] for row in summary(copy).values()] == ["local"]
+
+    missing = predict_slide(project, str(slides[1]), "--out", f"{s3_bucket}-missing/here")
+    expected = f"error: {s3_bucket}-missing/here: cannot write the outputs here (The specified bucket does not exist)"
+    assert missing.returncode == 1 and missing.stderr.strip() == expected
+    with fsspec.open(f"{out}/slides.csv", "w") as f:
+        f.write("not,a,summary\n")
+    damaged = predict_slide(project, str(slides[1]), "--out", out)
+    assert damaged.returncode == 1
+    assert damaged.stderr.strip().startswith(f"error: {out}/slides.csv: not a summary this command wrote")
+    assert not files(out, f"{slides[1].stem}*")
 
 
 def test_a_slide_failing_on_a_worker_is_one_line_naming_it_and_the_others_are_summarised(

@@ -82,13 +82,16 @@ class TileStore:
     def __init__(self, folder: Path, plan: dict, mirror: RemoteFolder | None = None) -> None:
         self.folder = folder
         self.mirror = mirror
-        if mirror is not None:
-            mirror.download_all(folder)
         # a store of other files, or of another labels format, starts over
         plan = {**plan, "tile_files": [".json", LABELS_FILE_SUFFIX, LABELS_FORMAT]}
         plan_path = folder / PLAN_FILE
-        if folder.is_dir() and _read_json(plan_path) != json.loads(json.dumps(plan)):
-            print(f"{folder}: made with other settings, model or slide; starting the slide over", file=sys.stderr)
+        same_plan = json.loads(json.dumps(plan))  # as it reads back
+        # the plan first from a mirror: another plan's tiles are not worth fetching
+        if mirror is not None and mirror.download(PLAN_FILE, plan_path) and _read_json(plan_path) == same_plan:
+            mirror.download_all(folder, skip=(PLAN_FILE,))
+        if folder.is_dir() and _read_json(plan_path) != same_plan:
+            where = mirror or folder
+            print(f"{where}: made with other settings, model or slide; starting the slide over", file=sys.stderr)
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if not plan_path.is_file():
