@@ -445,8 +445,11 @@ def slide_throughput(root: Path) -> str:
 
 
 def cohort_throughput(root: Path) -> str:
-    about = "A cohort of synthetic slides through `predict-slide --workers 1` and `--workers 2` on one machine."
-    command = benchmark(root, "cohort_throughput.py")
+    about = (
+        "A cohort of synthetic slides through `predict-slide --workers 1` and `--workers 2` on one machine, "
+        "and once more with a worker killed mid-slide."
+    )
+    command = f"{benchmark(root, 'cohort_throughput.py')} --slides 4 --side 6144 --kill"
     return perf_report(root, "Cohort throughput on Dask", "reports/cohort_throughput.md", command, about)
 
 
