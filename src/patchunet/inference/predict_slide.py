@@ -215,9 +215,11 @@ def segment_slide(
     identity: dict,
     *,
     label_image: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Segment one slide's tissue tiles (resuming from finished ones), write its outputs (the label
-    image only with `label_image`), and return its summary row."""
+    image only with `label_image`), and return its summary row; `progress`, given, is told the
+    tiles finished and in all instead of a progress bar (`segment_missing_tiles`)."""
     from tqdm import tqdm
 
     from patchunet.core.files import file_sha256
@@ -247,7 +249,7 @@ def segment_slide(
             tqdm.write(f"{slide.path}: resuming, {finished} of {len(plan.tissue_tiles)} tissue tiles already done")
         context = TileContext(slide, plan, network, cfg, window, slide_cfg.tile_margin, slide_cfg.skip_glass)
         with StreamedOutputs(work, stem, plan, store) as outputs:
-            segment_missing_tiles(context, plan.tissue_tiles, store, stem, outputs.add)
+            segment_missing_tiles(context, plan.tissue_tiles, store, stem, outputs.add, progress)
             if label_image:
                 write_label_image(work / f"{stem}{LABELS_SUFFIX}", plan, slide_cfg.tile_margin, store)
             nuclei, dropped = outputs.result()
@@ -257,10 +259,11 @@ def segment_slide(
         store.remove()
     seconds = time.perf_counter() - started
     tissue_mp = plan.tissue_megapixels
-    tqdm.write(
-        f"{slide.path}: {nuclei} nuclei in {len(plan.tissue_tiles)} of {len(plan.tiles)} tiles ({tissue_mp:.1f} MP of "
-        f"tissue, {tissue_mp / seconds:.2f} MP/s) -> {out}/{stem}{OUTPUT_SUFFIXES[0]}"
-    )
+    if progress is None:  # else the client says it, under its bar
+        tqdm.write(
+            f"{slide.path}: {nuclei} nuclei in {len(plan.tissue_tiles)} of {len(plan.tiles)} tiles "
+            f"({tissue_mp:.1f} MP of tissue, {tissue_mp / seconds:.2f} MP/s) -> {out}/{stem}{OUTPUT_SUFFIXES[0]}"
+        )
     return summary_row(slide, plan, mpp, nuclei, dropped, seconds)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -226,6 +227,10 @@ def test_local_workers_give_the_single_machine_outputs_beside_earlier_rows(
         f.write(f"{before_worker}\nother.tif{',1' * before_worker.count(',')}\n")
     result = predict_slide(project, *map(str, slides[:2]), "--out", shared_out, "--workers", "2")
     assert result.returncode == 0, result.stderr
+    tiles = sum(int(summary(single_machine)[slide.stem]["tissue_tiles"]) for slide in slides[:2])
+    shown = re.findall(r"2 slides: +\d+%\|[^|]*\| (\d+)/(\d+) ", result.stderr)  # the client's bar, over both
+    assert shown and shown[-1] == (str(tiles), str(tiles)), result.stderr
+    assert not re.search(r"slide\d: +\d+%", result.stderr)  # no worker's own bar among it
     again = predict_slide(project, str(slides[0]), "--out", shared_out)
     assert again.returncode == 1
     assert (

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import hashlib
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 LOCAL_WORKER = "local"
 """slides.csv's `worker` for a slide segmented without Dask."""
 CONNECT_TIMEOUT_S = 5
+PROGRESS_TOPIC = "patchunet-predict-slide-tiles"
+"""The Dask event topic on which workers tell the client each slide's finished and total tiles."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +86,11 @@ def cached_network(job: SlideJob, threads: int) -> LoadedNetwork:
     return _LOADED[key]
 
 
-def segment_slide_file(path: Path, job: SlideJob, loaded: LoadedNetwork) -> dict:
+def segment_slide_file(
+    path: Path, job: SlideJob, loaded: LoadedNetwork, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Open the slide at `path`, segment it (resuming from its finished tiles) and return its
-    summary row but `worker`."""
+    summary row but `worker`; `progress` as `segment_slide`'s."""
     from patchunet.inference.predict_slide import segment_slide
     from patchunet.inference.slide.plan import slide_scale
     from patchunet.io.slides import open_slide
@@ -102,6 +107,7 @@ def segment_slide_file(path: Path, job: SlideJob, loaded: LoadedNetwork) -> dict
             job.out,
             loaded.identity,
             label_image=job.label_image,
+            progress=progress,
         )
     return {**row, "scale_from": source}
 
@@ -127,7 +133,11 @@ def segment_on_worker(path: Path, job: SlideJob, sharers: dict[str, int]) -> dic
 
     worker = get_worker()
     share = sharers.get(get_address_host(worker.address), worker.state.nthreads)
-    row = segment_slide_file(path, job, cached_network(job, max(1, worker_count() // share)))
+
+    def tiles_done(done: int, total: int) -> None:  # to the client's bar, through the scheduler
+        worker.log_event(PROGRESS_TOPIC, {"slide": str(path), "done": done, "total": total})
+
+    row = segment_slide_file(path, job, cached_network(job, max(1, worker_count() // share)), tiles_done)
     name = worker.name if isinstance(worker.name, str) and worker.name != worker.address else worker.address
     return {**row, "worker": name}
 
@@ -152,7 +162,8 @@ def segment_on_dask(
 
     job = with_absolute_paths(job)
     failures = []
-    with dask_client(scheduler, workers) as client:
+    with dask_client(scheduler, workers) as client, CohortProgress(len(paths)) as progress:
+        client.subscribe_topic(PROGRESS_TOPIC, progress.tell)
         sharers = host_slots(client)
         futures = {
             client.submit(segment_on_worker, path.resolve(), job, sharers, key=task_key(path, job), pure=False): path
@@ -167,14 +178,52 @@ def segment_on_dask(
             except KilledWorker:
                 failures.append(f"{path}: the Dask workers segmenting it died each time; see the workers' logs")
             else:
+                progress.slide_done(path.resolve(), row["tissue_tiles"])  # its last events may come after
                 summary.append({**row, "slide": str(path)})
                 save_summary(summary)
-                tqdm.write(f"{path}: done by {row['worker']} ({done} of {len(paths)} slides)")
+                tqdm.write(
+                    f"{path}: {row['nuclei']} nuclei ({row['tissue_megapixels_per_second']:.2f} MP of tissue per s) "
+                    f"by {row['worker']} ({done} of {len(paths)} slides)"
+                )
                 continue
             tqdm.write(f"{path}: failed ({done} of {len(paths)} slides)", file=sys.stderr)
     if failures:
         more = f" (and {len(failures) - 1} more slides failed)" if len(failures) > 1 else ""
         raise PatchUNetError(failures[0] + more)
+
+
+class CohortProgress:
+    """The client's one progress bar over the tiles of the slides the workers are segmenting, told
+    by their events (`segment_on_worker`); its total grows as each slide starts and is planned."""
+
+    def __init__(self, slides: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, desc=f"{slides} slides", unit="tile")
+        self.tiles: dict[str, tuple[int, int]] = {}  # slide -> (finished, in all)
+        self.lock = threading.Lock()  # events come on the client's event-loop thread
+
+    def __enter__(self) -> CohortProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def tell(self, event: tuple[float, dict]) -> None:
+        """A worker's event: (timestamp, {"slide", "done", "total"})."""
+        _, message = event
+        self._show(message["slide"], message["done"], message["total"])
+
+    def slide_done(self, path: Path, tiles: int) -> None:
+        self._show(str(path), tiles, tiles)
+
+    def _show(self, slide: str, done: int, total: int) -> None:
+        with self.lock:
+            earlier = self.tiles.get(slide, (0, total))
+            self.tiles[slide] = (max(done, earlier[0]), total)  # a late event never takes the bar back
+            self.bar.total = sum(total for _, total in self.tiles.values())
+            self.bar.n = sum(done for done, _ in self.tiles.values())
+            self.bar.refresh()
 
 
 def with_absolute_paths(job: SlideJob) -> SlideJob:

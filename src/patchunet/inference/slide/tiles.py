@@ -50,10 +50,17 @@ class TileInFlight:
 
 
 def segment_missing_tiles(
-    context: TileContext, tiles: list[Tile], store: TileStore, name: str, saved: Callable[[dict], None]
+    context: TileContext,
+    tiles: list[Tile],
+    store: TileStore,
+    name: str,
+    saved: Callable[[dict], None],
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Segment those of `tiles` the store does not hold yet, saving each as it is done and then
-    handing it to `saved` (without its labels); a progress bar named `name` counts them all.
+    handing it to `saved` (without its labels); a progress bar named `name` counts them all, or,
+    given, `progress` is told (tiles finished, tiles in all) at the start and after each tile (a
+    Dask worker's, which the client shows on its own bar).
 
     A bounded pipeline: the network segments tile after tile here, threads turn each tile's maps
     into instance labels, and the tiles are stitched and saved in raster order, each against its
@@ -71,18 +78,25 @@ def segment_missing_tiles(
     in_flight: deque[TileInFlight] = deque()
 
     def save_first() -> None:
+        nonlocal finished
         done = in_flight.popleft()
         labels, probabilities = done.nuclei.result()
         earlier = store.earlier_neighbours(done.tile)
         stitched = stitched_tile(context, done.tile, done.box, done.region, labels, probabilities, earlier)
         store.save(done.tile.row, done.tile.col, stitched)
         saved({key: value for key, value in stitched.items() if key != "labels"})
+        finished += 1
         bar.update()
+        if progress:
+            progress(finished, len(tiles))
 
+    finished = len(tiles) - len(missing)
     with (
-        tqdm(total=len(tiles), initial=len(tiles) - len(missing), desc=name, unit="tile") as bar,
+        tqdm(total=len(tiles), initial=finished, desc=name, unit="tile", disable=progress is not None) as bar,
         ThreadPoolExecutor(POSTPROCESS_THREADS, thread_name_prefix="postprocess") as pool,
     ):
+        if progress:
+            progress(finished, len(tiles))
         for tile in missing:
             box, region = read_tile(context, tile)
             tissue = context.plan.tissue_in(box) if context.skip_glass else None  # the network skips the glass
