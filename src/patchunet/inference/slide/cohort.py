@@ -162,7 +162,7 @@ def segment_on_dask(
 
     job = with_absolute_paths(job)
     failures = []
-    with dask_client(scheduler, workers) as client, CohortProgress(len(paths)) as progress:
+    with dask_client(scheduler, workers) as client, CohortProgress(paths) as progress:
         client.subscribe_topic(PROGRESS_TOPIC, progress.tell)
         sharers = host_slots(client)
         futures = {
@@ -196,10 +196,11 @@ class CohortProgress:
     """The client's one progress bar over the tiles of the slides the workers are segmenting, told
     by their events (`segment_on_worker`); its total grows as each slide starts and is planned."""
 
-    def __init__(self, slides: int) -> None:
+    def __init__(self, paths: list[Path]) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=0, desc=f"{slides} slides", unit="tile")
+        self.bar = tqdm(total=0, desc=f"{len(paths)} slides", unit="tile")
+        self.ours = {str(path.resolve()) for path in paths}  # a shared cluster may run other clients' slides
         self.tiles: dict[str, tuple[int, int]] = {}  # slide -> (finished, in all)
         self.lock = threading.Lock()  # events come on the client's event-loop thread
 
@@ -212,7 +213,8 @@ class CohortProgress:
     def tell(self, event: tuple[float, dict]) -> None:
         """A worker's event: (timestamp, {"slide", "done", "total"})."""
         _, message = event
-        self._show(message["slide"], message["done"], message["total"])
+        if message["slide"] in self.ours:
+            self._show(message["slide"], message["done"], message["total"])
 
     def slide_done(self, path: Path, tiles: int) -> None:
         self._show(str(path), tiles, tiles)
