@@ -45,6 +45,8 @@ from patchunet.core.files import file_sha256
 if TYPE_CHECKING:  # numpy loads with the work, not for --help
     import numpy as np
 
+    from patchunet.io.remote_folder import RemoteFolder
+
 DEFAULT_MODEL = "models:/patchunet@champion"
 SUMMARY_COLUMNS_BEFORE_SCALE = ("image", "nuclei", "mean_area_px", "median_area_px", "foreground_fraction")
 SUMMARY_COLUMNS_BEFORE_IDENTITY = (*SUMMARY_COLUMNS_BEFORE_SCALE, "microns_per_pixel", "scale_from")
@@ -396,17 +398,22 @@ def check_writable_folder(folder: Path) -> None:
                 created.rmdir()
 
 
-def refuse_existing_outputs(folder: Path, stems: list[str], suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> None:
-    """Refuse if any per-image file (stem + suffix) this run would write is already in `folder`.
+def refuse_existing_outputs(
+    folder: Path | RemoteFolder, stems: list[str], suffixes: tuple[str, ...] = OUTPUT_SUFFIXES
+) -> None:
+    """Refuse if any per-image file (stem + suffix) this run would write is already in `folder`, a
+    local folder or object storage.
 
     The summary is not checked: it keeps the rows of other images.
     """
-    from patchunet.core.errors import DataError
+    from patchunet.core.errors import DataError, PatchUNetError
 
-    for stem in stems:
-        for suffix in suffixes:
-            if (folder / f"{stem}{suffix}").exists():
-                raise DataError(folder / f"{stem}{suffix}", "already exists: pass --overwrite to replace it")
+    problem = "already exists: pass --overwrite to replace it"
+    for name in (f"{stem}{suffix}" for stem in stems for suffix in suffixes):
+        if isinstance(folder, Path) and (folder / name).exists():
+            raise DataError(folder / name, problem)
+        if not isinstance(folder, Path) and folder.exists(name):
+            raise PatchUNetError(f"{folder}/{name}: {problem}")
 
 
 def read_summary(path: Path, accepted: tuple[tuple[str, ...], ...] | None = None) -> list[dict]:

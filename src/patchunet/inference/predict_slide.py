@@ -142,7 +142,6 @@ def run(args: argparse.Namespace) -> None:
 def shared_output(out: str, stems: list[str], suffixes: tuple[str, ...], overwrite: bool) -> Path | str:
     """--out, checked before any work: a folder (as a Path) or object storage (its URL) that this
     process can write into, holding none of this run's outputs unless `overwrite`."""
-    from patchunet.core.errors import PatchUNetError
     from patchunet.inference.predict import check_writable_folder, refuse_existing_outputs
     from patchunet.io.remote_folder import RemoteFolder, is_url
 
@@ -153,10 +152,8 @@ def shared_output(out: str, stems: list[str], suffixes: tuple[str, ...], overwri
         return Path(out)
     remote = RemoteFolder(out)
     remote.check_writable()
-    existing = [] if overwrite else [f"{stem}{suffix}" for stem in stems for suffix in suffixes]
-    present = next(filter(remote.exists, existing), None)
-    if present:
-        raise PatchUNetError(f"{remote}/{present}: already exists: pass --overwrite to replace it")
+    if not overwrite:
+        refuse_existing_outputs(remote, stems, suffixes)
     return remote.url
 
 

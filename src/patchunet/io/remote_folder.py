@@ -13,14 +13,13 @@ URL, which is printed and sent to every worker.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from patchunet.core.errors import PatchUNetError, first_line
+from patchunet.core.files import atomic_file
 
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
 """fsspec protocols whose puts are atomic (S3 and its peers, Google Cloud Storage, Azure Blob)."""
@@ -87,18 +86,12 @@ class RemoteFolder:
 
     def download(self, name: str, local: Path) -> bool:
         """Copy file `name` to `local` (replaced whole), or return False where there is none."""
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            with self._told("download it", name):
-                try:
-                    self.fs.get_file(self._key(name), partial)
-                except FileNotFoundError:
-                    return False
-            os.replace(partial, local)
-        finally:
-            Path(partial).unlink(missing_ok=True)
+        with self._told("download it", name):
+            try:
+                with atomic_file(local) as partial:
+                    self.fs.get_file(self._key(name), str(partial))
+            except FileNotFoundError:  # `local` left as it was
+                return False
         return True
 
     def download_all(self, local: Path, skip: tuple[str, ...] = ()) -> None:
